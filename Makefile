@@ -1,0 +1,30 @@
+# Every target works from a fresh clone: the venv is created when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: build test demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstall when the build inputs change; the editable install rebuilds csrc/.
+$(STAMP): $(PY) pyproject.toml setup.py tieredmem/_build.py $(wildcard csrc/*.c csrc/*.h)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+build: $(STAMP)
+
+test: build
+	$(PY) -m pytest -q
+
+demo: build
+	$(PY) -m tieredmem demo
+
+bench: build
+	$(PY) -m benchmarks.bench_engine
+
+clean:
+	rm -rf $(VENV) build *.egg-info tieredmem/_engine*.so tieredmem/*.o

@@ -1,0 +1,141 @@
+"""Helpers shared by the benchmarks: timing, repetitions, machine info, reports."""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_NVME_DIR = Path("~/.cache/tieredmem-bench").expanduser()
+
+
+class NotRun(Exception):
+    """A system could not be measured; the message is the reason reported."""
+
+
+def timed(fn):
+    """Run fn() and return (result, seconds)."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def describe_error(exc):
+    return f"{type(exc).__name__}: {exc}"
+
+
+def not_run(reason):
+    return {"status": f"not run: {reason}", "runs": []}
+
+
+def interleave(reps, systems):
+    """Run each system's one-repetition function `reps` times, interleaving the
+    systems within every repetition so that slow drift (thermal, background
+    load, page-cache state) affects all of them alike.
+
+    systems: {name: fn() -> dict of measurements}. Returns
+    {name: {"status": "ok" | "not run: <reason>", "runs": [dict, ...]}}.
+    A system that raises is not run again; its earlier runs stay in "runs".
+    """
+    records = {name: {"status": "ok", "runs": []} for name in systems}
+    names = list(systems)
+    for rep in range(reps):
+        # Alternate the order so no system always runs first (or second).
+        order = names if rep % 2 == 0 else names[::-1]
+        for name in order:
+            record = records[name]
+            if record["status"] != "ok":
+                continue
+            try:
+                run = systems[name]()
+            except NotRun as exc:
+                record["status"] = f"not run: {exc}"
+            except Exception as exc:
+                record["status"] = f"not run: {describe_error(exc)}"
+            else:
+                record["runs"].append({"rep": rep, **run})
+    return records
+
+
+def summarize(record, key):
+    """Median/min/max of measurement `key` over a system's runs, or None if the
+    system was not run."""
+    if record["status"] != "ok":
+        return None
+    values = [run[key] for run in record["runs"]]
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def import_tieredmem():
+    """Return (module, None), or (None, reason) if the package cannot be imported."""
+    try:
+        import tieredmem
+    except Exception as exc:  # usually ImportError, but a broken build may raise anything
+        return None, f"import tieredmem failed: {describe_error(exc)}"
+    return tieredmem, None
+
+
+def total_memory_bytes():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def machine_info():
+    return {
+        "nproc": os.cpu_count(),
+        "nproc_usable": len(os.sched_getaffinity(0)),
+        "mem_total_bytes": total_memory_bytes(),
+        "uname": platform.uname()._asdict(),
+        "python": sys.version,
+        "numpy": np.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+TABLE_COLUMNS = ["system", "metric", "median", "min", "max", "ratio", "target", "met"]
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    # a "|" inside a reason (e.g. an error message) would split the cell
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows):
+    """rows: dicts keyed by TABLE_COLUMNS; missing keys print as "-"."""
+    lines = [
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|" + "---|" * len(TABLE_COLUMNS),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(k)) for k in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    # pool.stats() may hold numpy scalars; anything else unknown is kept as text
+    return obj.item() if isinstance(obj, np.generic) else str(obj)

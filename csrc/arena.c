@@ -1,0 +1,357 @@
+/* arena.c: the pool. Creates the arena (a memfd mapped shared over a reserved
+ * range: the DRAM tier), the block metadata and the lower tiers; allocates
+ * and frees extents of blocks; reports statistics and placement. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define MIN_BLOCK (4u << 10)
+#define MAX_BLOCK (2u << 20)
+
+static __thread char create_err[TM_ERRLEN];
+
+void tm_set_create_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(create_err, sizeof create_err, fmt, ap);
+    va_end(ap);
+}
+
+void tm_set_error(struct tm_pool *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err, sizeof p->err, fmt, ap);
+    va_end(ap);
+}
+
+const char *tm_last_error(tm_pool *p, char *buf, size_t len)
+{
+    if (!p) {
+        snprintf(buf, len, "%s", create_err);
+        return buf;
+    }
+    pthread_mutex_lock(&p->lock);
+    snprintf(buf, len, "%s", p->err);
+    pthread_mutex_unlock(&p->lock);
+    return buf;
+}
+
+/* Metadata arrays in one anonymous mapping; untouched parts cost nothing. */
+static size_t meta_bytes(int64_t nblocks)
+{
+    return (size_t)nblocks * (3 * sizeof(uint8_t) + sizeof(uint16_t) + 2 * sizeof(uint32_t));
+}
+
+static int meta_init(struct tm_pool *p)
+{
+    int64_t n = p->nblocks;
+    uint8_t *m = mmap(NULL, meta_bytes(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    /* Widest first, so every array is aligned. */
+    p->meta.nblocks = n;
+    p->meta.slot = (uint32_t *)m;
+    uint32_t *alloc_len = p->meta.slot + n;
+    p->meta.last_access = (uint16_t *)(alloc_len + n);
+    p->meta.tier = (uint8_t *)(p->meta.last_access + n);
+    p->meta.flags = p->meta.tier + n;
+    p->meta.access_count = p->meta.flags + n;
+    memset(p->meta.slot, 0xff, (size_t)n * sizeof(uint32_t)); /* TM_NO_SLOT */
+    p->alloc_len = alloc_len;
+    return 0;
+}
+
+static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
+{
+    p->pmem.fd = p->nvme.fd = -1;
+    p->pmem.id = TM_PMEM;
+    p->nvme.id = TM_NVME;
+    p->pmem.bs = p->nvme.bs = p->bs;
+    uint64_t pslots = cfg->pmem_bytes / p->bs, nslots = cfg->nvme_bytes / p->bs;
+    if (pslots + nslots >= TM_NO_SLOT) {
+        snprintf(err, TM_ERRLEN, "pmem + nvme hold %llu blocks; at most %u are supported (use a larger block_size)",
+                 (unsigned long long)(pslots + nslots), TM_NO_SLOT - 1);
+        return -EINVAL;
+    }
+    int r;
+    if (pslots) {
+        if ((r = tm_tier_init_slots(&p->pmem, pslots)) < 0 || (r = tm_tier_pmem_open(&p->pmem, cfg->pmem_path, err)) < 0)
+            return r;
+    }
+    if (nslots) {
+        if (!cfg->nvme_path) {
+            snprintf(err, TM_ERRLEN, "nvme_path: no directory given for the NVMe tier");
+            return -EINVAL;
+        }
+        p->nvme.first_slot = (uint32_t)pslots;
+        if ((r = tm_tier_init_slots(&p->nvme, nslots)) < 0 || (r = tm_tier_nvme_open(&p->nvme, cfg->nvme_path, err)) < 0)
+            return r;
+    }
+    if (cfg->inject && *cfg->inject)
+        return tm_inject_parse(cfg->inject, &p->pmem, &p->nvme, err);
+    return 0;
+}
+
+tm_pool *tm_pool_create(const tm_config *cfg)
+{
+    char err[TM_ERRLEN] = "";
+    uint64_t bs = cfg->block_size;
+    if (bs < MIN_BLOCK || bs > MAX_BLOCK || (bs & (bs - 1))) {
+        tm_set_create_error("block_size must be a power of two from 4 KiB to 2 MiB, got %llu", (unsigned long long)bs);
+        errno = EINVAL;
+        return NULL;
+    }
+    if (cfg->dram_bytes < bs) {
+        tm_set_create_error("dram must hold at least one block (%llu bytes), got %llu",
+                            (unsigned long long)bs, (unsigned long long)cfg->dram_bytes);
+        errno = EINVAL;
+        return NULL;
+    }
+    struct tm_pool *p = calloc(1, sizeof *p);
+    if (!p) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    p->bs = bs;
+    p->bshift = __builtin_ctzll(bs);
+    p->memfd = p->uffd = p->stop_fd = -1;
+    p->dram_blocks = (int64_t)(cfg->dram_bytes / bs);
+    p->batch_blocks = (int64_t)(TM_BATCH_BYTES / bs);
+    if (p->batch_blocks > p->dram_blocks / 4)
+        p->batch_blocks = p->dram_blocks / 4;
+    if (p->batch_blocks < 1)
+        p->batch_blocks = 1;
+    p->io_max_blocks = TM_IO_BYTES / bs ? (int64_t)(TM_IO_BYTES / bs) : 1;
+    p->ra_window = 1;
+    p->last_fault = -1;
+
+    int r = create_tiers(p, cfg, err);
+    if (r < 0)
+        goto fail;
+    int64_t lower = (int64_t)(p->pmem.nslots + p->nvme.nslots);
+    /* A batch of headroom: a demotion in progress may need that many slots
+     * while the blocks being promoted still hold theirs. */
+    p->cap_blocks = p->dram_blocks + lower - (lower ? p->batch_blocks : 0);
+    /* Address space beyond capacity, so that fragmentation of the arena does
+     * not limit what can be allocated. */
+    p->nblocks = p->cap_blocks + p->cap_blocks / 4 + 64;
+    p->arena_size = (size_t)p->nblocks << p->bshift;
+    if ((r = meta_init(p)) < 0 || (r = tm_extents_init(&p->extents, p->nblocks)) < 0) {
+        snprintf(err, sizeof err, "cannot allocate block metadata: %s", strerror(-r));
+        goto fail;
+    }
+    p->memfd = tm_os_memfd("tieredmem-dram", p->arena_size);
+    if (p->memfd < 0) {
+        r = p->memfd;
+        snprintf(err, sizeof err, "cannot create the DRAM memfd: %s", strerror(-r));
+        goto fail;
+    }
+    p->base = tm_os_map_aligned(p->memfd, p->arena_size, bs);
+    if (!p->base) {
+        r = -errno;
+        snprintf(err, sizeof err, "cannot map the arena (%zu bytes): %s", p->arena_size, strerror(errno));
+        goto fail;
+    }
+    /* A forked child must not see the arena: without our fault handler its
+     * accesses would fill holes with zeros in the shared memfd. */
+    madvise(p->base, p->arena_size, MADV_DONTFORK);
+    if ((r = tm_fault_init(p, cfg->force_no_uffd)) < 0) {
+        tm_pool_destroy(p);
+        errno = -r;
+        return NULL; /* tm_fault_init set the message */
+    }
+    if ((r = tm_fault_start(p)) < 0) {
+        snprintf(err, sizeof err, "cannot start fault handler threads: %s", strerror(-r));
+        goto fail;
+    }
+    p->st.nvme_direct = p->nvme.direct;
+    p->st.pmem_dax = p->pmem.dax;
+    return p;
+fail:
+    tm_set_create_error("%s", err);
+    tm_pool_destroy(p);
+    errno = -r;
+    return NULL;
+}
+
+void tm_pool_destroy(tm_pool *p)
+{
+    if (!p)
+        return;
+    tm_fault_stop(p);
+    tm_os_unmap(p->base, p->arena_size);
+    if (p->memfd >= 0)
+        close(p->memfd);
+    tm_tier_close(&p->pmem);
+    tm_tier_close(&p->nvme);
+    if (p->meta.slot)
+        munmap(p->meta.slot, meta_bytes(p->nblocks));
+    tm_extents_destroy(&p->extents);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+void *tm_alloc(tm_pool *p, size_t size)
+{
+    int64_t n = (int64_t)((size + p->bs - 1) >> p->bshift);
+    if (n == 0)
+        n = 1;
+    pthread_mutex_lock(&p->lock);
+    void *ptr = NULL;
+    if (p->reserved + n > p->cap_blocks) {
+        tm_set_error(p, "cannot allocate %zu bytes: %lld of %lld bytes of pool capacity (dram + pmem + nvme) in use",
+                     size, (long long)p->reserved << p->bshift, (long long)p->cap_blocks << p->bshift);
+    } else {
+        int64_t b = tm_extents_alloc(&p->extents, n);
+        if (b < 0) {
+            tm_set_error(p, "cannot allocate %zu bytes: no free run of %lld blocks in the arena", size, (long long)n);
+        } else {
+            for (int64_t i = b; i < b + n; i++)
+                p->meta.flags[i] = TM_F_ALLOC;
+            p->alloc_len[b] = (uint32_t)n;
+            p->reserved += n;
+            p->live_allocs++;
+            ptr = tm_block_addr(p, b);
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (!ptr)
+        errno = ENOMEM;
+    return ptr;
+}
+
+/* A poisoned page keeps answering SIGBUS until its page table entry is
+ * replaced: map the file there afresh and register it again. */
+static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
+{
+    void *addr = tm_block_addr(p, b);
+    size_t len = (size_t)n << p->bshift;
+    if (mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, p->memfd,
+             (off_t)((size_t)b << p->bshift)) == MAP_FAILED) {
+        tm_set_error(p, "cannot remap poisoned blocks: %s", strerror(errno));
+        return;
+    }
+    madvise(addr, len, MADV_DONTFORK);
+    struct uffdio_register reg = {{(uint64_t)(uintptr_t)addr, len},
+                                  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
+                                      (p->dirty_tracking ? UFFDIO_REGISTER_MODE_WP : 0), 0};
+    if (ioctl(p->uffd, UFFDIO_REGISTER, &reg) < 0)
+        tm_set_error(p, "cannot re-register remapped blocks: %s", strerror(errno));
+    for (int64_t i = b; i < b + n; i++)
+        p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
+}
+
+void tm_free(tm_pool *p, void *ptr)
+{
+    pthread_mutex_lock(&p->lock);
+    int64_t b = tm_block_of(p, ptr);
+    int64_t n = (b >= 0 && b < p->nblocks) ? p->alloc_len[b] : 0;
+    if (n == 0 || tm_block_addr(p, b) != ptr) {
+        tm_set_error(p, "tm_free(%p): not an allocation of this pool", ptr);
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
+    tm_migrate_release(p, b, n);
+    for (int64_t i = b; i < b + n; i++) {
+        if (p->meta.flags[i] & TM_F_POISON) {
+            unpoison(p, b, n);
+            break;
+        }
+    }
+    p->alloc_len[b] = 0;
+    for (int64_t i = b; i < b + n; i++)
+        p->meta.flags[i] = 0;
+    if (tm_extents_free(&p->extents, b, n) < 0)
+        tm_set_error(p, "out of memory recording a free extent; %lld blocks of address space lost", (long long)n);
+    p->reserved -= n;
+    p->live_allocs--;
+    pthread_mutex_unlock(&p->lock);
+}
+
+size_t tm_alloc_size(tm_pool *p, const void *ptr)
+{
+    if (!tm_contains(p, ptr, 1))
+        return 0;
+    pthread_mutex_lock(&p->lock);
+    int64_t b = tm_block_of(p, ptr);
+    size_t n = tm_block_addr(p, b) == ptr ? (size_t)p->alloc_len[b] << p->bshift : 0;
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
+int tm_contains(tm_pool *p, const void *ptr, size_t size)
+{
+    const uint8_t *a = ptr;
+    return a >= p->base && a + size <= p->base + p->arena_size;
+}
+
+int64_t tm_live_allocations(tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int64_t n = p->live_allocs;
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
+static void tier_stats(const tm_tier *t, tm_tier_stats *s)
+{
+    s->capacity = t->nslots * t->bs;
+    s->used = t->used * t->bs;
+    s->peak = t->peak * t->bs;
+}
+
+void tm_get_stats(tm_pool *p, tm_stats *out)
+{
+    pthread_mutex_lock(&p->lock);
+    *out = p->st;
+    out->dram.capacity = (uint64_t)p->dram_blocks << p->bshift;
+    out->dram.used = (uint64_t)p->resident << p->bshift;
+    tier_stats(&p->pmem, &out->pmem);
+    tier_stats(&p->nvme, &out->nvme);
+    out->allocated = (uint64_t)p->reserved << p->bshift;
+    out->capacity = (uint64_t)p->cap_blocks << p->bshift;
+    pthread_mutex_unlock(&p->lock);
+}
+
+void tm_placement(tm_pool *p, const void *ptr, size_t size, uint64_t out[4])
+{
+    memset(out, 0, 4 * sizeof out[0]);
+    if (!size || !tm_contains(p, ptr, size))
+        return;
+    const uint8_t *a = ptr, *end = a + size;
+    pthread_mutex_lock(&p->lock);
+    while (a < end) {
+        int64_t b = tm_block_of(p, a);
+        const uint8_t *bend = (const uint8_t *)tm_block_addr(p, b + 1);
+        const uint8_t *stop = bend < end ? bend : end;
+        out[p->meta.tier[b]] += (uint64_t)(stop - a);
+        a = stop;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+const tm_meta *tm_get_meta(tm_pool *p) { return &p->meta; }
+void *tm_arena_base(tm_pool *p) { return p->base; }
+size_t tm_block_size(tm_pool *p) { return p->bs; }
+
+void tm_set_policy(tm_pool *p, const tm_policy_ops *ops)
+{
+    pthread_mutex_lock(&p->lock);
+    if (ops)
+        p->policy = *ops;
+    else
+        memset(&p->policy, 0, sizeof p->policy);
+    pthread_mutex_unlock(&p->lock);
+}

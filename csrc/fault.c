@@ -1,0 +1,278 @@
+/* fault.c: the userfaultfd side of the engine. Opens and registers the arena,
+ * runs the handler threads (one pinned per CPU, so the faulting thread's own
+ * CPU always has one to wake: a wake-up on the other vCPU costs ~35 us on
+ * these VMs) and wraps the ioctls that resolve faults. What a fault means
+ * for placement is decided in migrate.c. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Newer than some distributions' headers (Linux 6.4 / 6.6). */
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+struct uffdio_poison {
+    struct uffdio_range range;
+    __u64 mode;
+    __s64 updated;
+};
+#define _UFFDIO_POISON (0x08)
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
+#define PAGE 4096ul
+
+static const char *denied_help =
+    "userfaultfd is not permitted for this process (%s). tieredmem serves page faults "
+    "itself and needs it. Enable it with one of: `sysctl -w vm.unprivileged_userfaultfd=1`; "
+    "read-write access to /dev/userfaultfd (e.g. `setfacl -m u:$USER:rw /dev/userfaultfd`); "
+    "or run the process with CAP_SYS_PTRACE.";
+
+static int api_handshake(int fd, uint64_t features, uint64_t *got)
+{
+    struct uffdio_api api = {.api = UFFD_API, .features = features};
+    if (ioctl(fd, UFFDIO_API, &api) < 0)
+        return -errno;
+    *got = api.features;
+    return 0;
+}
+
+int tm_fault_init(struct tm_pool *p, int force_denied)
+{
+    int fd = force_denied ? -EPERM : tm_os_userfaultfd();
+    if (fd == -EPERM || fd == -EACCES) {
+        tm_set_create_error(denied_help, force_denied ? "forced by TIEREDMEM_FORCE_NO_UFFD" : strerror(-fd));
+        return -EPERM;
+    }
+    if (fd < 0) {
+        tm_set_create_error("userfaultfd is not available: %s (the kernel needs CONFIG_USERFAULTFD)", strerror(-fd));
+        return fd;
+    }
+    /* Ask what the kernel offers on a throwaway descriptor: the handshake can
+     * be made once per descriptor. */
+    uint64_t offered = 0;
+    int probe = tm_os_userfaultfd();
+    if (probe >= 0) {
+        api_handshake(probe, 0, &offered);
+        close(probe);
+    }
+    uint64_t need = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM;
+    if ((offered & need) != need) {
+        close(fd);
+        tm_set_create_error("this kernel's userfaultfd lacks missing or minor faults on shared memory "
+                            "(features 0x%llx; Linux 5.13 or newer is needed)", (unsigned long long)offered);
+        return -ENOTSUP;
+    }
+    uint64_t want = need | (offered & (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_POISON));
+    uint64_t got;
+    int r = api_handshake(fd, want, &got);
+    if (r < 0) {
+        close(fd);
+        tm_set_create_error("UFFDIO_API failed: %s", strerror(-r));
+        return r;
+    }
+    struct uffdio_register reg = {
+        .range = {(uint64_t)(uintptr_t)p->base, p->arena_size},
+        .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR,
+    };
+    int wp = (got & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) != 0;
+    if (wp)
+        reg.mode |= UFFDIO_REGISTER_MODE_WP;
+    if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0) {
+        int e = errno;
+        close(fd);
+        tm_set_create_error("UFFDIO_REGISTER of the arena failed: %s", strerror(e));
+        return -e;
+    }
+    p->uffd = fd;
+    p->dirty_tracking = wp;
+    p->st.dirty_tracking = wp;
+    return 0;
+}
+
+static void serve_batch(tm_worker *w, const struct uffd_msg *msgs, int n)
+{
+    struct tm_pool *p = w->pool;
+    pthread_mutex_lock(&p->lock);
+    uint64_t t0 = tm_os_now_ns();
+    for (int i = 0; i < n; i++) {
+        if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+            continue;
+        uint64_t fl = msgs[i].arg.pagefault.flags;
+        int kind = (fl & UFFD_PAGEFAULT_FLAG_WP) ? 2 : (fl & UFFD_PAGEFAULT_FLAG_MINOR) ? 1 : 0;
+        tm_migrate_fault(w, msgs[i].arg.pagefault.address, kind, (fl & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
+    }
+    p->st.fault_ns += tm_os_now_ns() - t0;
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void *handler_main(void *arg)
+{
+    tm_worker *w = arg;
+    struct tm_pool *p = w->pool;
+    tm_os_pin_self(w->cpu);
+    struct pollfd fds[2] = {{p->uffd, POLLIN, 0}, {p->stop_fd, POLLIN, 0}};
+    struct uffd_msg msgs[16];
+    for (;;) {
+        if (poll(fds, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (fds[1].revents)
+            break;
+        /* Every handler wakes; the one on the faulting CPU usually wins and
+         * the others find nothing to read. */
+        ssize_t r = read(p->uffd, msgs, sizeof msgs);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            break;
+        }
+        serve_batch(w, msgs, (int)(r / (ssize_t)sizeof msgs[0]));
+    }
+    return NULL;
+}
+
+int tm_fault_start(struct tm_pool *p)
+{
+    int cpus[TM_MAX_HANDLERS];
+    int n = tm_os_cpus(cpus, TM_MAX_HANDLERS);
+    if (n <= 0) {
+        cpus[0] = 0;
+        n = 1;
+    }
+    p->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (p->stop_fd < 0)
+        return -errno;
+    /* Handler threads take no signals: those belong to the application. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = 0;
+    for (int i = 0; i < n; i++) {
+        tm_worker *w = &p->workers[i];
+        w->pool = p;
+        w->cpu = cpus[i];
+        size_t bufsize = p->batch_blocks * p->bs;
+        w->iobuf = mmap(NULL, bufsize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        w->list = calloc((size_t)p->batch_blocks * 3, sizeof(int64_t));
+        if (w->iobuf == MAP_FAILED || !w->list) {
+            w->iobuf = w->iobuf == MAP_FAILED ? NULL : w->iobuf;
+            err = -ENOMEM;
+            break;
+        }
+        if ((err = -pthread_create(&w->thread, NULL, handler_main, w)) < 0)
+            break;
+        p->nworkers++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    p->st.handler_threads = p->nworkers;
+    return err;
+}
+
+void tm_fault_stop(struct tm_pool *p)
+{
+    if (p->stop_fd >= 0) {
+        uint64_t one = 1;
+        if (write(p->stop_fd, &one, sizeof one) < 0) { /* cannot happen on an eventfd */ }
+    }
+    for (int i = 0; i < p->nworkers; i++)
+        pthread_join(p->workers[i].thread, NULL);
+    for (int i = 0; i < TM_MAX_HANDLERS; i++) {
+        tm_worker *w = &p->workers[i];
+        if (w->iobuf)
+            munmap(w->iobuf, p->batch_blocks * p->bs);
+        free(w->list);
+        w->iobuf = NULL;
+        w->list = NULL;
+    }
+    p->nworkers = 0;
+    if (p->stop_fd >= 0)
+        close(p->stop_fd);
+    if (p->uffd >= 0)
+        close(p->uffd);
+    p->stop_fd = p->uffd = -1;
+}
+
+int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n)
+{
+    struct uffdio_range r = {(uint64_t)(uintptr_t)tm_block_addr(p, b), (uint64_t)n << p->bshift};
+    return ioctl(p->uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
+}
+
+int tm_fault_map_resident(struct tm_pool *p, int64_t b, int64_t n, int wp)
+{
+    /* Pages already mapped (another thread's fault got there first) answer
+     * EEXIST: skip them, then wake the whole range once. */
+    uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
+    uint64_t end = addr + ((uint64_t)n << p->bshift);
+    while (addr < end) {
+        struct uffdio_continue c = {{addr, end - addr}, UFFDIO_CONTINUE_MODE_DONTWAKE, 0};
+        if (wp)
+            c.mode |= UFFDIO_CONTINUE_MODE_WP;
+        if (ioctl(p->uffd, UFFDIO_CONTINUE, &c) == 0)
+            break;
+        if (errno == EAGAIN && c.mapped > 0)
+            addr += (uint64_t)c.mapped;
+        else if (errno == EEXIST)
+            addr += PAGE;
+        else if (errno != EAGAIN)
+            return -errno;
+    }
+    return tm_fault_wake(p, b, n);
+}
+
+int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp)
+{
+    uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
+    uint64_t len = (uint64_t)n << p->bshift, done = 0;
+    while (done < len) {
+        struct uffdio_copy c = {addr + done, (uint64_t)(uintptr_t)buf + done, len - done, wp ? UFFDIO_COPY_MODE_WP : 0, 0};
+        if (ioctl(p->uffd, UFFDIO_COPY, &c) == 0)
+            return 0;
+        if (errno == EAGAIN && c.copy > 0)
+            done += (uint64_t)c.copy;
+        else if (errno != EAGAIN)
+            return -errno;
+    }
+    return 0;
+}
+
+int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n)
+{
+    uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
+    uint64_t len = (uint64_t)n << p->bshift, done = 0;
+    while (done < len) {
+        struct uffdio_zeropage z = {{addr + done, len - done}, 0, 0};
+        if (ioctl(p->uffd, UFFDIO_ZEROPAGE, &z) == 0)
+            return 0;
+        if (errno == EAGAIN && z.zeropage > 0)
+            done += (uint64_t)z.zeropage;
+        else if (errno != EAGAIN)
+            return -errno;
+    }
+    return 0;
+}
+
+int tm_fault_poison(struct tm_pool *p, uint64_t addr)
+{
+    struct uffdio_poison q = {{addr & ~(PAGE - 1), PAGE}, 0, 0};
+    return ioctl(p->uffd, UFFDIO_POISON, &q) < 0 ? -errno : 0;
+}
+
+int tm_fault_unprotect(struct tm_pool *p, int64_t b, int64_t n)
+{
+    struct uffdio_writeprotect w = {{(uint64_t)(uintptr_t)tm_block_addr(p, b), (uint64_t)n << p->bshift}, 0};
+    return ioctl(p->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+}

@@ -1,0 +1,209 @@
+/* internal.h: the engine's private types, shared by the files of csrc/.
+ *
+ * Locking: one mutex (tm_pool.lock) guards all metadata, the extent
+ * allocator, the slot maps and the counters. Fault service holds it from
+ * start to end, I/O included; whoever holds it must never touch arena memory
+ * (that would fault into a handler that waits for the same lock).
+ */
+#ifndef TIEREDMEM_INTERNAL_H
+#define TIEREDMEM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include "tieredmem.h"
+
+#define TM_MAX_HANDLERS 8
+#define TM_BATCH_BYTES (4u << 20)  /* largest promotion / demotion batch */
+#define TM_IO_BYTES (512u << 10)     /* largest single request */
+#define TM_ERRLEN 256
+
+/* ---- os.c: the OS layer --------------------------------------------- */
+
+/* Map `size` bytes of `fd` (from offset 0) shared, at an address aligned to
+ * `align` (a power of two >= page size). Returns NULL and sets errno. */
+void *tm_os_map_aligned(int fd, size_t size, size_t align);
+void tm_os_unmap(void *addr, size_t size);
+/* An anonymous memory file of `size` bytes, sparse, close-on-exec. */
+int tm_os_memfd(const char *name, size_t size);
+/* Free the file pages in [off, off+len); both block aligned. Also removes
+ * them from every mapping of the file. */
+int tm_os_punch(int fd, uint64_t off, uint64_t len);
+/* Drop page table entries of [addr, addr+len) keeping the file's pages. */
+int tm_os_zap(void *addr, size_t len);
+/* A userfaultfd, non-blocking and close-on-exec; -errno if denied. */
+int tm_os_userfaultfd(void);
+/* Unlinked file, 0600, in directory `dir`, opened with `flags` | O_RDWR.
+ * Returns fd or -errno. */
+int tm_os_tmpfile(const char *dir, int flags);
+/* The CPUs this thread may run on; returns how many were written. */
+int tm_os_cpus(int *cpus, int max);
+int tm_os_pin_self(int cpu);
+uint64_t tm_os_now_ns(void);
+/* 1 if `dir` is on a filesystem mounted with the dax option. */
+int tm_os_is_dax(const char *dir);
+/* Mount point of a filesystem mounted with -o dax, or NULL. */
+const char *tm_os_find_dax_mount(char *buf, size_t len);
+
+/* ---- tier.c and tier_*.c: lower-tier backends --------------------------- */
+
+typedef struct tm_io {
+    uint64_t slot;    /* slot index within the tier */
+    void *buf;        /* block_size * nblocks bytes, page aligned */
+    uint32_t nblocks;
+} tm_io;
+
+typedef struct tm_tier tm_tier;
+
+typedef struct tm_tier_ops {
+    /* Transfer every request; return 0 or -errno of the first failure. */
+    int (*readv)(tm_tier *t, const tm_io *ios, int n);
+    int (*writev)(tm_tier *t, const tm_io *ios, int n);
+    /* Forget the contents of n slots (hole punch), best effort. */
+    void (*discard)(tm_tier *t, uint64_t slot, uint64_t n);
+    void (*close)(tm_tier *t);
+} tm_tier_ops;
+
+typedef struct tm_inject {
+    int err;          /* errno to fail with; 0 = none */
+    int short_io;     /* fail as a short transfer */
+    uint64_t skip;    /* let this many operations succeed first */
+} tm_inject;
+
+struct tm_tier {
+    const tm_tier_ops *ops;
+    int id;                /* TM_PMEM or TM_NVME */
+    const char *name;
+    size_t bs;
+    uint64_t nslots;       /* 0: tier absent */
+    uint32_t first_slot;   /* global numbering: slot ids are unique across tiers */
+    uint64_t *used_map;    /* bit per slot */
+    uint64_t used;
+    uint64_t cursor;       /* next-fit: sequential demotions get adjacent slots */
+    uint64_t peak;
+    int fd;
+    uint8_t *map;          /* PMEM: the mapped file */
+    int direct;            /* NVMe: O_DIRECT */
+    int dax;               /* PMEM: on a DAX filesystem */
+    tm_inject inject_read, inject_write;
+    uint64_t nreads, nwrites;
+    void *impl;            /* backend-private state */
+};
+
+int tm_tier_pmem_open(tm_tier *t, const char *dir, char *err);
+int tm_tier_nvme_open(tm_tier *t, const char *dir, char *err);
+/* Common part: slot map for nslots; called by the backends' open. */
+int tm_tier_init_slots(tm_tier *t, uint64_t nslots);
+void tm_tier_close(tm_tier *t);
+/* Slot allocation near `hint`; returns the slot or UINT64_MAX when full. */
+uint64_t tm_tier_slot_alloc(tm_tier *t, uint64_t hint);
+void tm_tier_slot_free(tm_tier *t, uint64_t slot);
+/* I/O through the injection layer. */
+int tm_tier_readv(tm_tier *t, const tm_io *ios, int n);
+int tm_tier_writev(tm_tier *t, const tm_io *ios, int n);
+int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err);
+
+/* ---- extent.c: block-granular extent allocator ------------------------- */
+
+typedef struct tm_extent { int64_t start, len; } tm_extent;
+
+typedef struct tm_extents {
+    tm_extent *free;   /* sorted by start, never adjacent (coalesced) */
+    int64_t nfree, cap;
+} tm_extents;
+
+int tm_extents_init(tm_extents *e, int64_t nblocks);
+void tm_extents_destroy(tm_extents *e);
+/* First fit; returns the first block or -1. */
+int64_t tm_extents_alloc(tm_extents *e, int64_t len);
+/* Precondition: [start, start+len) is allocated. Returns 0 or -ENOMEM. */
+int tm_extents_free(tm_extents *e, int64_t start, int64_t len);
+
+/* ---- the pool ------------------------------------------------------- */
+
+typedef struct tm_worker {
+    struct tm_pool *pool;
+    pthread_t thread;
+    int cpu;
+    uint8_t *iobuf;      /* TM_BATCH_BYTES or one block, page aligned */
+    int64_t *list;       /* 3 batches of block ids: the fault's, its victims', PMEM cascade's */
+} tm_worker;
+
+struct tm_pool {
+    size_t bs;
+    int bshift;
+    uint8_t *base;
+    size_t arena_size;
+    int64_t nblocks;
+    int memfd;
+
+    int uffd;
+    int stop_fd;          /* eventfd: tells handler threads to exit */
+    int dirty_tracking;   /* clean blocks are mapped write-protected */
+    tm_worker workers[TM_MAX_HANDLERS];
+    int nworkers;
+
+    pthread_mutex_t lock;
+    tm_meta meta;
+    uint32_t *alloc_len;  /* at an allocation's first block: its length in blocks */
+    tm_extents extents;
+    tm_tier pmem, nvme;
+
+    int64_t batch_blocks;      /* blocks per I/O batch */
+    int64_t io_max_blocks;     /* blocks per request within a batch */
+    int64_t dram_blocks;       /* budget */
+    int64_t resident;          /* blocks in DRAM */
+    int64_t cap_blocks;        /* allocatable */
+    int64_t reserved;          /* blocks in live allocations */
+    int64_t live_allocs;
+    int64_t clock_hand, pmem_hand, steal_hand;
+    int64_t last_fault, ra_window;  /* sequential readahead detector */
+
+    tm_policy_ops policy;
+    tm_stats st;
+    char err[TM_ERRLEN];
+};
+
+static inline int64_t tm_block_of(const struct tm_pool *p, const void *addr)
+{
+    return (int64_t)(((const uint8_t *)addr - p->base) >> p->bshift);
+}
+
+static inline void *tm_block_addr(const struct tm_pool *p, int64_t b)
+{
+    return p->base + ((size_t)b << p->bshift);
+}
+
+/* Record an error for tm_last_error (lock held or pool private). */
+void tm_set_error(struct tm_pool *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Creation errors before a pool exists. */
+void tm_set_create_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- fault.c -------------------------------------------------------- */
+
+/* Open and configure the userfaultfd and register the arena. */
+int tm_fault_init(struct tm_pool *p, int force_denied);
+int tm_fault_start(struct tm_pool *p);
+void tm_fault_stop(struct tm_pool *p);
+/* Map the block range [b, b+n) from the memfd's pages already present,
+ * write-protected when `wp`. */
+int tm_fault_map_resident(struct tm_pool *p, int64_t b, int64_t n, int wp);
+/* Fill [b, b+n) from buf and map it (waking waiters). */
+int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp);
+int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n);
+/* Answer a fault at addr with SIGBUS. */
+int tm_fault_poison(struct tm_pool *p, uint64_t addr);
+int tm_fault_unprotect(struct tm_pool *p, int64_t b, int64_t n);
+int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n);
+
+/* ---- migrate.c ------------------------------------------------------ */
+
+/* Serve a fault at `addr` (lock held). kind: 0 missing, 1 minor, 2 wp. */
+void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write);
+/* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
+void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
+
+#endif

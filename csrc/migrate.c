@@ -1,0 +1,593 @@
+/* migrate.c: placement. Serves a fault by deciding where the block's data
+ * comes from, makes room in DRAM by demoting victims (DRAM -> PMEM, and
+ * PMEM -> NVMe when PMEM is full), and consults the policy hooks.
+ *
+ * Every function here runs with the pool lock held.
+ *
+ * Slots: a block keeps the lower-tier slot it was last written to while it
+ * is in DRAM, so a block that was not written since (no TM_F_DIRTY; writes
+ * are seen as write-protect faults) is dropped on demotion without I/O. When
+ * a tier has no free slot, one is taken back from such a DRAM block, which
+ * then counts as dirty. The capacity check at allocation (arena.c) keeps a
+ * batch of headroom, so a victim always finds a slot. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ---- slots ---------------------------------------------------------- */
+
+static tm_tier *tier_by_id(struct tm_pool *p, int id)
+{
+    return id == TM_PMEM ? &p->pmem : &p->nvme;
+}
+
+static tm_tier *slot_tier(struct tm_pool *p, uint32_t g)
+{
+    return (p->pmem.nslots && g < p->pmem.first_slot + p->pmem.nslots) ? &p->pmem : &p->nvme;
+}
+
+static uint64_t slot_local(struct tm_pool *p, uint32_t g)
+{
+    return g - slot_tier(p, g)->first_slot;
+}
+
+static void slot_release(struct tm_pool *p, int64_t b)
+{
+    uint32_t g = p->meta.slot[b];
+    if (g == TM_NO_SLOT)
+        return;
+    tm_tier *t = slot_tier(p, g);
+    tm_tier_slot_free(t, g - t->first_slot);
+    p->meta.slot[b] = TM_NO_SLOT;
+}
+
+/* Take the slot of a DRAM block that holds one in tier t (it becomes dirty).
+ * Returns the local slot, or UINT64_MAX if none. */
+static uint64_t slot_steal(struct tm_pool *p, tm_tier *t)
+{
+    for (int64_t i = 0; i < p->nblocks; i++) {
+        int64_t b = p->steal_hand;
+        p->steal_hand = (b + 1) % p->nblocks;
+        uint32_t g = p->meta.slot[b];
+        if (p->meta.tier[b] != TM_DRAM || g == TM_NO_SLOT || (p->meta.flags[b] & TM_F_BUSY))
+            continue;
+        if (slot_tier(p, g) != t)
+            continue;
+        p->meta.slot[b] = TM_NO_SLOT;
+        p->meta.flags[b] |= TM_F_DIRTY;
+        return g - t->first_slot;
+    }
+    return UINT64_MAX;
+}
+
+/* A slot in tier t for block b: free one, else one taken from a DRAM block. */
+static int slot_take(struct tm_pool *p, tm_tier *t, int64_t b)
+{
+    if (!t->nslots)
+        return -ENOSPC;
+    uint64_t s = tm_tier_slot_alloc(t, UINT64_MAX);
+    if (s == UINT64_MAX) {
+        s = slot_steal(p, t);
+        if (s == UINT64_MAX)
+            return -ENOSPC;
+    }
+    p->meta.slot[b] = t->first_slot + (uint32_t)s;
+    return 0;
+}
+
+/* ---- I/O helpers ---------------------------------------------------- */
+
+/* Requests for blocks list[0..n) whose data sits in iobuf in list order,
+ * merging runs of adjacent slots up to io_max_blocks (several requests of a
+ * batch in flight read faster than one large one on virtio disks). Only
+ * blocks whose slot is in tier t. */
+static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t n, uint8_t *iobuf, tm_io *ios)
+{
+    int k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t g = p->meta.slot[list[i]];
+        if (g == TM_NO_SLOT || slot_tier(p, g) != t)
+            continue;
+        uint64_t s = g - t->first_slot;
+        uint8_t *buf = iobuf + ((size_t)i << p->bshift);
+        if (k > 0 && ios[k - 1].slot + ios[k - 1].nblocks == s && ios[k - 1].nblocks < p->io_max_blocks &&
+            (uint8_t *)ios[k - 1].buf + ((size_t)ios[k - 1].nblocks << p->bshift) == buf) {
+            ios[k - 1].nblocks++;
+        } else {
+            ios[k++] = (tm_io){s, buf, 1};
+        }
+    }
+    return k;
+}
+
+/* Apply fn to maximal runs of consecutive block ids in list[0..n). */
+static void for_runs(struct tm_pool *p, const int64_t *list, int64_t n, int (*fn)(struct tm_pool *, int64_t, int64_t))
+{
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && list[j] == list[j - 1] + 1)
+            j++;
+        fn(p, list[i], j - i);
+        i = j;
+    }
+}
+
+static int zap_run(struct tm_pool *p, int64_t b, int64_t n)
+{
+    return tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
+}
+
+static int punch_run(struct tm_pool *p, int64_t b, int64_t n)
+{
+    return tm_os_punch(p->memfd, (uint64_t)b << p->bshift, (uint64_t)n << p->bshift);
+}
+
+static int read_dram_run(struct tm_pool *p, int64_t b, int64_t n, uint8_t *dst)
+{
+    size_t len = (size_t)n << p->bshift, done = 0;
+    while (done < len) {
+        ssize_t r = pread(p->memfd, dst + done, len - done, (off_t)(((size_t)b << p->bshift) + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return r < 0 ? -errno : -EIO;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+/* ---- victims -------------------------------------------------------- */
+
+static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
+{
+    int64_t n = 0;
+    for (int64_t scanned = 0; n < want && scanned < 2 * p->nblocks; scanned++) {
+        int64_t b = p->clock_hand;
+        p->clock_hand = (b + 1) % p->nblocks;
+        if (p->meta.tier[b] != TM_DRAM || (p->meta.flags[b] & TM_F_BUSY))
+            continue;
+        if (p->meta.flags[b] & TM_F_REF) {
+            p->meta.flags[b] &= (uint8_t)~TM_F_REF;
+            continue;
+        }
+        p->meta.flags[b] |= TM_F_BUSY;
+        out[n++] = b;
+    }
+    return n;
+}
+
+/* The policy's victims, each checked; any bad answer rejects the whole
+ * answer in favour of CLOCK. Chosen blocks come back marked BUSY. */
+static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out)
+{
+    if (p->policy.select_victims) {
+        int64_t n = p->policy.select_victims(p->policy.ctx, &p->meta, want, out);
+        int64_t ok = n >= 0 && n <= want;
+        for (int64_t i = 0; ok && i < n; i++) {
+            int64_t b = out[i];
+            ok = b >= 0 && b < p->nblocks && p->meta.tier[b] == TM_DRAM && !(p->meta.flags[b] & TM_F_BUSY);
+            if (ok)
+                p->meta.flags[b] |= TM_F_BUSY;
+        }
+        if (ok && n > 0)
+            return n;
+        for (int64_t i = 0; i < n && i < want; i++)
+            if (out[i] >= 0 && out[i] < p->nblocks && p->meta.tier[out[i]] == TM_DRAM)
+                p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
+        if (!ok) {
+            p->st.policy_errors++;
+            tm_set_error(p, "policy select_victims returned an invalid answer; CLOCK used instead");
+        }
+    }
+    return clock_victims(p, want, out);
+}
+
+/* ---- PMEM -> NVMe --------------------------------------------------- */
+
+/* Move up to `want` PMEM-resident blocks to NVMe to free PMEM slots. */
+static void cascade_pmem(tm_worker *w, int64_t want)
+{
+    struct tm_pool *p = w->pool;
+    int64_t *list = w->list + 2 * p->batch_blocks;
+    int64_t n = 0;
+    for (int64_t scanned = 0; n < want && scanned < p->nblocks; scanned++) {
+        int64_t b = p->pmem_hand;
+        p->pmem_hand = (b + 1) % p->nblocks;
+        if (p->meta.tier[b] == TM_PMEM)
+            list[n++] = b;
+    }
+    if (!n)
+        return;
+    tm_io ios[n];
+    int k = build_ios(p, &p->pmem, list, n, w->iobuf, ios);
+    int r = tm_tier_readv(&p->pmem, ios, k);
+    if (r < 0) {
+        p->st.io_errors++;
+        tm_set_error(p, "pmem read while moving blocks to nvme: %s", strerror(-r));
+        return;
+    }
+    uint32_t old[n];
+    int64_t moved = 0;
+    for (int64_t i = 0; i < n; i++)
+        old[i] = p->meta.slot[list[i]];
+    for (; moved < n; moved++) {
+        p->meta.slot[list[moved]] = TM_NO_SLOT;
+        if (slot_take(p, &p->nvme, list[moved]) < 0) {
+            p->meta.slot[list[moved]] = old[moved];
+            break;
+        }
+    }
+    k = build_ios(p, &p->nvme, list, moved, w->iobuf, ios);
+    r = k ? tm_tier_writev(&p->nvme, ios, k) : 0;
+    for (int64_t i = 0; i < moved; i++) {
+        int64_t b = list[i];
+        if (r < 0) { /* stays in PMEM */
+            slot_release(p, b);
+            p->meta.slot[b] = old[i];
+            continue;
+        }
+        tm_tier_slot_free(&p->pmem, old[i] - p->pmem.first_slot);
+        p->pmem.ops->discard(&p->pmem, old[i] - p->pmem.first_slot, 1);
+        p->meta.tier[b] = TM_NVME;
+        p->st.demotions++;
+        p->st.bytes_written += p->bs;
+    }
+    if (r < 0) {
+        p->st.io_errors++;
+        tm_set_error(p, "nvme write while moving blocks from pmem: %s", strerror(-r));
+    }
+}
+
+/* ---- demotion ------------------------------------------------------- */
+
+/* Demote up to `want` DRAM blocks. Returns how many left DRAM. */
+static int64_t demote(tm_worker *w, int64_t want)
+{
+    struct tm_pool *p = w->pool;
+    if (want > p->batch_blocks)
+        want = p->batch_blocks;
+    int64_t *list = w->list + p->batch_blocks;
+
+    /* New slots go to PMEM first; when it is full, its coldest blocks move
+     * to NVMe to make room. Done before the victims use the I/O buffer. */
+    if (p->pmem.nslots && p->nvme.nslots && p->pmem.used + (uint64_t)want > p->pmem.nslots)
+        cascade_pmem(w, want - (int64_t)(p->pmem.nslots - p->pmem.used));
+
+    int64_t n = pick_victims(p, want, list);
+    if (!n)
+        return 0;
+    /* Unmap first: from here on an access faults and waits for the lock, so
+     * the copy below is not raced by a writer. */
+    for_runs(p, list, n, zap_run);
+
+    int64_t nd = 0; /* dirty victims, moved to the front of the list */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t b = list[i];
+        if (p->meta.slot[b] != TM_NO_SLOT && !(p->meta.flags[b] & TM_F_DIRTY))
+            continue;
+        list[i] = list[nd];
+        list[nd++] = b;
+    }
+    for (int64_t i = 0; i < nd; i++) {
+        int64_t b = list[i];
+        if (p->meta.slot[b] == TM_NO_SLOT && slot_take(p, &p->pmem, b) < 0 && slot_take(p, &p->nvme, b) < 0)
+            tm_set_error(p, "no lower-tier slot for block %lld", (long long)b);
+    }
+    int err = 0;
+    for (int64_t i = 0; i < nd && !err; i++) {
+        int64_t j = i + 1;
+        while (j < nd && list[j] == list[j - 1] + 1)
+            j++;
+        err = read_dram_run(p, list[i], j - i, w->iobuf + ((size_t)i << p->bshift));
+        i = j - 1;
+    }
+    tm_io ios[nd ? nd : 1];
+    for (int id = TM_PMEM; id <= TM_NVME && !err; id++) {
+        tm_tier *t = tier_by_id(p, id);
+        if (!t->nslots)
+            continue;
+        int k = build_ios(p, t, list, nd, w->iobuf, ios);
+        if (k && (err = tm_tier_writev(t, ios, k)) < 0) {
+            p->st.io_errors++;
+            tm_set_error(p, "%s write during demotion: %s", t->name, strerror(-err));
+        }
+    }
+    int64_t first = err ? nd : 0; /* on a failed write the dirty ones stay */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t b = list[i];
+        p->meta.flags[b] &= (uint8_t)~TM_F_BUSY;
+        if (i < first || p->meta.slot[b] == TM_NO_SLOT)
+            continue;
+        p->meta.tier[b] = (uint8_t)slot_tier(p, p->meta.slot[b])->id;
+        p->meta.flags[b] &= (uint8_t)~(TM_F_DIRTY | TM_F_REF);
+        p->resident--;
+        p->st.demotions++;
+        if (i < nd)
+            p->st.bytes_written += p->bs;
+        else
+            p->st.clean_drops++;
+    }
+    /* Give the DRAM pages back; list[first..n) left DRAM. Sort those back
+     * into address order so runs coalesce. */
+    int64_t moved = 0;
+    for (int64_t i = first; i < n; i++)
+        if (p->meta.tier[list[i]] != TM_DRAM)
+            list[first + moved++] = list[i];
+    for (int64_t i = first + 1; i < first + moved; i++) {
+        int64_t v = list[i], j = i;
+        for (; j > first && list[j - 1] > v; j--)
+            list[j] = list[j - 1];
+        list[j] = v;
+    }
+    for_runs(p, list + first, moved, punch_run);
+    return moved;
+}
+
+/* Make room for n more blocks in DRAM. Returns 0, or -ENOSPC if the budget
+ * must be overrun (nothing could be demoted). */
+static int ensure_room(tm_worker *w, int64_t n)
+{
+    struct tm_pool *p = w->pool;
+    while (p->resident + n > p->dram_blocks) {
+        /* Demote a whole batch when we must demote at all: fewer, larger
+         * writes, and headroom for the next faults. */
+        int64_t want = p->resident + n - p->dram_blocks;
+        if (want < p->batch_blocks)
+            want = p->batch_blocks;
+        if (demote(w, want) == 0) {
+            p->st.budget_overruns++;
+            return -ENOSPC;
+        }
+    }
+    return 0;
+}
+
+static void note_resident(struct tm_pool *p, int64_t n)
+{
+    p->resident += n;
+    uint64_t used = (uint64_t)p->resident << p->bshift;
+    if (used > p->st.dram.peak)
+        p->st.dram.peak = used;
+}
+
+/* ---- promotion ------------------------------------------------------ */
+
+/* Readahead window: doubles while faults continue at or just after where
+ * the last batch ended (blocks still in DRAM may lie between), back to one
+ * block otherwise. */
+static int64_t window(struct tm_pool *p, int64_t b)
+{
+    if (b >= p->last_fault && b <= p->last_fault + p->ra_window)
+        p->ra_window = p->ra_window * 2 > p->batch_blocks ? p->batch_blocks : p->ra_window * 2;
+    else
+        p->ra_window = 1;
+    return p->ra_window;
+}
+
+/* Blocks after b, adjacent in the arena, all never written (for a zero
+ * fill) or all in lower tiers (for a promotion; the reads are merged where
+ * slots are adjacent and issued together), up to the window. */
+static int64_t sequential_run(struct tm_pool *p, int64_t b, int64_t max, int64_t *list)
+{
+    int unbacked = p->meta.tier[b] == TM_UNBACKED;
+    int64_t n = 1;
+    list[0] = b;
+    while (n < max && b + n < p->nblocks) {
+        int64_t c = b + n;
+        uint8_t t = p->meta.tier[c];
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (unbacked ? t != TM_UNBACKED : (t != TM_PMEM && t != TM_NVME)))
+            break;
+        list[n++] = c;
+    }
+    return n;
+}
+
+/* Add the policy's prefetch choices that are valid lower-tier blocks. */
+static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int64_t n)
+{
+    int64_t room = p->batch_blocks - n;
+    if (!p->policy.prefetch || room <= 0)
+        return n;
+    int64_t *extra = list + n;
+    int64_t m = p->policy.prefetch(p->policy.ctx, &p->meta, b, room, extra);
+    if (m < 0 || m > room) {
+        p->st.policy_errors++;
+        tm_set_error(p, "policy prefetch returned %lld for at most %lld blocks", (long long)m, (long long)room);
+        return n;
+    }
+    int64_t kept = n;
+    for (int64_t i = 0; i < m; i++) {
+        int64_t c = extra[i];
+        int ok = c >= 0 && c < p->nblocks && (p->meta.flags[c] & TM_F_ALLOC) &&
+                 (p->meta.tier[c] == TM_PMEM || p->meta.tier[c] == TM_NVME) && !(p->meta.flags[c] & TM_F_BUSY);
+        if (!ok) {
+            p->st.policy_errors++;
+            continue;
+        }
+        p->meta.flags[c] |= TM_F_BUSY; /* marks it taken: no duplicates */
+        list[kept++] = c;
+    }
+    for (int64_t i = n; i < kept; i++)
+        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+    return kept;
+}
+
+static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int err)
+{
+    p->st.io_errors++;
+    tm_set_error(p, "%s for the fault at %#llx: %s; the faulting thread got SIGBUS", what,
+                 (unsigned long long)addr, strerror(-err));
+    if (tm_fault_poison(p, addr) == 0) {
+        p->st.sigbus_sent++;
+        p->meta.flags[tm_block_of(p, (void *)(uintptr_t)addr)] |= TM_F_POISON;
+    }
+}
+
+/* Bring list[0..n) (list[0] faulted at addr) into DRAM from lower tiers. */
+static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write)
+{
+    struct tm_pool *p = w->pool;
+    int64_t b = list[0];
+    for (int64_t i = 0; i < n; i++)
+        p->meta.flags[list[i]] |= TM_F_BUSY; /* not a victim while we make room */
+    ensure_room(w, n);
+    for (int64_t i = 0; i < n; i++)
+        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+
+    tm_io ios[n];
+    int err = 0;
+    for (int id = TM_PMEM; id <= TM_NVME; id++) {
+        tm_tier *t = tier_by_id(p, id);
+        int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, ios) : 0;
+        int r = k ? tm_tier_readv(t, ios, k) : 0;
+        if (r < 0) {
+            err = r;
+            tm_set_error(p, "%s read during promotion: %s", t->name, strerror(-r));
+        }
+    }
+    if (err < 0 && n > 1) {
+        /* Retry the block the thread waits for on its own. */
+        p->st.io_errors++;
+        n = 1;
+        tm_tier *t = slot_tier(p, p->meta.slot[b]);
+        tm_io one = {slot_local(p, p->meta.slot[b]), w->iobuf, 1};
+        err = tm_tier_readv(t, &one, 1);
+    }
+    if (err < 0) {
+        fail_fault(p, addr, "lower-tier read failed", err);
+        return;
+    }
+    /* Install runs of adjacent blocks with one UFFDIO_COPY each. A block read
+     * back unmodified keeps its slot and is mapped write-protected, so its
+     * first write is seen and it can later be dropped instead of rewritten. */
+    for (int64_t i = 0; i < n;) {
+        int wp_i = p->dirty_tracking && !(write && list[i] == b);
+        int64_t j = i + 1;
+        while (j < n && list[j] == list[j - 1] + 1 && (p->dirty_tracking && !(write && list[j] == b)) == wp_i)
+            j++;
+        int r = tm_fault_install(p, list[i], j - i, w->iobuf + ((size_t)i << p->bshift), wp_i);
+        if (r < 0) {
+            if (i == 0)
+                fail_fault(p, addr, "UFFDIO_COPY failed", r);
+            else
+                tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-r));
+            return;
+        }
+        for (int64_t k = i; k < j; k++) {
+            int64_t c = list[k];
+            p->meta.tier[c] = TM_DRAM;
+            if (!wp_i)
+                p->meta.flags[c] |= TM_F_DIRTY;
+        }
+        note_resident(p, j - i);
+        i = j;
+    }
+    p->st.promotions += (uint64_t)n;
+    p->st.prefetched += (uint64_t)(n - 1);
+    p->st.bytes_read += (uint64_t)n << p->bshift;
+}
+
+static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
+{
+    struct tm_pool *p = w->pool;
+    ensure_room(w, n);
+    int r = tm_fault_zero_fill(p, list[0], n);
+    if (r < 0) {
+        fail_fault(p, addr, "UFFDIO_ZEROPAGE failed", r);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        p->meta.tier[list[i]] = TM_DRAM;
+        p->meta.flags[list[i]] |= TM_F_DIRTY; /* no lower copy exists */
+    }
+    note_resident(p, n);
+    p->st.zero_fills += (uint64_t)n;
+}
+
+void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
+{
+    struct tm_pool *p = w->pool;
+    uint8_t *a = (uint8_t *)(uintptr_t)addr;
+    if (a < p->base || a >= p->base + p->arena_size)
+        return;
+    int64_t b = tm_block_of(p, a);
+    p->st.faults++;
+    if (!(p->meta.flags[b] & TM_F_ALLOC)) {
+        tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS", (void *)a);
+        if (tm_fault_poison(p, addr) == 0) {
+            p->st.sigbus_sent++;
+            p->meta.flags[b] |= TM_F_POISON;
+        }
+        return;
+    }
+    if (p->meta.access_count[b] < UINT8_MAX)
+        p->meta.access_count[b]++;
+    p->meta.last_access[b] = (uint16_t)(p->st.faults >> 8);
+    p->meta.flags[b] |= TM_F_REF;
+    if (p->policy.on_fault)
+        p->policy.on_fault(p->policy.ctx, &p->meta, b, kind);
+
+    int64_t *list = w->list;
+    switch (p->meta.tier[b]) {
+    case TM_DRAM:
+        if (kind == 2) { /* first write to a clean block */
+            p->st.wp_faults++;
+            p->meta.flags[b] |= TM_F_DIRTY;
+            tm_fault_unprotect(p, b, 1);
+            break;
+        }
+        /* Mapped again after an unmap (a demotion that kept it, a race). */
+        p->st.minor_faults++;
+        if (write)
+            p->meta.flags[b] |= TM_F_DIRTY;
+        tm_fault_map_resident(p, b, 1, p->dirty_tracking && !(p->meta.flags[b] & TM_F_DIRTY));
+        break;
+    case TM_UNBACKED: {
+        int64_t n = sequential_run(p, b, window(p, b), list);
+        p->last_fault = b + n;
+        zero_fill(w, addr, list, n);
+        break;
+    }
+    default: {
+        int64_t n = sequential_run(p, b, window(p, b), list);
+        p->last_fault = b + n;
+        promote(w, addr, list, policy_prefetch(p, b, list, n), write);
+        break;
+    }
+    }
+}
+
+void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
+{
+    tm_tier *run_tier = NULL; /* a run of adjacent slots, discarded at once */
+    uint64_t run_start = 0, run_len = 0;
+    for (int64_t i = b; i <= b + n; i++) {
+        uint32_t g = i < b + n ? p->meta.slot[i] : TM_NO_SLOT;
+        tm_tier *t = g != TM_NO_SLOT ? slot_tier(p, g) : NULL;
+        uint64_t s = t ? g - t->first_slot : 0;
+        if (run_len && (t != run_tier || s != run_start + run_len)) {
+            run_tier->ops->discard(run_tier, run_start, run_len);
+            run_len = 0;
+        }
+        if (i == b + n)
+            break;
+        if (t) {
+            if (!run_len) {
+                run_tier = t;
+                run_start = s;
+            }
+            run_len++;
+            slot_release(p, i);
+        }
+        if (p->meta.tier[i] == TM_DRAM)
+            p->resident--;
+        p->meta.tier[i] = TM_UNBACKED;
+        p->meta.flags[i] &= TM_F_POISON; /* arena.c clears poison by remapping */
+        p->meta.access_count[i] = 0;
+        p->meta.last_access[i] = 0;
+    }
+    tm_os_punch(p->memfd, (uint64_t)b << p->bshift, (uint64_t)n << p->bshift);
+}

@@ -1,0 +1,192 @@
+/* os.c: the OS layer. Every system call the engine makes outside the fault
+ * ioctls goes through here; each function states what it needs. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <mntent.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+void *tm_os_map_aligned(int fd, size_t size, size_t align)
+{
+    /* Reserve size + align of address space, then place the file mapping at
+     * the first aligned address inside it and give back the slack. */
+    size_t span = size + align;
+    uint8_t *r = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED)
+        return NULL;
+    uintptr_t a = ((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1);
+    void *m = mmap((void *)a, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
+    if (m == MAP_FAILED) {
+        int e = errno;
+        munmap(r, span);
+        errno = e;
+        return NULL;
+    }
+    if (a > (uintptr_t)r)
+        munmap(r, a - (uintptr_t)r);
+    size_t tail = (uintptr_t)r + span - (a + size);
+    if (tail)
+        munmap((void *)(a + size), tail);
+    return m;
+}
+
+void tm_os_unmap(void *addr, size_t size)
+{
+    if (addr)
+        munmap(addr, size);
+}
+
+int tm_os_memfd(const char *name, size_t size)
+{
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)size) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int tm_os_punch(int fd, uint64_t off, uint64_t len)
+{
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+        return -errno;
+    return 0;
+}
+
+int tm_os_zap(void *addr, size_t len)
+{
+    return madvise(addr, len, MADV_DONTNEED) < 0 ? -errno : 0;
+}
+
+int tm_os_userfaultfd(void)
+{
+    int flags = O_CLOEXEC | O_NONBLOCK;
+    int fd = (int)syscall(SYS_userfaultfd, flags);
+    if (fd >= 0)
+        return fd;
+    int e = errno;
+    /* Unprivileged users may still get one through /dev/userfaultfd. */
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev < 0)
+        return -e;
+    fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+    e = errno;
+    close(dev);
+    return fd >= 0 ? fd : -e;
+}
+
+int tm_os_tmpfile(const char *dir, int flags)
+{
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC | flags, 0600);
+    if (fd >= 0)
+        return fd;
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+        return -errno;
+    /* No O_TMPFILE here: create with a random name and unlink at once. */
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/tieredmem-XXXXXX", dir) >= (int)sizeof path)
+        return -ENAMETOOLONG;
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    unlink(path);
+    if (flags) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fcntl(fd, F_SETFL, fl | flags) < 0) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+    }
+    return fd;
+}
+
+int tm_os_cpus(int *cpus, int max)
+{
+    cpu_set_t set;
+    int n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) < 0)
+        return 0;
+    for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+        if (CPU_ISSET(c, &set))
+            cpus[n++] = c;
+    return n;
+}
+
+int tm_os_pin_self(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set) < 0 ? -errno : 0;
+}
+
+uint64_t tm_os_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int has_dax_option(const struct mntent *m)
+{
+    return hasmntopt(m, "dax") != NULL;
+}
+
+int tm_os_is_dax(const char *dir)
+{
+    /* The longest mount point that prefixes dir decides. */
+    FILE *f = setmntent("/proc/self/mounts", "r");
+    if (!f)
+        return 0;
+    struct mntent *m;
+    size_t best = 0;
+    int dax = 0;
+    char real[4096];
+    if (!realpath(dir, real)) {
+        endmntent(f);
+        return 0;
+    }
+    while ((m = getmntent(f))) {
+        size_t l = strlen(m->mnt_dir);
+        if (strncmp(real, m->mnt_dir, l) == 0 && (real[l] == '/' || real[l] == 0 || l == 1) && l >= best) {
+            best = l;
+            dax = has_dax_option(m);
+        }
+    }
+    endmntent(f);
+    return dax;
+}
+
+const char *tm_os_find_dax_mount(char *buf, size_t len)
+{
+    FILE *f = setmntent("/proc/self/mounts", "r");
+    if (!f)
+        return NULL;
+    struct mntent *m;
+    const char *found = NULL;
+    while ((m = getmntent(f))) {
+        if (has_dax_option(m) && access(m->mnt_dir, W_OK) == 0) {
+            snprintf(buf, len, "%s", m->mnt_dir);
+            found = buf;
+            break;
+        }
+    }
+    endmntent(f);
+    return found;
+}

@@ -1,0 +1,141 @@
+/* tier.c: what every lower tier shares: the slot map and the fault-injection
+ * layer in front of the backends' I/O. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int tm_tier_init_slots(tm_tier *t, uint64_t nslots)
+{
+    t->nslots = nslots;
+    t->used_map = calloc((nslots + 63) / 64 + 1, sizeof(uint64_t));
+    return t->used_map ? 0 : -ENOMEM;
+}
+
+void tm_tier_close(tm_tier *t)
+{
+    if (t->ops && t->ops->close)
+        t->ops->close(t);
+    free(t->used_map);
+    t->used_map = NULL;
+    t->nslots = 0;
+}
+
+static int slot_used(const tm_tier *t, uint64_t s)
+{
+    return (t->used_map[s >> 6] >> (s & 63)) & 1;
+}
+
+uint64_t tm_tier_slot_alloc(tm_tier *t, uint64_t hint)
+{
+    if (t->used >= t->nslots)
+        return UINT64_MAX;
+    /* Next fit from the hint (or the cursor), scanning a word at a time. */
+    uint64_t s = hint < t->nslots ? hint : t->cursor;
+    for (uint64_t scanned = 0; scanned <= t->nslots + 64;) {
+        if (s >= t->nslots)
+            s = 0;
+        uint64_t w = t->used_map[s >> 6] | ((1ull << (s & 63)) - 1);
+        if (~w == 0) {
+            scanned += 64 - (s & 63);
+            s = (s | 63) + 1;
+            continue;
+        }
+        uint64_t bit = (uint64_t)__builtin_ctzll(~w);
+        s = (s & ~63ull) | bit;
+        if (s < t->nslots && !slot_used(t, s)) {
+            t->used_map[s >> 6] |= 1ull << bit;
+            t->used++;
+            if (t->used > t->peak)
+                t->peak = t->used;
+            t->cursor = s + 1;
+            return s;
+        }
+        scanned += 64;
+        s = (s | 63) + 1;
+    }
+    return UINT64_MAX;
+}
+
+void tm_tier_slot_free(tm_tier *t, uint64_t slot)
+{
+    t->used_map[slot >> 6] &= ~(1ull << (slot & 63));
+    t->used--;
+}
+
+/* 1 if this operation must fail as injected; counts operations. */
+static int injected(tm_inject *in, uint64_t *count)
+{
+    uint64_t n = (*count)++;
+    return (in->err || in->short_io) && n >= in->skip;
+}
+
+int tm_tier_readv(tm_tier *t, const tm_io *ios, int n)
+{
+    if (injected(&t->inject_read, &t->nreads))
+        return t->inject_read.short_io ? -EIO : -t->inject_read.err;
+    return t->ops->readv(t, ios, n);
+}
+
+int tm_tier_writev(tm_tier *t, const tm_io *ios, int n)
+{
+    if (injected(&t->inject_write, &t->nwrites))
+        return t->inject_write.short_io ? -EIO : -t->inject_write.err;
+    return t->ops->writev(t, ios, n);
+}
+
+static int errno_named(const char *s, size_t len)
+{
+    static const struct { const char *name; int err; } names[] = {
+        {"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EFAULT", EFAULT}, {"ENOMEM", ENOMEM}, {"EROFS", EROFS},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i].name) == len && strncmp(s, names[i].name, len) == 0)
+            return names[i].err;
+    return 0;
+}
+
+/* spec: comma-separated "TIER_OP:WHAT[@SKIP]", TIER pmem|nvme, OP read|write,
+ * WHAT an errno name (EIO, ENOSPC, ...) or "short"; SKIP operations succeed
+ * first. Example: "nvme_read:EIO@10,pmem_write:ENOSPC". */
+int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err)
+{
+    const char *s = spec;
+    while (s && *s) {
+        const char *end = strchr(s, ',');
+        size_t len = end ? (size_t)(end - s) : strlen(s);
+        const char *colon = memchr(s, ':', len);
+        if (!colon)
+            goto bad;
+        size_t klen = (size_t)(colon - s);
+        tm_inject *in = NULL;
+        if (klen == 9 && !strncmp(s, "pmem_read", 9)) in = &pmem->inject_read;
+        else if (klen == 10 && !strncmp(s, "pmem_write", 10)) in = &pmem->inject_write;
+        else if (klen == 9 && !strncmp(s, "nvme_read", 9)) in = &nvme->inject_read;
+        else if (klen == 10 && !strncmp(s, "nvme_write", 10)) in = &nvme->inject_write;
+        else goto bad;
+        const char *what = colon + 1;
+        const char *at = memchr(what, '@', len - klen - 1);
+        size_t wlen = at ? (size_t)(at - what) : len - klen - 1;
+        if (wlen == 5 && !strncmp(what, "short", 5))
+            in->short_io = 1;
+        else if (!(in->err = errno_named(what, wlen)))
+            goto bad;
+        if (at) {
+            char *stop;
+            in->skip = strtoull(at + 1, &stop, 10);
+            if (stop != s + len || stop == at + 1)
+                goto bad;
+        }
+        s = end ? end + 1 : NULL;
+    }
+    return 0;
+bad:
+    snprintf(err, TM_ERRLEN, "bad TIEREDMEM_INJECT entry near '%s': expected "
+             "{pmem,nvme}_{read,write}:{EIO,ENOSPC,EFAULT,ENOMEM,EROFS,short}[@N]", s);
+    return -EINVAL;
+}

@@ -1,0 +1,148 @@
+/* tieredmem.h: the engine's public C API.
+ *
+ * A pool is a reserved virtual range (the arena) whose bytes the application
+ * reads and writes as ordinary memory. Resident blocks live in a memfd mapped
+ * over the arena (the DRAM tier, kept under a hard budget); the others live in
+ * lower tiers (PMEM, NVMe) and are brought back by the engine's userfaultfd
+ * handler threads when touched. Nothing here needs Python or the GIL.
+ *
+ * Every function that can fail returns 0 / a valid pointer on success and a
+ * negative errno (or NULL) on failure; tm_last_error() then says why.
+ */
+#ifndef TIEREDMEM_H
+#define TIEREDMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tm_pool tm_pool;
+
+enum tm_tier_id { TM_UNBACKED = 0, TM_DRAM = 1, TM_PMEM = 2, TM_NVME = 3 };
+
+/* Per-block flag bits (tm_meta.flags). */
+enum {
+    TM_F_ALLOC = 1 << 0,   /* inside a live allocation */
+    TM_F_DIRTY = 1 << 1,   /* resident copy differs from the lower-tier copy */
+    TM_F_REF = 1 << 2,     /* referenced since the CLOCK hand last passed */
+    TM_F_BUSY = 1 << 3,    /* being moved; faults on it wait */
+    TM_F_POISON = 1 << 4,  /* a page was poisoned after a failed promotion */
+};
+
+#define TM_NO_SLOT UINT32_MAX
+
+typedef struct tm_config {
+    uint64_t dram_bytes;     /* hard budget of resident bytes; > 0 */
+    uint64_t pmem_bytes;     /* 0 = no PMEM tier */
+    uint64_t nvme_bytes;     /* 0 = no NVMe tier */
+    uint64_t block_size;     /* power of two, 4 KiB .. 2 MiB */
+    const char *pmem_path;   /* directory for the PMEM file; NULL = DAX mount or /dev/shm */
+    const char *nvme_path;   /* directory for the NVMe slot file; must exist */
+    const char *inject;      /* fault injection spec or NULL; see docs/reliability.md */
+    int force_no_uffd;       /* behave as if userfaultfd were denied (tests) */
+} tm_config;
+
+/* Per-block metadata, structure of arrays, one entry per arena block.
+ * Readable (not writable) by Python through numpy without a copy. */
+typedef struct tm_meta {
+    int64_t nblocks;
+    uint8_t *tier;          /* enum tm_tier_id: where the block's data lives */
+    uint8_t *flags;         /* TM_F_* */
+    uint8_t *access_count;  /* faults served on the block, saturating */
+    uint16_t *last_access;  /* epoch of the last fault (epoch = faults >> 8) */
+    uint32_t *slot;         /* lower-tier slot holding a copy, or TM_NO_SLOT */
+} tm_meta;
+
+/* Placement hooks: the engine calls these on its own threads, with the pool
+ * lock held and without the GIL. Any may be NULL (built-in behaviour).
+ * Results are validated; invalid ones fall back to the built-in policy and
+ * are counted in tm_stats.policy_errors. */
+typedef struct tm_policy_ops {
+    void *ctx;
+    /* Write up to `want` DRAM-resident block ids to demote into out[]; return
+     * how many were written. */
+    int64_t (*select_victims)(void *ctx, const tm_meta *meta, int64_t want, int64_t *out);
+    /* A fault on `block`: write up to `max` further block ids to bring into
+     * DRAM along with it; return how many. */
+    int64_t (*prefetch)(void *ctx, const tm_meta *meta, int64_t block, int64_t max, int64_t *out);
+    /* Told of every served fault (kind: 0 missing, 1 minor, 2 write-protect). */
+    void (*on_fault)(void *ctx, const tm_meta *meta, int64_t block, int32_t kind);
+} tm_policy_ops;
+
+typedef struct tm_tier_stats {
+    uint64_t capacity;  /* bytes */
+    uint64_t used;      /* bytes held (for DRAM: resident bytes) */
+    uint64_t peak;      /* highest `used` seen */
+} tm_tier_stats;
+
+typedef struct tm_stats {
+    tm_tier_stats dram, pmem, nvme;
+    uint64_t allocated;        /* bytes in live allocations */
+    uint64_t capacity;         /* bytes allocatable in total */
+    uint64_t faults;           /* all faults served */
+    uint64_t zero_fills;       /* faults on never-written blocks */
+    uint64_t minor_faults;     /* faults on resident but unmapped blocks */
+    uint64_t wp_faults;        /* first writes to clean blocks */
+    uint64_t promotions;       /* blocks brought into DRAM from a lower tier */
+    uint64_t prefetched;       /* of which ahead of a fault */
+    uint64_t demotions;        /* blocks moved down a tier */
+    uint64_t clean_drops;      /* of which dropped without a write */
+    uint64_t bytes_read;       /* from lower tiers */
+    uint64_t bytes_written;    /* to lower tiers */
+    uint64_t fault_ns;         /* total time spent serving faults */
+    uint64_t io_errors;        /* failed lower-tier I/O */
+    uint64_t sigbus_sent;      /* faults answered with SIGBUS */
+    uint64_t policy_errors;    /* invalid policy results rejected */
+    uint64_t budget_overruns;  /* times resident bytes exceeded the budget */
+    int32_t handler_threads;
+    int32_t dirty_tracking;    /* 1 if clean blocks are write-protected */
+    int32_t nvme_direct;       /* 1 if the NVMe file uses O_DIRECT */
+    int32_t pmem_dax;          /* 1 if the PMEM file is on a DAX filesystem */
+} tm_stats;
+
+/* Create a pool. On failure returns NULL and tm_last_error() explains. */
+tm_pool *tm_pool_create(const tm_config *cfg);
+
+/* Release the pool. Preconditions: no live allocations, no thread touching
+ * arena memory. */
+void tm_pool_destroy(tm_pool *p);
+
+/* Allocate `size` bytes (rounded up to whole blocks), reading as zero.
+ * Returns NULL with errno ENOMEM when the tiers' total capacity is exhausted. */
+void *tm_alloc(tm_pool *p, size_t size);
+
+/* Free an allocation made by tm_alloc; its DRAM and lower-tier slots return
+ * to the pool at once. Precondition: ptr came from tm_alloc on p. */
+void tm_free(tm_pool *p, void *ptr);
+
+/* Size in bytes of the allocation starting at ptr, or 0 if ptr is not one. */
+size_t tm_alloc_size(tm_pool *p, const void *ptr);
+
+/* 1 if [ptr, ptr+size) lies inside the arena. */
+int tm_contains(tm_pool *p, const void *ptr, size_t size);
+
+int64_t tm_live_allocations(tm_pool *p);
+
+void tm_get_stats(tm_pool *p, tm_stats *out);
+
+/* Bytes of [ptr, ptr+size) per tier, indexed by tm_tier_id. */
+void tm_placement(tm_pool *p, const void *ptr, size_t size, uint64_t out[4]);
+
+const tm_meta *tm_get_meta(tm_pool *p);
+void *tm_arena_base(tm_pool *p);
+size_t tm_block_size(tm_pool *p);
+
+/* Install placement hooks (NULL restores the built-ins). */
+void tm_set_policy(tm_pool *p, const tm_policy_ops *ops);
+
+/* The pool's last recorded error (or the last creation error if p is NULL),
+ * copied into buf. Returns buf. */
+const char *tm_last_error(tm_pool *p, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

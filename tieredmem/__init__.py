@@ -1,0 +1,11 @@
+"""tieredmem: tiered memory for numpy and pandas inside one Python process.
+
+A Pool keeps the arrays it hands out under a hard DRAM budget: cold blocks
+are demoted to a persistent-memory tier and an NVMe tier and promoted back
+when touched, by page faults that the engine (csrc/) serves itself with
+userfaultfd. Arrays are plain numpy arrays over ordinary pointers."""
+from .pool import Pool
+from .sizes import parse_size
+
+__all__ = ["Pool", "parse_size"]
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+"""Pool: the Python face of one engine instance (csrc/arena.c)."""
+import errno
+import math
+import os
+import pathlib
+import threading
+import weakref
+
+import numpy as np
+
+from ._engine import ffi, lib
+from .sizes import parse_size
+
+TIERS = ("unbacked", "dram", "pmem", "nvme")  # indexed by enum tm_tier_id
+_STAT_COUNTERS = (
+    "allocated", "capacity", "faults", "zero_fills", "minor_faults", "wp_faults", "promotions",
+    "prefetched", "demotions", "clean_drops", "bytes_read", "bytes_written", "fault_ns",
+    "io_errors", "sigbus_sent", "policy_errors", "budget_overruns", "handler_threads",
+    "dirty_tracking", "nvme_direct", "pmem_dax",
+)
+
+
+def default_nvme_dir() -> pathlib.Path:
+    """$TIEREDMEM_NVME_PATH, else a private directory in the user's cache."""
+    env = os.environ.get("TIEREDMEM_NVME_PATH")
+    if env:
+        return pathlib.Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = pathlib.Path(cache) / "tieredmem"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _check_dir(path, name: str) -> str:
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(errno.ENOENT, f"{name}: directory does not exist", p)
+    if not os.path.isdir(p):
+        raise NotADirectoryError(errno.ENOTDIR, f"{name}: not a directory", p)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{name}: directory is not writable", p)
+    return p
+
+
+def _creation_error(err: int) -> Exception:
+    msg = ffi.string(lib.tm_last_error(ffi.NULL, ffi.new("char[256]"), 256)).decode()
+    if err in (errno.EPERM, errno.EACCES):
+        return PermissionError(err, msg)
+    if err == errno.EINVAL:
+        return ValueError(msg)
+    if err == errno.ENOMEM:
+        return MemoryError(msg)
+    return OSError(err, msg)
+
+
+class Pool:
+    """Memory over a DRAM tier with a hard budget and PMEM and NVMe tiers below.
+
+    Arrays from empty/zeros/full/empty_like/asarray are ordinary numpy arrays;
+    the engine moves their blocks between tiers as they are touched.
+
+    close() (or leaving a `with` block) while arrays from the pool are alive
+    defers the release: the pool stops allocating at once and is destroyed
+    when its last array is freed. Arrays never dangle.
+    """
+
+    def __init__(self, dram="256MiB", pmem=0, nvme="16GiB", pmem_path=None, nvme_path=None,
+                 block_size="64KiB"):
+        dram_b = parse_size(dram, "dram")
+        pmem_b = parse_size(pmem, "pmem")
+        nvme_b = parse_size(nvme, "nvme")
+        bs = parse_size(block_size, "block_size")
+        if not (4096 <= bs <= 2 << 20) or bs & (bs - 1):
+            raise ValueError(f"block_size: must be a power of two from 4KiB to 2MiB, got {block_size!r}")
+        if dram_b < bs:
+            raise ValueError(f"dram: must hold at least one block ({bs} bytes), got {dram!r}")
+        self._keep = []  # C strings referenced by the config
+        cfg = ffi.new("tm_config *")
+        cfg.dram_bytes, cfg.pmem_bytes, cfg.nvme_bytes, cfg.block_size = dram_b, pmem_b, nvme_b, bs
+        if pmem_b and pmem_path is not None:
+            cfg.pmem_path = self._cstr(_check_dir(pmem_path, "pmem_path"))
+        if nvme_b:
+            path = default_nvme_dir() if nvme_path is None else nvme_path
+            cfg.nvme_path = self._cstr(_check_dir(path, "nvme_path"))
+        inject = os.environ.get("TIEREDMEM_INJECT")
+        if inject:
+            cfg.inject = self._cstr(inject)
+        cfg.force_no_uffd = os.environ.get("TIEREDMEM_FORCE_NO_UFFD", "") not in ("", "0")
+        p = lib.tm_pool_create(cfg)
+        if p == ffi.NULL:
+            raise _creation_error(ffi.errno)
+        self._p = p
+        self.block_size = bs
+        self._lock = threading.Lock()
+        self._pins = 0          # live allocations and metadata views
+        self._closed = False
+        self._destroyed = False
+
+    def _cstr(self, s: str):
+        c = ffi.new("char[]", os.fsencode(s))
+        self._keep.append(c)
+        return c
+
+    # ---- lifetime ----------------------------------------------------
+
+    def _pin(self):
+        with self._lock:
+            if self._closed:
+                raise ValueError("the pool is closed")
+            self._pins += 1
+
+    def _unpin(self):
+        with self._lock:
+            self._pins -= 1
+            last = self._closed and self._pins == 0
+        if last:
+            self._destroy()
+
+    def _destroy(self):
+        if not self._destroyed:
+            self._destroyed = True
+            lib.tm_pool_destroy(self._p)
+
+    def close(self):
+        """Stop allocating; release the engine now or when the last array goes."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            last = self._pins == 0
+        if last:
+            self._destroy()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_p", None) is not None and not getattr(self, "_destroyed", True):
+            self.close()
+
+    # ---- allocation --------------------------------------------------
+
+    def _buffer(self, nbytes: int):
+        """A writable buffer of nbytes in the pool, freed when unreferenced."""
+        self._pin()
+        ptr = lib.tm_alloc(self._p, max(nbytes, 1))
+        if ptr == ffi.NULL:
+            self._unpin()
+            raise MemoryError(f"tieredmem pool: {self.last_error()}")
+
+        def release(cdata, pool=self):
+            lib.tm_free(pool._p, cdata)
+            pool._unpin()
+
+        return ffi.buffer(ffi.gc(ptr, release), nbytes)
+
+    def empty(self, shape, dtype="float64", order="C") -> np.ndarray:
+        """An uninitialised array in the pool (fresh pool memory reads as zero)."""
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        return np.ndarray(shape, dtype=dtype, buffer=self._buffer(nbytes), order=order)
+
+    def zeros(self, shape, dtype="float64", order="C") -> np.ndarray:
+        """Zeros without writing them: the engine maps fresh blocks zero-filled."""
+        return self.empty(shape, dtype, order)
+
+    def full(self, shape, fill_value, dtype=None, order="C") -> np.ndarray:
+        a = self.empty(shape, np.asarray(fill_value).dtype if dtype is None else dtype, order)
+        a[...] = fill_value
+        return a
+
+    def empty_like(self, prototype, dtype=None, shape=None) -> np.ndarray:
+        proto = np.asarray(prototype)
+        order = "F" if proto.flags.f_contiguous and not proto.flags.c_contiguous else "C"
+        return self.empty(proto.shape if shape is None else shape, dtype or proto.dtype, order)
+
+    def asarray(self, a, dtype=None) -> np.ndarray:
+        """`a` as an array in this pool: itself if it already is one, else a copy."""
+        if isinstance(a, np.ndarray) and (dtype is None or a.dtype == np.dtype(dtype)) and self.owns(a):
+            return a
+        src = np.asarray(a, dtype=dtype)
+        out = self.empty(src.shape, src.dtype)
+        out[...] = src
+        return out
+
+    # ---- inspection --------------------------------------------------
+
+    def _span(self, a: np.ndarray):
+        lo, hi = np.lib.array_utils.byte_bounds(a)
+        return lo, hi - lo
+
+    def owns(self, a: np.ndarray) -> bool:
+        lo, n = self._span(a)
+        return n > 0 and bool(lib.tm_contains(self._p, ffi.cast("void *", lo), n))
+
+    def placement(self, a: np.ndarray) -> dict:
+        """Bytes of `a` per tier; "unbacked" is memory never written."""
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"placement() takes a numpy array, got {type(a).__name__}")
+        lo, n = self._span(a)
+        if n and not lib.tm_contains(self._p, ffi.cast("void *", lo), n):
+            raise ValueError("placement(): the array's memory is not in this pool")
+        out = ffi.new("uint64_t[4]")
+        lib.tm_placement(self._p, ffi.cast("void *", lo), n, out)
+        return {name: int(out[i]) for i, name in enumerate(TIERS)}
+
+    def stats(self) -> dict:
+        """Capacity and use per tier, and the engine's counters."""
+        s = ffi.new("tm_stats *")
+        lib.tm_get_stats(self._p, s)
+        out = {}
+        for tier in ("dram", "pmem", "nvme"):
+            t = getattr(s, tier)
+            out[tier] = {"capacity": t.capacity, "used": t.used, "peak": t.peak}
+        for key in _STAT_COUNTERS:
+            out[key] = int(getattr(s, key))
+        out["block_size"] = self.block_size
+        out["last_error"] = self.last_error()
+        return out
+
+    def last_error(self) -> str:
+        return ffi.string(lib.tm_last_error(self._p, ffi.new("char[256]"), 256)).decode()
+
+    def metadata(self) -> dict:
+        """Per-block metadata as read-only numpy views (no copy), one entry per
+        arena block: tier, flags, access_count, last_access, slot. The views
+        keep the pool from being released while they live."""
+        self._pin()
+        token = _Token()
+        weakref.finalize(token, self._unpin)
+        m = lib.tm_get_meta(self._p)
+        views = {}
+        for name, dt in (("tier", "u1"), ("flags", "u1"), ("access_count", "u1"),
+                         ("last_access", "<u2"), ("slot", "<u4")):
+            addr = int(ffi.cast("uintptr_t", getattr(m, name)))
+            views[name] = np.asarray(_Exported(addr, m.nblocks, dt, token))
+        return views
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<tieredmem.Pool {state} block_size={self.block_size}>"
+
+
+class _Token:
+    """Pins a pool while metadata views exist (finalized with the last one)."""
+
+
+class _Exported:
+    """Read-only engine memory handed to numpy; the array's base keeps it."""
+
+    def __init__(self, addr: int, n: int, typestr: str, token: _Token):
+        self.__array_interface__ = {"data": (addr, True), "shape": (n,), "typestr": typestr, "version": 3}
+        self.token = token
