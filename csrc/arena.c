@@ -135,7 +135,7 @@ tm_pool *tm_pool_create(const tm_config *cfg)
         p->batch_blocks = 1;
     p->io_max_blocks = TM_IO_BYTES / bs ? (int64_t)(TM_IO_BYTES / bs) : 1;
     p->ra_window = 1;
-    p->last_fault = -1;
+    p->last_fault = INT64_MIN / 4; /* no previous fault: the first is not sequential */
 
     int r = create_tiers(p, cfg, err);
     if (r < 0)
@@ -211,8 +211,10 @@ void *tm_alloc(tm_pool *p, size_t size)
     pthread_mutex_lock(&p->lock);
     void *ptr = NULL;
     if (p->reserved + n > p->cap_blocks) {
-        tm_set_error(p, "cannot allocate %zu bytes: %lld of %lld bytes of pool capacity (dram + pmem + nvme) in use",
-                     size, (long long)p->reserved << p->bshift, (long long)p->cap_blocks << p->bshift);
+        tm_set_error(p, "cannot allocate %zu bytes: %lld of %lld bytes of pool capacity in use (capacity is "
+                     "dram + pmem + nvme less %lld bytes of headroom for moving blocks)",
+                     size, (long long)p->reserved << p->bshift, (long long)p->cap_blocks << p->bshift,
+                     (long long)(p->pmem.nslots + p->nvme.nslots ? p->batch_blocks : 0) << p->bshift);
     } else {
         int64_t b = tm_extents_alloc(&p->extents, n);
         if (b < 0) {

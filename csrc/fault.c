@@ -238,7 +238,8 @@ int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, i
     uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
     uint64_t len = (uint64_t)n << p->bshift, done = 0;
     while (done < len) {
-        struct uffdio_copy c = {addr + done, (uint64_t)(uintptr_t)buf + done, len - done, wp ? UFFDIO_COPY_MODE_WP : 0, 0};
+        struct uffdio_copy c = {addr + done, (uint64_t)(uintptr_t)buf + done, len - done,
+                                UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0), 0};
         if (ioctl(p->uffd, UFFDIO_COPY, &c) == 0)
             return 0;
         if (errno == EAGAIN && c.copy > 0)
@@ -254,7 +255,7 @@ int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n)
     uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
     uint64_t len = (uint64_t)n << p->bshift, done = 0;
     while (done < len) {
-        struct uffdio_zeropage z = {{addr + done, len - done}, 0, 0};
+        struct uffdio_zeropage z = {{addr + done, len - done}, UFFDIO_ZEROPAGE_MODE_DONTWAKE, 0};
         if (ioctl(p->uffd, UFFDIO_ZEROPAGE, &z) == 0)
             return 0;
         if (errno == EAGAIN && z.zeropage > 0)

@@ -18,7 +18,7 @@
 #define TM_MAX_HANDLERS 8
 #define TM_BATCH_BYTES (4u << 20)  /* largest promotion / demotion batch */
 #define TM_IO_BYTES (512u << 10)     /* largest single request */
-#define TM_ERRLEN 256
+#define TM_ERRLEN 512
 
 /* ---- os.c: the OS layer --------------------------------------------- */
 
@@ -191,7 +191,9 @@ void tm_fault_stop(struct tm_pool *p);
 /* Map the block range [b, b+n) from the memfd's pages already present,
  * write-protected when `wp`. */
 int tm_fault_map_resident(struct tm_pool *p, int64_t b, int64_t n, int wp);
-/* Fill [b, b+n) from buf and map it (waking waiters). */
+/* Fill [b, b+n) from buf, or with zeros, and map it without waking the
+ * threads waiting there: the caller updates the metadata, then wakes them
+ * with tm_fault_wake, so a thread never runs ahead of its block's state. */
 int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp);
 int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n);
 /* Answer a fault at addr with SIGBUS. */

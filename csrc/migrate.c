@@ -259,10 +259,6 @@ static int64_t demote(tm_worker *w, int64_t want)
     int64_t n = pick_victims(p, want, list);
     if (!n)
         return 0;
-    /* Unmap first: from here on an access faults and waits for the lock, so
-     * the copy below is not raced by a writer. */
-    for_runs(p, list, n, zap_run);
-
     int64_t nd = 0; /* dirty victims, moved to the front of the list */
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
@@ -271,6 +267,11 @@ static int64_t demote(tm_worker *w, int64_t want)
         list[i] = list[nd];
         list[nd++] = b;
     }
+    /* Unmap the dirty ones first: from here on an access faults and waits for
+     * the lock, so the copy below is not raced by a writer. Clean ones are
+     * mapped write-protected: a write to them already waits for the lock, and
+     * the hole punch below unmaps them. */
+    for_runs(p, list, nd, zap_run);
     for (int64_t i = 0; i < nd; i++) {
         int64_t b = list[i];
         if (p->meta.slot[b] == TM_NO_SLOT && slot_take(p, &p->pmem, b) < 0 && slot_take(p, &p->nvme, b) < 0)
@@ -483,6 +484,7 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
                 p->meta.flags[c] |= TM_F_DIRTY;
         }
         note_resident(p, j - i);
+        tm_fault_wake(p, list[i], j - i);
         i = j;
     }
     p->st.promotions += (uint64_t)n;
@@ -504,6 +506,7 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
         p->meta.flags[list[i]] |= TM_F_DIRTY; /* no lower copy exists */
     }
     note_resident(p, n);
+    tm_fault_wake(p, list[0], n);
     p->st.zero_fills += (uint64_t)n;
 }
 

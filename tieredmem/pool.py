@@ -43,7 +43,7 @@ def _check_dir(path, name: str) -> str:
 
 
 def _creation_error(err: int) -> Exception:
-    msg = ffi.string(lib.tm_last_error(ffi.NULL, ffi.new("char[256]"), 256)).decode()
+    msg = ffi.string(lib.tm_last_error(ffi.NULL, ffi.new("char[1024]"), 1024)).decode()
     if err in (errno.EPERM, errno.EACCES):
         return PermissionError(err, msg)
     if err == errno.EINVAL:
@@ -131,6 +131,12 @@ class Pool:
         if last:
             self._destroy()
 
+    def _engine(self):
+        """The engine handle; ValueError once it has been released."""
+        if self._destroyed:
+            raise ValueError("the pool is closed and released")
+        return self._p
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -199,23 +205,46 @@ class Pool:
 
     def owns(self, a: np.ndarray) -> bool:
         lo, n = self._span(a)
-        return n > 0 and bool(lib.tm_contains(self._p, ffi.cast("void *", lo), n))
+        return n > 0 and bool(lib.tm_contains(self._engine(), ffi.cast("void *", lo), n))
 
     def placement(self, a: np.ndarray) -> dict:
-        """Bytes of `a` per tier; "unbacked" is memory never written."""
+        """Bytes of `a` per tier; "unbacked" is memory never written. Sums to
+        a.nbytes (for a strided view, only the bytes of its elements count)."""
         if not isinstance(a, np.ndarray):
             raise TypeError(f"placement() takes a numpy array, got {type(a).__name__}")
+        engine = self._engine()
         lo, n = self._span(a)
-        if n and not lib.tm_contains(self._p, ffi.cast("void *", lo), n):
+        if n and not lib.tm_contains(engine, ffi.cast("void *", lo), n):
             raise ValueError("placement(): the array's memory is not in this pool")
-        out = ffi.new("uint64_t[4]")
-        lib.tm_placement(self._p, ffi.cast("void *", lo), n, out)
-        return {name: int(out[i]) for i, name in enumerate(TIERS)}
+        if n == a.nbytes:  # contiguous: the engine counts the span under its lock
+            out = ffi.new("uint64_t[4]")
+            lib.tm_placement(engine, ffi.cast("void *", lo), n, out)
+            return {name: int(out[i]) for i, name in enumerate(TIERS)}
+        return self._strided_placement(a)
+
+    def _strided_placement(self, a: np.ndarray) -> dict:
+        """Per-element placement of a strided view, from the metadata views
+        (a snapshot: blocks may move while it is taken). Elements are counted
+        in the block of their first byte."""
+        base = int(ffi.cast("uintptr_t", lib.tm_arena_base(self._engine())))
+        tiers = self.metadata()["tier"]
+        shift = self.block_size.bit_length() - 1
+        counts = np.zeros(len(TIERS), dtype=np.int64)
+        # Element addresses, built a slice of the first axis at a time.
+        parts = a if a.ndim > 1 else (a[i:i + (1 << 20)] for i in range(0, a.shape[0], 1 << 20))
+        for sub in parts:
+            offsets = np.zeros(1, dtype=np.int64)
+            for size, stride in zip(sub.shape, sub.strides):
+                offsets = (offsets[:, None] + np.arange(size, dtype=np.int64) * stride).ravel()
+            start = sub.__array_interface__["data"][0] - base
+            blocks = (start + offsets) >> shift
+            counts += np.bincount(tiers[blocks], minlength=len(TIERS)) * a.itemsize
+        return {name: int(counts[i]) for i, name in enumerate(TIERS)}
 
     def stats(self) -> dict:
         """Capacity and use per tier, and the engine's counters."""
         s = ffi.new("tm_stats *")
-        lib.tm_get_stats(self._p, s)
+        lib.tm_get_stats(self._engine(), s)
         out = {}
         for tier in ("dram", "pmem", "nvme"):
             t = getattr(s, tier)
@@ -227,7 +256,7 @@ class Pool:
         return out
 
     def last_error(self) -> str:
-        return ffi.string(lib.tm_last_error(self._p, ffi.new("char[256]"), 256)).decode()
+        return ffi.string(lib.tm_last_error(self._engine(), ffi.new("char[1024]"), 1024)).decode()
 
     def metadata(self) -> dict:
         """Per-block metadata as read-only numpy views (no copy), one entry per
@@ -236,7 +265,7 @@ class Pool:
         self._pin()
         token = _Token()
         weakref.finalize(token, self._unpin)
-        m = lib.tm_get_meta(self._p)
+        m = lib.tm_get_meta(self._engine())
         views = {}
         for name, dt in (("tier", "u1"), ("flags", "u1"), ("access_count", "u1"),
                          ("last_access", "<u2"), ("slot", "<u4")):

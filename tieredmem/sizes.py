@@ -3,6 +3,7 @@
 K, M, G, T and KiB, MiB, GiB, TiB are powers of 1024 (as in free, ulimit
 and docker); KB, MB, GB, TB are powers of 1000."""
 import re
+from decimal import Decimal
 
 _UNITS = {
     "": 1, "B": 1,
@@ -26,7 +27,7 @@ def parse_size(value, name: str) -> int:
         m = _SIZE.match(value)
         unit = m and _UNITS.get(m.group(2).upper())
         if m and unit:
-            return int(float(m.group(1)) * unit)
+            return int(Decimal(m.group(1)) * unit)
     raise ValueError(
         f"{name}: cannot parse size {value!r} (expected bytes as an int or a string "
         f"like '512MiB', '4G', '1.5GiB')"
