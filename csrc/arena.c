@@ -67,7 +67,6 @@ static int meta_init(struct tm_pool *p)
     p->meta.tier = (uint8_t *)(p->meta.last_access + n);
     p->meta.flags = p->meta.tier + n;
     p->meta.access_count = p->meta.flags + n;
-    memset(p->meta.slot, 0xff, (size_t)n * sizeof(uint32_t)); /* TM_NO_SLOT */
     p->alloc_len = alloc_len;
     return 0;
 }
@@ -78,10 +77,11 @@ static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
     p->pmem.id = TM_PMEM;
     p->nvme.id = TM_NVME;
     p->pmem.bs = p->nvme.bs = p->bs;
+    p->pmem.first_slot = 1;
     uint64_t pslots = cfg->pmem_bytes / p->bs, nslots = cfg->nvme_bytes / p->bs;
-    if (pslots + nslots >= TM_NO_SLOT) {
+    if (pslots + nslots >= UINT32_MAX) {
         snprintf(err, TM_ERRLEN, "pmem + nvme hold %llu blocks; at most %u are supported (use a larger block_size)",
-                 (unsigned long long)(pslots + nslots), TM_NO_SLOT - 1);
+                 (unsigned long long)(pslots + nslots), UINT32_MAX - 1);
         return -EINVAL;
     }
     int r;
@@ -94,7 +94,7 @@ static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
             snprintf(err, TM_ERRLEN, "nvme_path: no directory given for the NVMe tier");
             return -EINVAL;
         }
-        p->nvme.first_slot = (uint32_t)pslots;
+        p->nvme.first_slot = 1 + (uint32_t)pslots;
         if ((r = tm_tier_init_slots(&p->nvme, nslots)) < 0 || (r = tm_tier_nvme_open(&p->nvme, cfg->nvme_path, err)) < 0)
             return r;
     }
@@ -144,9 +144,9 @@ tm_pool *tm_pool_create(const tm_config *cfg)
     /* A batch of headroom: a demotion in progress may need that many slots
      * while the blocks being promoted still hold theirs. */
     p->cap_blocks = p->dram_blocks + lower - (lower ? p->batch_blocks : 0);
-    /* Address space beyond capacity, so that fragmentation of the arena does
-     * not limit what can be allocated. */
-    p->nblocks = p->cap_blocks + p->cap_blocks / 4 + 64;
+    /* Four times the capacity in address space (it costs nothing until
+     * used), so that fragmentation of the arena does not limit allocation. */
+    p->nblocks = 4 * p->cap_blocks + 64;
     p->arena_size = (size_t)p->nblocks << p->bshift;
     if ((r = meta_init(p)) < 0 || (r = tm_extents_init(&p->extents, p->nblocks)) < 0) {
         snprintf(err, sizeof err, "cannot allocate block metadata: %s", strerror(-r));

@@ -458,7 +458,7 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
         err = tm_tier_readv(t, &one, 1);
     }
     if (err < 0) {
-        fail_fault(p, addr, "lower-tier read failed", err);
+        fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
         return;
     }
     /* Install runs of adjacent blocks with one UFFDIO_COPY each. A block read

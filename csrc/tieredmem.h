@@ -32,7 +32,9 @@ enum {
     TM_F_POISON = 1 << 4,  /* a page was poisoned after a failed promotion */
 };
 
-#define TM_NO_SLOT UINT32_MAX
+/* Slot ids are global across the lower tiers and start at 1 (PMEM's first,
+ * then NVMe's), so zeroed metadata means "no slot". */
+#define TM_NO_SLOT 0u
 
 typedef struct tm_config {
     uint64_t dram_bytes;     /* hard budget of resident bytes; > 0 */

@@ -1,0 +1,347 @@
+"""Tiering: data moves DRAM -> PMEM -> NVMe and back without a bit changing,
+the DRAM budget holds, clean blocks are dropped instead of rewritten, dirty
+ones are not, and freeing returns every tier's space.
+
+Arrays are filled with a position-dependent pattern generated chunk by chunk
+and checked the same way, so no second full copy of the data is ever held.
+"""
+import gc
+import hashlib
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tieredmem as tm
+
+KiB = 1 << 10
+MiB = 1 << 20
+CHUNK = 1 * MiB // 8  # elements of uint64 per generated chunk
+
+pytestmark = pytest.mark.timeout(120, method="thread")
+
+
+# ---- helpers --------------------------------------------------------------
+
+def pattern(start, stop, seed):
+    """Element values for indexes [start, stop): distinct per index and seed,
+    so a lost, stale, zeroed or misplaced block shows up."""
+    i = np.arange(start, stop, dtype=np.uint64)
+    return (i * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64((seed * 0x5851F42D4C957F2D + 1) & (2**64 - 1))
+
+
+def fill(a, seed, lo=0, hi=None):
+    """Write the pattern into a[lo:hi] chunk by chunk; return its sha1."""
+    hi = a.size if hi is None else hi
+    h = hashlib.sha1()
+    for i in range(lo, hi, CHUNK):
+        j = min(i + CHUNK, hi)
+        p = pattern(i, j, seed)
+        a[i:j] = p
+        h.update(p)
+    return h.hexdigest()
+
+
+def digest(a, lo=0, hi=None):
+    """sha1 of a[lo:hi], read chunk by chunk (reads only, never writes)."""
+    hi = a.size if hi is None else hi
+    h = hashlib.sha1()
+    for i in range(lo, hi, CHUNK):
+        h.update(memoryview(a[i:min(i + CHUNK, hi)]))
+    return h.hexdigest()
+
+
+def expected_digest(seed, lo, hi):
+    h = hashlib.sha1()
+    for i in range(lo, hi, CHUNK):
+        h.update(pattern(i, min(i + CHUNK, hi), seed))
+    return h.hexdigest()
+
+
+def first_mismatch(a, seed, lo=0, hi=None):
+    """None if a[lo:hi] holds the pattern, else a description of the first
+    wrong element and how many are wrong."""
+    hi = a.size if hi is None else hi
+    bad, first = 0, None
+    for i in range(lo, hi, CHUNK):
+        j = min(i + CHUNK, hi)
+        want = pattern(i, j, seed)
+        wrong = np.flatnonzero(a[i:j] != want)
+        if wrong.size:
+            bad += int(wrong.size)
+            if first is None:
+                k = int(wrong[0])
+                first = (i + k, int(a[i + k]), int(want[k]))
+    if first is None:
+        return None
+    idx, got, want = first
+    return f"{bad} wrong elements; first at index {idx} (byte {idx * 8}): got {got:#x}, want {want:#x}"
+
+
+@pytest.fixture
+def nvme_dir(tmp_path):
+    d = tmp_path / "nvme"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def make_pool(nvme_dir):
+    pools = []
+
+    def make(**kw):
+        kw.setdefault("nvme_path", nvme_dir)
+        p = tm.Pool(**kw)
+        pools.append(p)
+        return p
+
+    yield make
+    gc.collect()
+    for p in pools:
+        p.close()
+
+
+# ---- round trips ------------------------------------------------------------
+
+@pytest.mark.parametrize("block_size", ["4KiB", "64KiB", "2MiB"])
+def test_data_four_times_the_budget_reads_back_bit_exact(make_pool, block_size):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, nvme="256MiB", block_size=block_size)
+    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+    written = fill(a, seed=1)
+    s = pool.stats()
+    assert s["demotions"] > 0 and pool.placement(a)["nvme"] > 0, "nothing left DRAM: tiering not exercised"
+    read = digest(a)
+    if read != written:
+        pytest.fail(f"read back differs from what was written: {first_mismatch(a, 1)}")
+    assert pool.stats()["promotions"] > 0
+    del a
+    gc.collect()
+
+
+def test_blocks_read_back_in_random_order_are_bit_exact(make_pool):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, nvme="256MiB", block_size="64KiB")
+    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+    fill(a, seed=2)
+    per_block = pool.block_size // 8
+    order = np.random.default_rng(7).permutation(a.size // per_block)
+    bad = []
+    for b in order:
+        lo = int(b) * per_block
+        if not np.array_equal(a[lo:lo + per_block], pattern(lo, lo + per_block, 2)):
+            bad.append(int(b))
+    assert not bad, f"{len(bad)} blocks read back wrong, e.g. blocks {sorted(bad)[:10]}"
+    del a
+    gc.collect()
+
+
+@pytest.mark.parametrize("block_size", ["4KiB", "64KiB", "2MiB"])
+def test_pmem_and_nvme_tiers_round_trip_bit_exact(make_pool, block_size):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, pmem="32MiB", nvme="256MiB", block_size=block_size)
+    a = pool.empty(6 * budget // 8, dtype=np.uint64)  # 96 MiB: more than DRAM + PMEM
+    written = fill(a, seed=3)
+    for rnd in range(2):  # every pass pulls blocks back up through all tiers
+        read = digest(a)
+        if read != written:
+            pytest.fail(f"pass {rnd}: read back differs: {first_mismatch(a, 3)}")
+    s = pool.stats()
+    assert s["pmem"]["peak"] > 0 and s["nvme"]["peak"] > 0, s
+    del a
+    gc.collect()
+
+
+def test_placement_spans_dram_pmem_and_nvme_and_sums_to_nbytes(make_pool):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, pmem="32MiB", nvme="256MiB", block_size="64KiB")
+    a = pool.empty(6 * budget // 8, dtype=np.uint64)
+    fill(a, seed=4)
+    pl = pool.placement(a)
+    assert pl["dram"] > 0 and pl["pmem"] > 0 and pl["nvme"] > 0, pl
+    assert pl["unbacked"] == 0, pl
+    assert sum(pl.values()) == a.nbytes, pl
+    assert pl["dram"] <= budget, pl
+    digest(a)  # read it all: blocks move up and down again
+    pl = pool.placement(a)
+    assert pl["pmem"] > 0 and pl["nvme"] > 0, pl
+    assert sum(pl.values()) == a.nbytes, pl
+    del a
+    gc.collect()
+
+
+# ---- the budget -------------------------------------------------------------
+
+def test_dram_used_never_exceeds_budget_during_fill_and_verify(make_pool):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, nvme="256MiB", block_size="64KiB")
+    limit = budget + 1 * pool.block_size  # one faulting thread
+    samples = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append(pool.stats()["dram"]["used"])
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        a = pool.empty(4 * budget // 8, dtype=np.uint64)
+        written = fill(a, seed=5)
+        assert digest(a) == written
+    finally:
+        stop.set()
+        t.join(10)
+    s = pool.stats()
+    assert len(samples) >= 20, f"only {len(samples)} samples taken"
+    assert max(samples) >= budget // 2, "the budget was never approached: no memory pressure"
+    assert max(samples) <= limit, f"dram used reached {max(samples)} > budget {budget} + one block"
+    assert s["dram"]["peak"] <= limit, s["dram"]
+    assert s["budget_overruns"] == 0, s
+    del a
+    gc.collect()
+
+
+# ---- clean and dirty blocks -------------------------------------------------
+
+def test_read_only_pass_drops_clean_blocks_without_rewriting(make_pool):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, nvme="256MiB", block_size="64KiB")
+    if not pool.stats()["dirty_tracking"]:
+        pytest.skip("no write-protect dirty tracking on this kernel: every block counts as dirty")
+    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+    written = fill(a, seed=6)
+    s0 = pool.stats()
+    assert digest(a) == written  # reads only
+    s1 = pool.stats()
+    rewritten = s1["bytes_written"] - s0["bytes_written"]
+    dropped = s1["clean_drops"] - s0["clean_drops"]
+    assert s1["promotions"] > s0["promotions"], "the pass did not read from NVMe"
+    # Only the blocks still dirty in DRAM after the fill (at most the budget)
+    # may be written; every block promoted by the pass leaves again clean.
+    assert rewritten <= budget, f"a read-only pass rewrote {rewritten} bytes of {a.nbytes}"
+    assert dropped * pool.block_size >= a.nbytes - 2 * budget, (
+        f"only {dropped} clean drops for {a.nbytes // pool.block_size} blocks read")
+    del a
+    gc.collect()
+
+
+def push_out(pool, region, other, rounds=8):
+    """Touch `other` (pool memory outside region) until no byte of region is
+    left in DRAM; return region's placement."""
+    for _ in range(rounds):
+        pl = pool.placement(region)
+        if pl["dram"] == 0:
+            break
+        other += 1
+    return pool.placement(region)
+
+
+@pytest.mark.parametrize("stride", [1, 64 * KiB // 8], ids=["whole-blocks", "one-element-per-block"])
+def test_write_after_read_survives_the_next_demotion(make_pool, stride):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, nvme="256MiB", block_size="64KiB")
+    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+    other = pool.zeros(2 * budget // 8, dtype=np.uint64)
+    fill(a, seed=7)
+    n = 2 * MiB // 8
+    region = a[:n]
+    assert push_out(pool, region, other)["nvme"] == region.nbytes
+    assert int(region.sum()) == int(pattern(0, n, 7).sum())  # a read: promoted clean
+    assert pool.placement(region)["dram"] == region.nbytes
+    idx = np.arange(0, n, stride)
+    region[::stride] = pattern(0, n, 8)[::stride]  # written after the read
+    assert push_out(pool, region, other)["nvme"] == region.nbytes
+    want = pattern(0, n, 7)
+    want[idx] = pattern(0, n, 8)[idx]
+    wrong = np.flatnonzero(region != want)
+    assert wrong.size == 0, (
+        f"{wrong.size} elements written after a read were lost by the demotion, first at index {wrong[0]}")
+    assert first_mismatch(a, 7, lo=n) is None
+    del region, a, other
+    gc.collect()
+
+
+# ---- freeing and capacity -----------------------------------------------------
+
+def test_freeing_an_array_returns_dram_and_lower_tier_slots(make_pool):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, pmem="16MiB", nvme="256MiB", block_size="64KiB")
+    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+    fill(a, seed=9)
+    s = pool.stats()
+    assert s["dram"]["used"] > 0 and s["pmem"]["used"] > 0 and s["nvme"]["used"] > 0, s
+    del a
+    gc.collect()
+    s = pool.stats()
+    assert s["allocated"] == 0, s
+    assert (s["dram"]["used"], s["pmem"]["used"], s["nvme"]["used"]) == (0, 0, 0), s
+
+
+def test_memory_reused_after_free_reads_as_zero(make_pool):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget, nvme="256MiB", block_size="64KiB")
+    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+    fill(a, seed=10)
+    del a
+    gc.collect()
+    b = pool.zeros(4 * budget // 8, dtype=np.uint64)
+    nonzero = sum(int(np.count_nonzero(b[i:i + CHUNK])) for i in range(0, b.size, CHUNK))
+    assert nonzero == 0, f"{nonzero} elements of a fresh array hold stale data"
+    del b
+    gc.collect()
+
+
+TIER_CONFIGS = {
+    "nvme": dict(dram="8MiB", nvme="32MiB"),
+    "pmem+nvme": dict(dram="8MiB", pmem="8MiB", nvme="32MiB"),
+    "pmem": dict(dram="8MiB", pmem="32MiB", nvme=0),
+}
+
+
+@pytest.mark.parametrize("tiers", list(TIER_CONFIGS))
+def test_allocation_of_the_whole_reported_capacity_succeeds_and_holds_data(make_pool, tiers):
+    pool = make_pool(block_size="64KiB", **TIER_CONFIGS[tiers])
+    cap = pool.stats()["capacity"]
+    assert cap >= 32 * MiB
+    a = pool.empty(cap // 8, dtype=np.uint64)
+    assert pool.stats()["allocated"] == cap
+    written = fill(a, seed=11)
+    if digest(a) != written:
+        pytest.fail(f"data at full capacity read back wrong: {first_mismatch(a, 11)}")
+    assert pool.stats()["io_errors"] == 0, pool.stats()["last_error"]
+    del a
+    gc.collect()
+
+
+def test_allocation_beyond_the_reported_capacity_raises_memory_error(make_pool):
+    pool = make_pool(dram="8MiB", nvme="32MiB", block_size="64KiB")
+    cap = pool.stats()["capacity"]
+    with pytest.raises(MemoryError):
+        pool.empty(cap + pool.block_size, dtype=np.uint8)
+    a = pool.empty(cap - pool.block_size, dtype=np.uint8)
+    with pytest.raises(MemoryError):
+        pool.empty(2 * pool.block_size, dtype=np.uint8)
+    b = pool.empty(pool.block_size, dtype=np.uint8)  # exactly what is left
+    assert pool.stats()["allocated"] == cap
+    del a, b
+    gc.collect()
+
+
+def test_allocation_of_all_remaining_capacity_succeeds_after_a_free(make_pool):
+    """Capacity left is capacity - allocated, wherever earlier allocations
+    sat in the arena (tm_alloc: ENOMEM only "when the tiers' total capacity
+    is exhausted")."""
+    pool = make_pool(dram="8MiB", nvme="32MiB", block_size="64KiB")
+    cap, bs = pool.stats()["capacity"], pool.block_size
+    first = pool.empty(cap // 2, dtype=np.uint8)
+    pinned = pool.empty(bs, dtype=np.uint8)  # allocated after `first`
+    del first
+    gc.collect()
+    assert pool.stats()["allocated"] == bs
+    rest = pool.empty(cap - bs, dtype=np.uint8)
+    assert pool.stats()["allocated"] == cap
+    del rest, pinned
+    gc.collect()
