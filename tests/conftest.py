@@ -1,4 +1,5 @@
-"""Shared fixtures: small pools whose NVMe tier lives in a per-test directory."""
+"""Shared fixtures: pools whose NVMe tier lives in a per-test directory."""
+import functools
 import gc
 
 import pytest
@@ -15,14 +16,12 @@ def nvme_dir(tmp_path):
 
 
 @pytest.fixture
-def pool(nvme_dir):
-    """Factory: pool(**kwargs) -> an open tm.Pool (small by default, NVMe in
-    nvme_dir), closed at teardown. Tests delete their arrays themselves."""
+def make_pool(nvme_dir):
+    """Factory: make_pool(**kwargs) -> an open tm.Pool with its NVMe tier in
+    nvme_dir, closed at teardown. Tests delete their arrays themselves."""
     made = []
 
     def make(**kwargs):
-        kwargs.setdefault("dram", "8MiB")
-        kwargs.setdefault("nvme", "64MiB")
         kwargs.setdefault("nvme_path", nvme_dir)
         p = tm.Pool(**kwargs)
         made.append(p)
@@ -32,3 +31,9 @@ def pool(nvme_dir):
     gc.collect()
     for p in made:
         p.close()
+
+
+@pytest.fixture
+def pool(make_pool):
+    """Factory for small pools: 8 MiB of DRAM over 64 MiB of NVMe by default."""
+    return functools.partial(make_pool, dram="8MiB", nvme="64MiB")

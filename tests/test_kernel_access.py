@@ -2,6 +2,7 @@
 demoted to NVMe) is served by the engine like a user access: system calls
 that copy into or out of pool arrays (read, readv, preadv, recv, write) move
 exactly the right bytes and never fail with EFAULT."""
+import functools
 import gc
 import hashlib
 import os
@@ -98,28 +99,10 @@ def data_file(tmp_path_factory):
 
 
 @pytest.fixture
-def nvme_dir(tmp_path):
-    d = tmp_path / "nvme"
-    d.mkdir()
-    return d
+def make_pool(make_pool):
+    """Pools with room for the 512 MiB file."""
+    return functools.partial(make_pool, nvme="2GiB")
 
-
-@pytest.fixture
-def make_pool(nvme_dir):
-    pools = []
-
-    def make(**kw):
-        kw.setdefault("nvme_path", nvme_dir)
-        kw.setdefault("nvme", "2GiB")
-        kw.setdefault("block_size", "64KiB")
-        p = tm.Pool(**kw)
-        pools.append(p)
-        return p
-
-    yield make
-    gc.collect()
-    for p in pools:
-        p.close()
 
 
 # ---- kernel writes into pool memory ----------------------------------------

@@ -52,13 +52,6 @@ def digest(a, lo=0, hi=None):
     return h.hexdigest()
 
 
-def expected_digest(seed, lo, hi):
-    h = hashlib.sha1()
-    for i in range(lo, hi, CHUNK):
-        h.update(pattern(i, min(i + CHUNK, hi), seed))
-    return h.hexdigest()
-
-
 def first_mismatch(a, seed, lo=0, hi=None):
     """None if a[lo:hi] holds the pattern, else a description of the first
     wrong element and how many are wrong."""
@@ -79,27 +72,6 @@ def first_mismatch(a, seed, lo=0, hi=None):
     return f"{bad} wrong elements; first at index {idx} (byte {idx * 8}): got {got:#x}, want {want:#x}"
 
 
-@pytest.fixture
-def nvme_dir(tmp_path):
-    d = tmp_path / "nvme"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def make_pool(nvme_dir):
-    pools = []
-
-    def make(**kw):
-        kw.setdefault("nvme_path", nvme_dir)
-        p = tm.Pool(**kw)
-        pools.append(p)
-        return p
-
-    yield make
-    gc.collect()
-    for p in pools:
-        p.close()
 
 
 # ---- round trips ------------------------------------------------------------
