@@ -12,7 +12,6 @@ import threading
 import numpy as np
 import pytest
 
-import tieredmem as tm
 
 MiB = 1 << 20
 CHUNK = 1 * MiB // 8

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 
-import tieredmem as tm
 
 KiB = 1 << 10
 MiB = 1 << 20
