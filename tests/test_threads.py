@@ -3,6 +3,7 @@ every write lands, every thread finishes (no hang in fault service)."""
 import gc
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ def pattern(start, stop, seed, step=1):
 
 
 def run_threads(target, n=NTHREADS):
-    """Run target(tid) on n threads; return (unfinished thread ids, errors)."""
+    """Run target(tid) on n threads, all joined within JOIN_TIMEOUT; return
+    (names of threads still running, errors raised)."""
     errors = []
 
     def wrap(tid):
@@ -36,8 +38,9 @@ def run_threads(target, n=NTHREADS):
     threads = [threading.Thread(target=wrap, args=(t,), daemon=True, name=f"writer-{t}") for t in range(n)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + JOIN_TIMEOUT
     for t in threads:
-        t.join(JOIN_TIMEOUT)
+        t.join(max(0.0, deadline - time.monotonic()))
     return [t.name for t in threads if t.is_alive()], errors
 
 
@@ -53,13 +56,6 @@ def make_barrier(n=NTHREADS):
     b = threading.Barrier(n, timeout=JOIN_TIMEOUT)
     _barriers.append(b)
     return b
-
-
-@pytest.fixture
-def nvme_dir(tmp_path):
-    d = tmp_path / "nvme"
-    d.mkdir()
-    return d
 
 
 TIERS = {"nvme": dict(), "pmem+nvme": dict(pmem="16MiB")}
