@@ -18,33 +18,11 @@ import textwrap
 import numpy as np
 import pytest
 
-import tieredmem as tm
+from patterns import MiB, fill, first_mismatch, pattern
 
-MiB = 1 << 20
-CHUNK = 1 * MiB // 8
+
 
 pytestmark = pytest.mark.timeout(60, method="thread")
-
-
-def pattern(start, stop, seed):
-    i = np.arange(start, stop, dtype=np.uint64)
-    return (i * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64((seed * 0x5851F42D4C957F2D + 1) & (2**64 - 1))
-
-
-def fill(a, seed):
-    for i in range(0, a.size, CHUNK):
-        a[i:i + CHUNK] = pattern(i, min(i + CHUNK, a.size), seed)
-
-
-def first_mismatch(a, seed):
-    for i in range(0, a.size, CHUNK):
-        j = min(i + CHUNK, a.size)
-        wrong = np.flatnonzero(a[i:j] != pattern(i, j, seed))
-        if wrong.size:
-            return i + int(wrong[0])
-    return None
-
-
 
 
 def demoted_array(pool, budget, seed=1):
@@ -225,7 +203,7 @@ def test_failed_demotion_writes_keep_the_data_exact_in_dram(make_pool, monkeypat
     a = pool.empty(4 * budget // 8, dtype=np.uint64)
     fill(a, seed=5)
     bad = first_mismatch(a, 5)
-    assert bad is None, f"data lost at element {bad}"
+    assert bad is None, f"data lost: {bad}"
     pl = pool.placement(a)
     assert pl["dram"] == a.nbytes, pl
     del a
@@ -254,7 +232,7 @@ def test_failed_pmem_writes_keep_the_data_exact(make_pool, monkeypatch):
     a = pool.empty(4 * budget // 8, dtype=np.uint64)
     fill(a, seed=7)
     bad = first_mismatch(a, 7)
-    assert bad is None, f"data lost at element {bad}"
+    assert bad is None, f"data lost: {bad}"
     assert pool.stats()["io_errors"] >= 1
     del a
     gc.collect()
@@ -271,6 +249,6 @@ def test_demotion_writes_that_fail_after_skip_keep_the_data_exact(make_pool, mon
     s = pool.stats()
     assert s["bytes_written"] > 0 and s["io_errors"] >= 1, s
     bad = first_mismatch(a, 8)
-    assert bad is None, f"data lost at element {bad}"
+    assert bad is None, f"data lost: {bad}"
     del a
     gc.collect()

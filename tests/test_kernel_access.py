@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import pytest
 
+from patterns import CHUNK, MiB, digest, expected_digest, fill, first_mismatch, pattern, push_out
 
-MiB = 1 << 20
-CHUNK = 1 * MiB // 8
+
 FILE_BYTES = 512 * MiB
 SEED = 21
 
@@ -22,52 +22,6 @@ pytestmark = pytest.mark.timeout(120, method="thread")
 
 
 # ---- helpers --------------------------------------------------------------
-
-def pattern(start, stop, seed):
-    i = np.arange(start, stop, dtype=np.uint64)
-    return (i * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64((seed * 0x5851F42D4C957F2D + 1) & (2**64 - 1))
-
-
-def fill(a, seed):
-    for i in range(0, a.size, CHUNK):
-        a[i:i + CHUNK] = pattern(i, min(i + CHUNK, a.size), seed)
-
-
-def digest(a):
-    """sha1 of an array's bytes, read chunk by chunk."""
-    flat = a.reshape(-1).view(np.uint8)
-    h = hashlib.sha1()
-    step = 8 * MiB
-    for i in range(0, flat.size, step):
-        h.update(memoryview(flat[i:i + step]))
-    return h.hexdigest()
-
-
-def expected_digest(nbytes, seed):
-    h = hashlib.sha1()
-    n = nbytes // 8
-    for i in range(0, n, CHUNK):
-        h.update(pattern(i, min(i + CHUNK, n), seed))
-    return h.hexdigest()
-
-
-def first_bad_chunk(a, seed):
-    """Index of the first 1 MiB chunk of a uint64 array that differs from the
-    pattern, or None."""
-    for i in range(0, a.size, CHUNK):
-        if not np.array_equal(a[i:i + CHUNK], pattern(i, min(i + CHUNK, a.size), seed)):
-            return i // CHUNK
-    return None
-
-
-def push_out(pool, region, other, rounds=8):
-    """Touch `other` until no byte of region is left in DRAM."""
-    for _ in range(rounds):
-        if pool.placement(region)["dram"] == 0:
-            break
-        other += 1
-    return pool.placement(region)
-
 
 def read_fully(fd, mv, offset=None):
     """read/pread into mv until full (a read may return less than asked)."""
@@ -124,7 +78,7 @@ def test_readinto_512mib_file_into_array_demoted_to_nvme_is_exact(make_pool, dat
     assert got == FILE_BYTES
     assert pool.stats()["dram"]["peak"] <= budget + 2 * pool.block_size
     if digest(a) != want:
-        pytest.fail(f"array differs from the file, first at 1 MiB chunk {first_bad_chunk(a, SEED)}")
+        pytest.fail(f"array differs from the file, {first_mismatch(a, SEED)}")
     del mv, a, other
     gc.collect()
 
@@ -140,7 +94,7 @@ def test_readv_into_never_touched_array_is_exact(make_pool, data_file):
         read_fully(fd, memoryview(a).cast("B"))
     finally:
         os.close(fd)
-    assert digest(a) == expected_digest(a.nbytes, SEED), f"first bad 1 MiB chunk: {first_bad_chunk(a, SEED)}"
+    assert digest(a) == expected_digest(a.nbytes, SEED), f"{first_mismatch(a, SEED)}"
     del a
     gc.collect()
 
@@ -167,25 +121,22 @@ def test_preadv_at_an_offset_into_array_on_nvme_is_exact(make_pool, data_file):
     gc.collect()
 
 
-def test_recv_into_array_from_socket_fills_it_exactly(make_pool):
-    budget = 16 * MiB
-    pool = make_pool(dram=budget)
-    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+def socket_transfer(send, mv):
+    """Run send(tx) on a thread while recv_into fills mv from the other end of
+    a socketpair; return the bytes received. The sender must finish cleanly."""
     rx, tx = socket.socketpair()
     errors = []
 
-    def send():
+    def run():
         try:
-            for i in range(0, a.size, CHUNK):
-                tx.sendall(pattern(i, min(i + CHUNK, a.size), SEED))
+            send(tx)
         except BaseException as e:  # reported by the main thread
             errors.append(e)
         finally:
             tx.shutdown(socket.SHUT_WR)
 
-    t = threading.Thread(target=send, daemon=True)
+    t = threading.Thread(target=run, daemon=True)
     t.start()
-    mv = memoryview(a).cast("B")
     got = 0
     rx.settimeout(60)
     while got < len(mv):
@@ -198,8 +149,21 @@ def test_recv_into_array_from_socket_fills_it_exactly(make_pool):
     tx.close()
     assert not t.is_alive(), "sender did not finish"
     assert not errors, errors
-    assert got == a.nbytes
-    assert digest(a) == expected_digest(a.nbytes, SEED), f"first bad 1 MiB chunk: {first_bad_chunk(a, SEED)}"
+    return got
+
+
+def test_recv_into_array_from_socket_fills_it_exactly(make_pool):
+    budget = 16 * MiB
+    pool = make_pool(dram=budget)
+    a = pool.empty(4 * budget // 8, dtype=np.uint64)
+
+    def send(tx):
+        for i in range(0, a.size, CHUNK):
+            tx.sendall(pattern(i, min(i + CHUNK, a.size), SEED))
+
+    mv = memoryview(a).cast("B")
+    assert socket_transfer(send, mv) == a.nbytes
+    assert digest(a) == expected_digest(a.nbytes, SEED), f"{first_mismatch(a, SEED)}"
     del mv, a
     gc.collect()
 
@@ -214,34 +178,9 @@ def test_socket_transfer_between_two_pool_arrays_on_nvme_is_exact(make_pool):
     dst = pool.empty(3 * budget // 8, dtype=np.uint64)
     other = pool.zeros(2 * budget // 8, dtype=np.uint64)
     assert push_out(pool, src, other)["nvme"] == src.nbytes
-    rx, tx = socket.socketpair()
-    errors = []
-
-    def send():
-        try:
-            tx.sendall(memoryview(src).cast("B"))
-        except BaseException as e:
-            errors.append(e)
-        finally:
-            tx.shutdown(socket.SHUT_WR)
-
-    t = threading.Thread(target=send, daemon=True)
-    t.start()
     mv = memoryview(dst).cast("B")
-    got = 0
-    rx.settimeout(60)
-    while got < len(mv):
-        n = rx.recv_into(mv[got:])
-        if n == 0:
-            break
-        got += n
-    t.join(60)
-    rx.close()
-    tx.close()
-    assert not t.is_alive(), "sender did not finish"
-    assert not errors, errors
-    assert got == dst.nbytes
-    assert digest(dst) == expected_digest(dst.nbytes, SEED), f"first bad 1 MiB chunk: {first_bad_chunk(dst, SEED)}"
+    assert socket_transfer(lambda tx: tx.sendall(memoryview(src).cast("B")), mv) == dst.nbytes
+    assert digest(dst) == expected_digest(dst.nbytes, SEED), f"{first_mismatch(dst, SEED)}"
     del mv, src, dst, other
     gc.collect()
 
@@ -266,8 +205,8 @@ def test_kernel_write_into_a_clean_promoted_block_survives_demotion(make_pool, d
     finally:
         os.close(fd)
     assert push_out(pool, a, other)["nvme"] == a.nbytes
-    bad = first_bad_chunk(a, SEED)
-    assert bad is None, f"bytes read(2) into a clean block were lost on demotion (1 MiB chunk {bad})"
+    bad = first_mismatch(a, SEED)
+    assert bad is None, f"bytes read(2) into a clean block were lost on demotion: {bad}"
     del a, other
     gc.collect()
 
@@ -290,7 +229,7 @@ def test_o_direct_read_into_array_on_nvme_is_exact(make_pool, data_file):
         read_fully(fd, memoryview(a).cast("B"))
     finally:
         os.close(fd)
-    bad = first_bad_chunk(a, SEED)
+    bad = first_mismatch(a, SEED)
     assert bad is None, f"1 MiB chunk {bad} differs from the file"
     del a, other
     gc.collect()

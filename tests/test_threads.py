@@ -8,19 +8,15 @@ import time
 import numpy as np
 import pytest
 
+from patterns import MiB, pattern
+
 import tieredmem as tm
 
-MiB = 1 << 20
 CHUNK = 256 * 1024 // 8  # elements per write: small, so threads interleave
 NTHREADS = 4
 JOIN_TIMEOUT = 90
 
 pytestmark = pytest.mark.timeout(150, method="thread")
-
-
-def pattern(start, stop, seed, step=1):
-    i = np.arange(start, stop, step, dtype=np.uint64)
-    return (i * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64((seed * 0x5851F42D4C957F2D + 1) & (2**64 - 1))
 
 
 def run_threads(target, n=NTHREADS):

@@ -6,72 +6,20 @@ Arrays are filled with a position-dependent pattern generated chunk by chunk
 and checked the same way, so no second full copy of the data is ever held.
 """
 import gc
-import hashlib
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from patterns import CHUNK, KiB, MiB, digest, fill, first_mismatch, pattern, push_out
 
-KiB = 1 << 10
-MiB = 1 << 20
-CHUNK = 1 * MiB // 8  # elements of uint64 per generated chunk
+
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
 
 # ---- helpers --------------------------------------------------------------
-
-def pattern(start, stop, seed):
-    """Element values for indexes [start, stop): distinct per index and seed,
-    so a lost, stale, zeroed or misplaced block shows up."""
-    i = np.arange(start, stop, dtype=np.uint64)
-    return (i * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64((seed * 0x5851F42D4C957F2D + 1) & (2**64 - 1))
-
-
-def fill(a, seed, lo=0, hi=None):
-    """Write the pattern into a[lo:hi] chunk by chunk; return its sha1."""
-    hi = a.size if hi is None else hi
-    h = hashlib.sha1()
-    for i in range(lo, hi, CHUNK):
-        j = min(i + CHUNK, hi)
-        p = pattern(i, j, seed)
-        a[i:j] = p
-        h.update(p)
-    return h.hexdigest()
-
-
-def digest(a, lo=0, hi=None):
-    """sha1 of a[lo:hi], read chunk by chunk (reads only, never writes)."""
-    hi = a.size if hi is None else hi
-    h = hashlib.sha1()
-    for i in range(lo, hi, CHUNK):
-        h.update(memoryview(a[i:min(i + CHUNK, hi)]))
-    return h.hexdigest()
-
-
-def first_mismatch(a, seed, lo=0, hi=None):
-    """None if a[lo:hi] holds the pattern, else a description of the first
-    wrong element and how many are wrong."""
-    hi = a.size if hi is None else hi
-    bad, first = 0, None
-    for i in range(lo, hi, CHUNK):
-        j = min(i + CHUNK, hi)
-        want = pattern(i, j, seed)
-        wrong = np.flatnonzero(a[i:j] != want)
-        if wrong.size:
-            bad += int(wrong.size)
-            if first is None:
-                k = int(wrong[0])
-                first = (i + k, int(a[i + k]), int(want[k]))
-    if first is None:
-        return None
-    idx, got, want = first
-    return f"{bad} wrong elements; first at index {idx} (byte {idx * 8}): got {got:#x}, want {want:#x}"
-
-
-
 
 # ---- round trips ------------------------------------------------------------
 
@@ -197,17 +145,6 @@ def test_read_only_pass_drops_clean_blocks_without_rewriting(make_pool):
         f"only {dropped} clean drops for {a.nbytes // pool.block_size} blocks read")
     del a
     gc.collect()
-
-
-def push_out(pool, region, other, rounds=8):
-    """Touch `other` (pool memory outside region) until no byte of region is
-    left in DRAM; return region's placement."""
-    for _ in range(rounds):
-        pl = pool.placement(region)
-        if pl["dram"] == 0:
-            break
-        other += 1
-    return pool.placement(region)
 
 
 @pytest.mark.parametrize("stride", [1, 64 * KiB // 8], ids=["whole-blocks", "one-element-per-block"])
