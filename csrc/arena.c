@@ -223,6 +223,8 @@ void *tm_alloc(tm_pool *p, size_t size)
             for (int64_t i = b; i < b + n; i++)
                 p->meta.flags[i] = TM_F_ALLOC;
             p->alloc_len[b] = (uint32_t)n;
+            if (b + n > p->scan_end)
+                p->scan_end = b + n;
             p->reserved += n;
             p->live_allocs++;
             ptr = tm_block_addr(p, b);

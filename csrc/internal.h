@@ -158,6 +158,7 @@ struct tm_pool {
     int64_t cap_blocks;        /* allocatable */
     int64_t reserved;          /* blocks in live allocations */
     int64_t live_allocs;
+    int64_t scan_end;          /* end of the highest allocation ever made */
     int64_t clock_hand, pmem_hand, steal_hand;
     int64_t last_fault, ra_window;  /* sequential readahead detector */
 

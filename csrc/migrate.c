@@ -17,6 +17,16 @@
 
 #include "internal.h"
 
+/* The scans below (CLOCK, slot reclaim, PMEM cascade) only walk blocks that
+ * were ever allocated: the arena's address space is four times its capacity,
+ * but first-fit keeps allocations low. */
+static int64_t advance(const struct tm_pool *p, int64_t *hand)
+{
+    int64_t b = *hand < p->scan_end ? *hand : 0;
+    *hand = b + 1;
+    return b;
+}
+
 /* ---- slots ---------------------------------------------------------- */
 
 static tm_tier *tier_by_id(struct tm_pool *p, int id)
@@ -48,9 +58,8 @@ static void slot_release(struct tm_pool *p, int64_t b)
  * Returns the local slot, or UINT64_MAX if none. */
 static uint64_t slot_steal(struct tm_pool *p, tm_tier *t)
 {
-    for (int64_t i = 0; i < p->nblocks; i++) {
-        int64_t b = p->steal_hand;
-        p->steal_hand = (b + 1) % p->nblocks;
+    for (int64_t i = 0; i < p->scan_end; i++) {
+        int64_t b = advance(p, &p->steal_hand);
         uint32_t g = p->meta.slot[b];
         if (p->meta.tier[b] != TM_DRAM || g == TM_NO_SLOT || (p->meta.flags[b] & TM_F_BUSY))
             continue;
@@ -144,9 +153,8 @@ static int read_dram_run(struct tm_pool *p, int64_t b, int64_t n, uint8_t *dst)
 static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
 {
     int64_t n = 0;
-    for (int64_t scanned = 0; n < want && scanned < 2 * p->nblocks; scanned++) {
-        int64_t b = p->clock_hand;
-        p->clock_hand = (b + 1) % p->nblocks;
+    for (int64_t scanned = 0; n < want && scanned < 2 * p->scan_end; scanned++) {
+        int64_t b = advance(p, &p->clock_hand);
         if (p->meta.tier[b] != TM_DRAM || (p->meta.flags[b] & TM_F_BUSY))
             continue;
         if (p->meta.flags[b] & TM_F_REF) {
@@ -193,9 +201,8 @@ static void cascade_pmem(tm_worker *w, int64_t want)
     struct tm_pool *p = w->pool;
     int64_t *list = w->list + 2 * p->batch_blocks;
     int64_t n = 0;
-    for (int64_t scanned = 0; n < want && scanned < p->nblocks; scanned++) {
-        int64_t b = p->pmem_hand;
-        p->pmem_hand = (b + 1) % p->nblocks;
+    for (int64_t scanned = 0; n < want && scanned < p->scan_end; scanned++) {
+        int64_t b = advance(p, &p->pmem_hand);
         if (p->meta.tier[b] == TM_PMEM)
             list[n++] = b;
     }
@@ -400,6 +407,8 @@ static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int6
         return n;
     }
     int64_t kept = n;
+    for (int64_t i = 0; i < n; i++)
+        p->meta.flags[list[i]] |= TM_F_BUSY; /* marks what is taken: no duplicates */
     for (int64_t i = 0; i < m; i++) {
         int64_t c = extra[i];
         int ok = c >= 0 && c < p->nblocks && (p->meta.flags[c] & TM_F_ALLOC) &&
@@ -408,10 +417,10 @@ static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int6
             p->st.policy_errors++;
             continue;
         }
-        p->meta.flags[c] |= TM_F_BUSY; /* marks it taken: no duplicates */
+        p->meta.flags[c] |= TM_F_BUSY;
         list[kept++] = c;
     }
-    for (int64_t i = n; i < kept; i++)
+    for (int64_t i = 0; i < kept; i++)
         p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
     return kept;
 }
@@ -432,11 +441,7 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
 {
     struct tm_pool *p = w->pool;
     int64_t b = list[0];
-    for (int64_t i = 0; i < n; i++)
-        p->meta.flags[list[i]] |= TM_F_BUSY; /* not a victim while we make room */
-    ensure_room(w, n);
-    for (int64_t i = 0; i < n; i++)
-        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+    ensure_room(w, n); /* victims are DRAM blocks: never one of list */
 
     tm_io ios[n];
     int err = 0;
