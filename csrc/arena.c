@@ -47,6 +47,58 @@ const char *tm_last_error(tm_pool *p, char *buf, size_t len)
     return buf;
 }
 
+/* ---- registry of live pools: which pool does a pointer belong to? ----- */
+
+#define MAX_POOLS 64
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tm_pool *registry[MAX_POOLS];
+/* Bounds over all registered arenas: most foreign pointers are rejected
+ * without the lock. */
+static uintptr_t registry_lo = UINTPTR_MAX, registry_hi = 0;
+
+static int registry_add(struct tm_pool *p)
+{
+    int r = -EMFILE;
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < MAX_POOLS; i++) {
+        if (!registry[i]) {
+            registry[i] = p;
+            uintptr_t lo = (uintptr_t)p->base, hi = lo + p->arena_size;
+            if (lo < __atomic_load_n(&registry_lo, __ATOMIC_RELAXED))
+                __atomic_store_n(&registry_lo, lo, __ATOMIC_RELAXED);
+            if (hi > __atomic_load_n(&registry_hi, __ATOMIC_RELAXED))
+                __atomic_store_n(&registry_hi, hi, __ATOMIC_RELAXED);
+            r = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return r;
+}
+
+static void registry_remove(struct tm_pool *p)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < MAX_POOLS; i++)
+        if (registry[i] == p)
+            registry[i] = NULL;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+tm_pool *tm_pool_of(const void *ptr)
+{
+    uintptr_t a = (uintptr_t)ptr;
+    if (a < __atomic_load_n(&registry_lo, __ATOMIC_RELAXED) || a >= __atomic_load_n(&registry_hi, __ATOMIC_RELAXED))
+        return NULL;
+    struct tm_pool *found = NULL;
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < MAX_POOLS && !found; i++)
+        if (registry[i] && tm_contains(registry[i], ptr, 1))
+            found = registry[i];
+    pthread_mutex_unlock(&registry_lock);
+    return found;
+}
+
 /* Metadata arrays in one anonymous mapping; untouched parts cost nothing. */
 static size_t meta_bytes(int64_t nblocks)
 {
@@ -102,6 +154,8 @@ static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
         return tm_inject_parse(cfg->inject, &p->pmem, &p->nvme, err);
     return 0;
 }
+
+static void release_engine(struct tm_pool *p);
 
 tm_pool *tm_pool_create(const tm_config *cfg)
 {
@@ -168,7 +222,8 @@ tm_pool *tm_pool_create(const tm_config *cfg)
      * accesses would fill holes with zeros in the shared memfd. */
     madvise(p->base, p->arena_size, MADV_DONTFORK);
     if ((r = tm_fault_init(p, cfg->force_no_uffd)) < 0) {
-        tm_pool_destroy(p);
+        release_engine(p);
+        free(p);
         errno = -r;
         return NULL; /* tm_fault_init set the message */
     }
@@ -176,20 +231,26 @@ tm_pool *tm_pool_create(const tm_config *cfg)
         snprintf(err, sizeof err, "cannot start fault handler threads: %s", strerror(-r));
         goto fail;
     }
+    if ((r = registry_add(p)) < 0) {
+        snprintf(err, sizeof err, "too many pools: at most %d can be open at once", MAX_POOLS);
+        goto fail;
+    }
     p->st.nvme_direct = p->nvme.direct;
     p->st.pmem_dax = p->pmem.dax;
     return p;
 fail:
     tm_set_create_error("%s", err);
-    tm_pool_destroy(p);
+    release_engine(p);
+    free(p);
     errno = -r;
     return NULL;
 }
 
-void tm_pool_destroy(tm_pool *p)
+/* Give back everything but the handle. Precondition: no live allocation, no
+ * thread touching arena memory. */
+static void release_engine(struct tm_pool *p)
 {
-    if (!p)
-        return;
+    registry_remove(p);
     tm_fault_stop(p);
     tm_os_unmap(p->base, p->arena_size);
     if (p->memfd >= 0)
@@ -199,8 +260,66 @@ void tm_pool_destroy(tm_pool *p)
     if (p->meta.slot)
         munmap(p->meta.slot, meta_bytes(p->nblocks));
     tm_extents_destroy(&p->extents);
-    pthread_mutex_destroy(&p->lock);
-    free(p);
+    p->base = NULL;
+    p->meta.slot = NULL;
+}
+
+/* Release the engine if nothing holds it any more, and free the handle if
+ * its owner dropped it. Called without the lock. */
+static void settle(struct tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int release = p->closed && !p->released && p->live_allocs == 0 && p->pins == 0;
+    if (release)
+        p->released = 1;
+    int free_handle = p->released && p->dropped && p->live_allocs == 0 && p->pins == 0;
+    pthread_mutex_unlock(&p->lock);
+    if (release)
+        release_engine(p);
+    if (free_handle) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+    }
+}
+
+void tm_pool_close(tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->closed = 1;
+    pthread_mutex_unlock(&p->lock);
+    settle(p);
+}
+
+void tm_pool_pin(tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->pins++;
+    pthread_mutex_unlock(&p->lock);
+}
+
+void tm_pool_unpin(tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->pins--;
+    pthread_mutex_unlock(&p->lock);
+    settle(p);
+}
+
+void tm_pool_drop(tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->closed = 1;
+    p->dropped = 1;
+    pthread_mutex_unlock(&p->lock);
+    settle(p);
+}
+
+int tm_pool_released(tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int r = p->released;
+    pthread_mutex_unlock(&p->lock);
+    return r;
 }
 
 void *tm_alloc(tm_pool *p, size_t size)
@@ -210,7 +329,11 @@ void *tm_alloc(tm_pool *p, size_t size)
         n = 1;
     pthread_mutex_lock(&p->lock);
     void *ptr = NULL;
-    if (p->reserved + n > p->cap_blocks) {
+    int err = ENOMEM;
+    if (p->closed) {
+        tm_set_error(p, "cannot allocate %zu bytes: the pool is closed", size);
+        err = EBADF;
+    } else if (p->reserved + n > p->cap_blocks) {
         tm_set_error(p, "cannot allocate %zu bytes: %lld of %lld bytes of pool capacity in use (capacity is "
                      "dram + pmem + nvme less %lld bytes of headroom for moving blocks)",
                      size, (long long)p->reserved << p->bshift, (long long)p->cap_blocks << p->bshift,
@@ -232,7 +355,7 @@ void *tm_alloc(tm_pool *p, size_t size)
     }
     pthread_mutex_unlock(&p->lock);
     if (!ptr)
-        errno = ENOMEM;
+        errno = err;
     return ptr;
 }
 
@@ -282,6 +405,7 @@ void tm_free(tm_pool *p, void *ptr)
     p->reserved -= n;
     p->live_allocs--;
     pthread_mutex_unlock(&p->lock);
+    settle(p);
 }
 
 size_t tm_alloc_size(tm_pool *p, const void *ptr)

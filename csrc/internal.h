@@ -158,6 +158,10 @@ struct tm_pool {
     int64_t cap_blocks;        /* allocatable */
     int64_t reserved;          /* blocks in live allocations */
     int64_t live_allocs;
+    int64_t pins;              /* metadata views and the like */
+    int closed;                /* no new allocations */
+    int released;              /* engine resources gone */
+    int dropped;               /* the owner gave up the handle */
     int64_t scan_end;          /* end of the highest allocation ever made */
     int64_t clock_hand, pmem_hand, steal_hand;
     int64_t last_fault, ra_window;  /* sequential readahead detector */

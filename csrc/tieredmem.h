@@ -108,16 +108,30 @@ typedef struct tm_stats {
 /* Create a pool. On failure returns NULL and tm_last_error() explains. */
 tm_pool *tm_pool_create(const tm_config *cfg);
 
-/* Release the pool. Preconditions: no live allocations, no thread touching
- * arena memory. */
-void tm_pool_destroy(tm_pool *p);
+/* Lifetime. A pool's engine (threads, arena, tier files) is released once
+ * it is closed and has no live allocations and no pins; the handle itself
+ * stays valid until its owner drops it, so it can still say it was released.
+ * tm_pool_create returns a handle owned by the caller. */
+/* Stop allocating; release the engine now or when the last allocation goes. */
+void tm_pool_close(tm_pool *p);
+/* Keep the engine alive (e.g. while views of its metadata exist). */
+void tm_pool_pin(tm_pool *p);
+void tm_pool_unpin(tm_pool *p);
+/* The owner gives up the handle (closing the pool). p is invalid afterwards. */
+void tm_pool_drop(tm_pool *p);
+/* 1 once the engine is released: every other call is then invalid. */
+int tm_pool_released(tm_pool *p);
+/* The live pool whose arena holds ptr, or NULL. Safe from any thread. */
+tm_pool *tm_pool_of(const void *ptr);
 
 /* Allocate `size` bytes (rounded up to whole blocks), reading as zero.
- * Returns NULL with errno ENOMEM when the tiers' total capacity is exhausted. */
+ * Returns NULL with errno ENOMEM when the tiers' total capacity is exhausted,
+ * or EBADF when the pool is closed. */
 void *tm_alloc(tm_pool *p, size_t size);
 
 /* Free an allocation made by tm_alloc; its DRAM and lower-tier slots return
- * to the pool at once. Precondition: ptr came from tm_alloc on p. */
+ * to the pool at once (and a closed pool is released with its last one).
+ * Precondition: ptr came from tm_alloc on p. */
 void tm_free(tm_pool *p, void *ptr);
 
 /* Size in bytes of the allocation starting at ptr, or 0 if ptr is not one. */

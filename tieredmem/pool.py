@@ -3,7 +3,6 @@ import errno
 import math
 import os
 import pathlib
-import threading
 import weakref
 
 import numpy as np
@@ -91,51 +90,31 @@ class Pool:
             raise _creation_error(ffi.errno)
         self._p = p
         self.block_size = bs
-        self._lock = threading.Lock()
-        self._pins = 0          # live allocations and metadata views
         self._closed = False
-        self._destroyed = False
 
     def _cstr(self, s: str):
         c = ffi.new("char[]", os.fsencode(s))
         self._keep.append(c)
         return c
 
-    # ---- lifetime ----------------------------------------------------
+    # ---- lifetime: kept by the engine (tm_pool_close/pin/drop) ----------
 
-    def _pin(self):
-        with self._lock:
-            if self._closed:
-                raise ValueError("the pool is closed")
-            self._pins += 1
-
-    def _unpin(self):
-        with self._lock:
-            self._pins -= 1
-            last = self._closed and self._pins == 0
-        if last:
-            self._destroy()
-
-    def _destroy(self):
-        if not self._destroyed:
-            self._destroyed = True
-            lib.tm_pool_destroy(self._p)
-
-    def close(self):
-        """Stop allocating; release the engine now or when the last array goes."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            last = self._pins == 0
-        if last:
-            self._destroy()
+    @property
+    def _destroyed(self) -> bool:
+        """True once the engine has been released."""
+        return bool(lib.tm_pool_released(self._p))
 
     def _engine(self):
         """The engine handle; ValueError once it has been released."""
         if self._destroyed:
             raise ValueError("the pool is closed and released")
         return self._p
+
+    def close(self):
+        """Stop allocating; release the engine now or when the last array goes."""
+        if not self._closed:
+            self._closed = True
+            lib.tm_pool_close(self._p)
 
     @property
     def closed(self) -> bool:
@@ -148,24 +127,21 @@ class Pool:
         self.close()
 
     def __del__(self):
-        if getattr(self, "_p", None) is not None and not getattr(self, "_destroyed", True):
-            self.close()
+        if getattr(self, "_p", None) is not None:
+            lib.tm_pool_drop(self._p)
+            self._p = None
 
     # ---- allocation --------------------------------------------------
 
     def _buffer(self, nbytes: int):
         """A writable buffer of nbytes in the pool, freed when unreferenced."""
-        self._pin()
-        ptr = lib.tm_alloc(self._p, max(nbytes, 1))
+        if self._closed:
+            raise ValueError("the pool is closed")
+        engine = self._p
+        ptr = lib.tm_alloc(engine, max(nbytes, 1))
         if ptr == ffi.NULL:
-            self._unpin()
             raise MemoryError(f"tieredmem pool: {self.last_error()}")
-
-        def release(cdata, pool=self):
-            lib.tm_free(pool._p, cdata)
-            pool._unpin()
-
-        return ffi.buffer(ffi.gc(ptr, release), nbytes)
+        return ffi.buffer(ffi.gc(ptr, lambda cdata: lib.tm_free(engine, cdata)), nbytes)
 
     def empty(self, shape, dtype="float64", order="C") -> np.ndarray:
         """An uninitialised array in the pool (fresh pool memory reads as zero)."""
@@ -226,8 +202,10 @@ class Pool:
         """Per-element placement of a strided view, from the metadata views
         (a snapshot: blocks may move while it is taken). Elements are counted
         in the block of their first byte."""
-        base = int(ffi.cast("uintptr_t", lib.tm_arena_base(self._engine())))
-        tiers = self.metadata()["tier"]
+        engine = self._engine()  # alive: `a` is one of its allocations
+        base = int(ffi.cast("uintptr_t", lib.tm_arena_base(engine)))
+        m = lib.tm_get_meta(engine)
+        tiers = np.frombuffer(ffi.buffer(m.tier, m.nblocks), dtype=np.uint8)
         shift = self.block_size.bit_length() - 1
         counts = np.zeros(len(TIERS), dtype=np.int64)
         # Element addresses, built a slice of the first axis at a time.
@@ -262,10 +240,13 @@ class Pool:
         """Per-block metadata as read-only numpy views (no copy), one entry per
         arena block: tier, flags, access_count, last_access, slot. The views
         keep the pool from being released while they live."""
-        self._pin()
+        if self._closed:
+            raise ValueError("the pool is closed")
+        engine = self._engine()
+        lib.tm_pool_pin(engine)
         token = _Token()
-        weakref.finalize(token, self._unpin)
-        m = lib.tm_get_meta(self._engine())
+        weakref.finalize(token, lib.tm_pool_unpin, engine)
+        m = lib.tm_get_meta(engine)
         views = {}
         for name, dt in (("tier", "u1"), ("flags", "u1"), ("access_count", "u1"),
                          ("last_access", "<u2"), ("slot", "<u4")):
