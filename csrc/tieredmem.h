@@ -158,6 +158,30 @@ void tm_set_policy(tm_pool *p, const tm_policy_ops *ops);
  * copied into buf. Returns buf. */
 const char *tm_last_error(tm_pool *p, char *buf, size_t len);
 
+/* ---- numpy integration (numpy_handler.c) ------------------------------
+ * NumPy NEP 49 memory handlers backed by pools. These take the GIL where they
+ * touch Python; the handler functions themselves need neither. */
+typedef struct tm_np_handler tm_np_handler;
+
+/* Import numpy's C API; 0 or -1. */
+int tm_np_init(void);
+/* A handler (and its capsule) sending allocations of >= threshold bytes to p.
+ * Never freed: arrays keep using it until they die. */
+tm_np_handler *tm_np_handler_new(tm_pool *p, size_t threshold);
+/* From now on the handler allocates from the C library only. */
+void tm_np_detach(tm_np_handler *h);
+/* Same for the installed handler if it allocates from p. */
+void tm_np_detach_pool(tm_pool *p);
+/* Make h (NULL: numpy's default) the handler of the current context; returns
+ * a token for tm_np_restore_context. */
+void *tm_np_set_context(tm_np_handler *h);
+void tm_np_restore_context(void *token);
+/* Process-wide: numpy's default handler allocates from p, in every thread. */
+int tm_np_install(tm_pool *p, size_t threshold);
+/* New arrays use numpy's default again; existing ones stay valid. */
+void tm_np_uninstall(void);
+tm_pool *tm_np_installed_pool(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,8 +4,9 @@ A Pool keeps the arrays it hands out under a hard DRAM budget: cold blocks
 are demoted to a persistent-memory tier and an NVMe tier and promoted back
 when touched, by page faults that the engine (csrc/) serves itself with
 userfaultfd. Arrays are plain numpy arrays over ordinary pointers."""
+from .numpy_alloc import install, installed, uninstall, use
 from .pool import Pool
 from .sizes import parse_size
 
-__all__ = ["Pool", "parse_size"]
+__all__ = ["Pool", "install", "installed", "parse_size", "uninstall", "use"]
 __version__ = "0.1.0"

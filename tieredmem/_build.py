@@ -5,6 +5,7 @@ header), minus its preprocessor lines, so the binding cannot drift from it."""
 import pathlib
 import re
 
+import numpy
 from cffi import FFI
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ ffibuilder.set_source(
     "tieredmem._engine",
     '#include "tieredmem.h"',
     sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c")),
-    include_dirs=[str(CSRC.relative_to(ROOT))],
+    include_dirs=[str(CSRC.relative_to(ROOT)), numpy.get_include()],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     libraries=["pthread"],
 )

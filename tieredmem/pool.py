@@ -1,13 +1,14 @@
 """Pool: the Python face of one engine instance (csrc/arena.c)."""
 import errno
-import math
 import os
 import pathlib
+import threading
 import weakref
 
 import numpy as np
 
 from ._engine import ffi, lib
+from .numpy_alloc import _init, use
 from .sizes import parse_size
 
 TIERS = ("unbacked", "dram", "pmem", "nvme")  # indexed by enum tm_tier_id
@@ -64,7 +65,7 @@ class Pool:
     """
 
     def __init__(self, dram="256MiB", pmem=0, nvme="16GiB", pmem_path=None, nvme_path=None,
-                 block_size="64KiB"):
+                 block_size="64KiB", threshold="1MiB"):
         dram_b = parse_size(dram, "dram")
         pmem_b = parse_size(pmem, "pmem")
         nvme_b = parse_size(nvme, "nvme")
@@ -73,6 +74,7 @@ class Pool:
             raise ValueError(f"block_size: must be a power of two from 4KiB to 2MiB, got {block_size!r}")
         if dram_b < bs:
             raise ValueError(f"dram: must hold at least one block ({bs} bytes), got {dram!r}")
+        self.threshold = self._parse_threshold(threshold)
         self._keep = []  # C strings referenced by the config
         cfg = ffi.new("tm_config *")
         cfg.dram_bytes, cfg.pmem_bytes, cfg.nvme_bytes, cfg.block_size = dram_b, pmem_b, nvme_b, bs
@@ -91,6 +93,12 @@ class Pool:
         self._p = p
         self.block_size = bs
         self._closed = False
+        self._handlers = {}  # threshold -> tm_np_handler (never freed, see numpy_handler.c)
+        self._scopes = threading.local()  # `with pool:` scopes entered, per thread
+
+    @staticmethod
+    def _parse_threshold(value) -> int:
+        return parse_size(value, "threshold")
 
     def _cstr(self, s: str):
         c = ffi.new("char[]", os.fsencode(s))
@@ -114,6 +122,9 @@ class Pool:
         """Stop allocating; release the engine now or when the last array goes."""
         if not self._closed:
             self._closed = True
+            for h in self._handlers.values():
+                lib.tm_np_detach(h)
+            lib.tm_np_detach_pool(self._p)
             lib.tm_pool_close(self._p)
 
     @property
@@ -121,57 +132,69 @@ class Pool:
         return self._closed
 
     def __enter__(self):
+        """`with pool:` makes it numpy's allocator in this context (arrays of at
+        least pool.threshold bytes); leaving the block restores the previous
+        allocator and closes the pool (arrays made inside stay valid). For a
+        scope that leaves the pool open, use `with tm.use(pool):`."""
+        scope = use(self)
+        self._scopes.__dict__.setdefault("stack", []).append(scope)
+        scope.__enter__()
         return self
 
     def __exit__(self, *exc):
+        stack = getattr(self._scopes, "stack", None)
+        if stack:
+            stack.pop().__exit__(*exc)
         self.close()
 
     def __del__(self):
         if getattr(self, "_p", None) is not None:
+            if not self._closed:
+                self.close()
             lib.tm_pool_drop(self._p)
             self._p = None
 
-    # ---- allocation --------------------------------------------------
-
-    def _buffer(self, nbytes: int):
-        """A writable buffer of nbytes in the pool, freed when unreferenced."""
+    def _handler(self, threshold: int):
         if self._closed:
             raise ValueError("the pool is closed")
-        engine = self._p
-        ptr = lib.tm_alloc(engine, max(nbytes, 1))
-        if ptr == ffi.NULL:
-            raise MemoryError(f"tieredmem pool: {self.last_error()}")
-        return ffi.buffer(ffi.gc(ptr, lambda cdata: lib.tm_free(engine, cdata)), nbytes)
+        h = self._handlers.get(threshold)
+        if h is None:
+            _init()
+            h = lib.tm_np_handler_new(self._engine(), threshold)
+            if h == ffi.NULL:
+                raise MemoryError("cannot create a numpy memory handler")
+            self._handlers[threshold] = h
+        return h
+
+    # ---- allocation --------------------------------------------------
+
+    def _make(self, fn, *args, **kwargs) -> np.ndarray:
+        """Run a numpy constructor with every allocation it makes in the pool."""
+        with use(self, threshold=0):
+            try:
+                return fn(*args, **kwargs)
+            except MemoryError as e:
+                raise MemoryError(f"tieredmem pool: {self.last_error()}") from e
 
     def empty(self, shape, dtype="float64", order="C") -> np.ndarray:
         """An uninitialised array in the pool (fresh pool memory reads as zero)."""
-        dtype = np.dtype(dtype)
-        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        nbytes = math.prod(shape) * dtype.itemsize
-        return np.ndarray(shape, dtype=dtype, buffer=self._buffer(nbytes), order=order)
+        return self._make(np.empty, shape, dtype=dtype, order=order)
 
     def zeros(self, shape, dtype="float64", order="C") -> np.ndarray:
         """Zeros without writing them: the engine maps fresh blocks zero-filled."""
-        return self.empty(shape, dtype, order)
+        return self._make(np.zeros, shape, dtype=dtype, order=order)
 
     def full(self, shape, fill_value, dtype=None, order="C") -> np.ndarray:
-        a = self.empty(shape, np.asarray(fill_value).dtype if dtype is None else dtype, order)
-        a[...] = fill_value
-        return a
+        return self._make(np.full, shape, fill_value, dtype=dtype, order=order)
 
     def empty_like(self, prototype, dtype=None, shape=None) -> np.ndarray:
-        proto = np.asarray(prototype)
-        order = "F" if proto.flags.f_contiguous and not proto.flags.c_contiguous else "C"
-        return self.empty(proto.shape if shape is None else shape, dtype or proto.dtype, order)
+        return self._make(np.empty_like, prototype, dtype=dtype, shape=shape)
 
     def asarray(self, a, dtype=None) -> np.ndarray:
         """`a` as an array in this pool: itself if it already is one, else a copy."""
         if isinstance(a, np.ndarray) and (dtype is None or a.dtype == np.dtype(dtype)) and self.owns(a):
             return a
-        src = np.asarray(a, dtype=dtype)
-        out = self.empty(src.shape, src.dtype)
-        out[...] = src
-        return out
+        return self._make(np.array, a, dtype=dtype, copy=True)
 
     # ---- inspection --------------------------------------------------
 
