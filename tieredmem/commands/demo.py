@@ -18,7 +18,7 @@ def add_arguments(parser):
     parser.add_argument("--nvme-path", default=None, help="directory of the NVMe tier")
 
 
-def run(args) -> int:
+def run(args, parser) -> int:
     size = parse_size(args.size, "--size")
     with Pool(dram=args.dram, pmem=args.pmem, nvme=args.nvme, nvme_path=args.nvme_path) as pool:
         st = pool.stats()

@@ -1,0 +1,173 @@
+"""Run a Python program with a tiered pool installed as numpy's allocator.
+
+    python -m tieredmem run [options] (script.py | -m module) [args...]
+
+Like `python -m cProfile`: the program runs in this interpreter as __main__,
+with its own sys.argv, exit code and traceback. Every option also reads an
+environment variable (TIEREDMEM_DRAM, TIEREDMEM_PMEM, ...); options win."""
+import argparse
+import json
+import os
+import runpy
+import shutil
+import sys
+import time
+import traceback
+
+import psutil
+
+from .. import numpy_alloc
+from ..pool import Pool, default_nvme_dir
+from ..sizes import format_size, parse_size
+
+NVME_MARGIN = 0.10  # of the disk kept free when the NVMe size is not given
+OPTIONS = (  # option, environment variable, help
+    ("--dram", "TIEREDMEM_DRAM", "DRAM budget (default: 25%% of available memory, or of the memory cgroup limit when lower)"),
+    ("--pmem", "TIEREDMEM_PMEM", "PMEM tier size (default: none)"),
+    ("--nvme", "TIEREDMEM_NVME", "NVMe tier size (default: free disk space of --nvme-path less 10%%)"),
+    ("--pmem-path", "TIEREDMEM_PMEM_PATH", "directory for the PMEM file (default: a DAX mount, else /dev/shm)"),
+    ("--nvme-path", "TIEREDMEM_NVME_PATH", "directory for the NVMe slot file (default: ~/.cache/tieredmem)"),
+    ("--threshold", "TIEREDMEM_THRESHOLD", "smallest allocation placed in the pool (default: 1MiB)"),
+    ("--block-size", "TIEREDMEM_BLOCK_SIZE", "placement unit, a power of two from 4KiB to 2MiB (default: 64KiB)"),
+    ("--stats", "TIEREDMEM_STATS", "write the pool's statistics to this file as JSON at exit"),
+)
+SIZES = ("dram", "pmem", "nvme", "threshold", "block_size")
+
+
+def add_arguments(parser):
+    for option, env, text in OPTIONS:
+        parser.add_argument(option, metavar="SIZE" if "path" not in option and option != "--stats" else "PATH",
+                            default=os.environ.get(env), help=f"{text}; env {env}")
+    parser.add_argument("--quiet", action="store_true", default=os.environ.get("TIEREDMEM_QUIET", "") not in ("", "0"),
+                        help="no summary on stderr at exit; env TIEREDMEM_QUIET=1")
+    parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
+    parser.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args...] (or the module's args)")
+
+
+def split_argv(argv):
+    """(run's own options, the program's part): the program starts at -m or at
+    the first argument that is not an option, so that its own options (even
+    --help) are left to it, as `python -m cProfile` does."""
+    takes_value = {option for option, _, _ in OPTIONS}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return argv[:i], argv[i + 1:]
+        if a == "-m" or not a.startswith("-"):
+            return argv[:i], argv[i:]
+        i += 2 if a in takes_value else 1
+    return argv, []
+
+
+def cgroup_memory_limit():
+    """This process's memory cgroup limit in bytes, or None (v1 or v2)."""
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "memory":
+            candidate = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+        elif controllers == "":
+            candidate = f"/sys/fs/cgroup{path}/memory.max"
+        else:
+            continue
+        try:
+            text = open(candidate).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+    return None
+
+
+def default_dram() -> int:
+    base = psutil.virtual_memory().available
+    limit = cgroup_memory_limit()
+    if limit is not None:
+        base = min(base, limit)
+    return base // 4
+
+
+def pool_settings(args, parser) -> dict:
+    values = {}
+    for name in SIZES:
+        raw = getattr(args, name)
+        if raw is not None:
+            try:
+                values[name] = parse_size(raw, "--" + name.replace("_", "-"))
+            except ValueError as e:
+                parser.error(str(e))
+    nvme_path = args.nvme_path or str(default_nvme_dir())
+    if not os.path.isdir(nvme_path):
+        parser.error(f"--nvme-path: not a directory: {nvme_path}")
+    bs = values.get("block_size", 64 << 10)
+    dram = values.get("dram", default_dram())
+    nvme = values.get("nvme", int(shutil.disk_usage(nvme_path).free * (1 - NVME_MARGIN)))
+    return dict(dram=max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
+                pmem_path=args.pmem_path, nvme_path=nvme_path, block_size=bs,
+                threshold=values.get("threshold", 1 << 20))
+
+
+def _user_traceback(exc):
+    """The exception's traceback without this module's and runpy's frames."""
+    tb = exc.__traceback__
+    skip = (__file__, runpy.__file__, "<frozen runpy>")
+    while tb is not None and tb.tb_frame.f_code.co_filename in skip:
+        tb = tb.tb_next
+    return tb
+
+
+def run_program(args) -> int:
+    """Run the script or module as __main__; return its exit code."""
+    try:
+        if args.module:
+            sys.argv = [args.module] + args.program
+            runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+        else:
+            script = args.program[0]
+            sys.argv = list(args.program)
+            sys.path[0] = os.path.dirname(os.path.abspath(script))
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException as e:  # noqa: BLE001 -- reported as Python would
+        traceback.print_exception(type(e), e, _user_traceback(e))
+        return 1
+    return 0
+
+
+def summary(stats: dict, elapsed: float) -> str:
+    peaks = ", ".join(f"{t} {format_size(stats[t]['peak'])}" for t in ("dram", "pmem", "nvme"))
+    return (f"tieredmem: {elapsed:.1f} s; peak {peaks}; faults {stats['faults']}, "
+            f"promotions {stats['promotions']}, demotions {stats['demotions']}; "
+            f"{stats['fault_ns'] / 1e9:.2f} s waiting on faults")
+
+
+def run(args, parser) -> int:
+    if not args.module and not args.program:
+        parser.error("give a script to run, or -m MODULE")
+    if not args.module and not os.path.isfile(args.program[0]):
+        parser.error(f"no such script: {args.program[0]}")
+    settings = pool_settings(args, parser)
+    try:
+        pool = Pool(**settings)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+    numpy_alloc.install(pool)
+    start = time.perf_counter()
+    code = run_program(args)
+    elapsed = time.perf_counter() - start
+    stats = pool.stats()
+    if not args.quiet:
+        print(summary(stats, elapsed), file=sys.stderr)
+    if args.stats:
+        with open(args.stats, "w") as f:
+            json.dump({"elapsed_s": elapsed, "exit_code": code, "settings": settings, **stats}, f, indent=1, default=str)
+    sys.stdout.flush()
+    return code
