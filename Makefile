@@ -25,6 +25,7 @@ demo: build
 
 bench: build
 	$(PY) -m benchmarks.bench_engine
+	$(PY) -m benchmarks.bench_allocator
 
 clean:
 	rm -rf $(VENV) build *.egg-info tieredmem/_engine*.so tieredmem/*.o

@@ -15,7 +15,6 @@ Every figure printed is measured in the run; results go to DIR/engine.json
 import argparse
 import gc
 import mmap
-import operator
 import os
 import shutil
 import tempfile
@@ -35,9 +34,6 @@ SEQ_READ_TARGET = (">=", 0.5)  # tieredmem sum bandwidth / O_DIRECT bandwidth
 
 READ_CHUNK = 1 * c.MiB  # the request size the O_DIRECT baseline reads with
 WRITE_CHUNK = 8 * c.MiB  # only for preparing the file; not measured against
-
-TARGET_OPS = {"<=": operator.le, ">=": operator.ge}
-
 
 # ---------------------------------------------------------------- shared steps
 
@@ -108,7 +104,7 @@ def bench_in_budget(tm, tm_reason, budget, reps, workdir):
     return {
         "params": {"budget_bytes": budget, "array_bytes": n * 8, "pool": pool_kwargs},
         "systems": records,
-        "rows": comparison_rows(records, "numpy", "tieredmem", metrics),
+        "rows": c.comparison_rows(records, "numpy", "tieredmem", metrics),
     }
 
 
@@ -197,51 +193,11 @@ def bench_seq_read(tm, tm_reason, dram, reps, workdir):
     return {
         "params": params,
         "systems": records,
-        "rows": comparison_rows(records, "odirect", "tieredmem", metrics),
+        "rows": c.comparison_rows(records, "odirect", "tieredmem", metrics),
     }
 
 
 # --------------------------------------------------------------------- report
-
-def comparison_rows(records, baseline, candidate, metrics):
-    """Table rows for baseline and candidate; metrics: [(key, label, target)].
-    The ratio is median(candidate) / median(baseline)."""
-    rows = []
-    for name in (baseline, candidate):
-        if records[name]["status"] != "ok":
-            rows.append({"system": name, "metric": records[name]["status"]})
-            continue
-        for key, label, target in metrics:
-            summary = c.summarize(records[name], key)
-            row = {"system": name, "metric": label, **summary}
-            base = c.summarize(records[baseline], key)  # None if the baseline was not run
-            if name == candidate and base is not None:
-                row["ratio"] = summary["median"] / base["median"]
-                if target is not None:
-                    op, value = target
-                    row["target"] = f"{op} {value}"
-                    row["met"] = "yes" if TARGET_OPS[op](row["ratio"], value) else "no"
-            rows.append(row)
-    return rows
-
-
-def render_markdown(report):
-    cfg = report["config"]
-    lines = [
-        "# tieredmem engine benchmark",
-        "",
-        f"{report['machine']['date']}, {cfg['reps']} repetitions per system "
-        f"(interleaved), {'quick' if cfg['quick'] else 'full'} sizes. "
-        "median/min/max over repetitions; ratio = median(tieredmem) / median(baseline); "
-        "GB/s = 1e9 bytes/s.",
-    ]
-    for name, scenario in report["scenarios"].items():
-        params = scenario["params"]
-        sizes = ", ".join(f"{k} {v / c.MiB:g} MiB" for k, v in params.items()
-                          if k.endswith("_bytes"))
-        lines += ["", f"## {name}", "", sizes, "", c.markdown_table(scenario["rows"])]
-    return "\n".join(lines) + "\n"
-
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -275,7 +231,7 @@ def main(argv=None):
                    "tieredmem_version": getattr(tm, "__version__", None)},
         "scenarios": scenarios,
     }
-    markdown = render_markdown(report)
+    markdown = c.render_markdown(report, "tieredmem engine benchmark")
     print(markdown, end="")
     c.write_json(args.out / "engine.json", report)
     (args.out / "engine.md").write_text(markdown)

@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import operator
 import os
 import platform
 import statistics
@@ -139,3 +140,46 @@ def write_json(path, data):
 def _json_default(obj):
     # pool.stats() may hold numpy scalars; anything else unknown is kept as text
     return obj.item() if isinstance(obj, np.generic) else str(obj)
+
+
+TARGET_OPS = {"<=": operator.le, ">=": operator.ge}
+
+
+def comparison_rows(records, baseline, candidate, metrics):
+    """Table rows for baseline and candidate; metrics: [(key, label, target)].
+    The ratio is median(candidate) / median(baseline)."""
+    rows = []
+    for name in (baseline, candidate):
+        if records[name]["status"] != "ok":
+            rows.append({"system": name, "metric": records[name]["status"]})
+            continue
+        for key, label, target in metrics:
+            summary = summarize(records[name], key)
+            row = {"system": name, "metric": label, **summary}
+            base = summarize(records[baseline], key)  # None if the baseline was not run
+            if name == candidate and base is not None:
+                row["ratio"] = summary["median"] / base["median"]
+                if target is not None:
+                    op, value = target
+                    row["target"] = f"{op} {value}"
+                    row["met"] = "yes" if TARGET_OPS[op](row["ratio"], value) else "no"
+            rows.append(row)
+    return rows
+
+
+def render_markdown(report, title):
+    cfg = report["config"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{report['machine']['date']}, {cfg['reps']} repetitions per system "
+        f"(interleaved), {'quick' if cfg['quick'] else 'full'} sizes. "
+        "median/min/max over repetitions; ratio = median(tieredmem) / median(baseline); "
+        "GB/s = 1e9 bytes/s.",
+    ]
+    for name, scenario in report["scenarios"].items():
+        params = scenario["params"]
+        sizes = ", ".join(f"{k} {v / MiB:g} MiB" for k, v in params.items()
+                          if k.endswith("_bytes"))
+        lines += ["", f"## {name}", "", sizes, "", markdown_table(scenario["rows"])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,98 @@
+"""Allocator benchmark: the drop-in numpy handler against numpy's default.
+
+Scenarios, each measured side by side in one run with interleaved repetitions:
+
+* small_empty: np.empty of 16 float64 (below the threshold, so the C library
+  serves it) in a loop, numpy's default handler vs tm.install(pool).
+* large_first_write: a fresh 256 MiB array and its first full write, which fits
+  the DRAM budget, numpy's default handler vs tm.install(pool).
+
+Run from the repo root:  python -m benchmarks.bench_allocator [--quick] [--out DIR]
+"""
+import argparse
+import gc
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common as c
+
+SMALL_CALLS = 200_000
+LARGE_BYTES = 256 * c.MiB
+SMALL_TARGET = ("<=", 1.2)
+LARGE_TARGET = ("<=", 1.3)
+
+
+def small_empty(calls):
+    empty = np.empty
+    start = time.perf_counter()
+    for _ in range(calls):
+        empty(16)
+    return {"ns_per_call": (time.perf_counter() - start) / calls * 1e9}
+
+
+def large_first_write(nbytes):
+    start = time.perf_counter()
+    a = np.empty(nbytes // 8)
+    a[:] = 1.0
+    seconds = time.perf_counter() - start
+    del a
+    gc.collect()
+    return {"seconds": seconds}
+
+
+def systems(tm, pool, measure):
+    """numpy's default handler and the installed pool, running `measure`."""
+    def default():
+        tm.uninstall()
+        return measure()
+
+    def installed():
+        tm.install(pool)
+        try:
+            return measure()
+        finally:
+            tm.uninstall()
+
+    return {"numpy": default, "tieredmem": installed}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repetitions")
+    parser.add_argument("--reps", type=int, help="repetitions per system (default 7, quick 3)")
+    parser.add_argument("--out", type=Path, default=c.RESULTS_DIR, help="directory for allocator.json/.md")
+    parser.add_argument("--nvme-dir", type=Path, default=c.DEFAULT_NVME_DIR)
+    args = parser.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 7)
+    tm, reason = c.import_tieredmem()
+    if tm is None:
+        raise SystemExit(f"tieredmem not run: {reason}")
+    args.nvme_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.nvme_dir) as nvme, \
+            tm.Pool(dram=4 * LARGE_BYTES, nvme="1GiB", nvme_path=nvme) as pool:
+        small = c.interleave(reps, systems(tm, pool, lambda: small_empty(SMALL_CALLS)))
+        large = c.interleave(reps, systems(tm, pool, lambda: large_first_write(LARGE_BYTES)))
+    report = {
+        "machine": c.machine_info(),
+        "config": {"quick": args.quick, "reps": reps},
+        "scenarios": {
+            "small_empty": {"params": {"calls": SMALL_CALLS}, "records": small,
+                            "rows": c.comparison_rows(small, "numpy", "tieredmem",
+                                                      [("ns_per_call", "np.empty(16) (ns)", SMALL_TARGET)])},
+            "large_first_write": {"params": {"array_bytes": LARGE_BYTES, "dram_bytes": 4 * LARGE_BYTES},
+                                  "records": large,
+                                  "rows": c.comparison_rows(large, "numpy", "tieredmem",
+                                                            [("seconds", "empty + first write (s)", LARGE_TARGET)])},
+        },
+    }
+    markdown = c.render_markdown(report, "tieredmem allocator benchmark")
+    print(markdown, end="")
+    c.write_json(args.out / "allocator.json", report)
+    (args.out / "allocator.md").write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()
