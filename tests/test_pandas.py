@@ -1,4 +1,5 @@
-"""pandas under the drop-in allocator: a pipeline gives the same frames with
+"""pandas under the drop-in allocator: a pipeline (read_csv, astype, groupby,
+sort_values, merge, concat) gives the same frames with
 and without it, and the numeric columns it builds live in the pool."""
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def pipeline(path):
                                       mean_minutes=("minutes", "mean")).reset_index()
     ranked = trips.sort_values(["amount", "trip_id"], ascending=[False, True], ignore_index=True)
     joined = ranked.merge(zones, on="zone", how="left")
-    return trips, joined
+    both = pd.concat([trips, trips], ignore_index=True)
+    return trips, joined, both
 
 
 def numeric_bytes_in_pool(pool, frame):
@@ -61,25 +63,25 @@ def installed_pool(make_pool):
 
 @pytest.mark.timeout(120, method="thread")
 def test_pipeline_frames_are_identical_with_and_without_the_allocator(trips_csv, make_pool):
-    plain_trips, plain_joined = pipeline(trips_csv)
+    plain_frames = pipeline(trips_csv)
     pool = make_pool(dram="64MiB", nvme="2GiB", threshold="64KiB")
     tm.install(pool)
     try:
-        trips, joined = pipeline(trips_csv)
-        pd.testing.assert_frame_equal(trips, plain_trips)
-        pd.testing.assert_frame_equal(joined, plain_joined)
-        del trips, joined
+        frames = pipeline(trips_csv)
+        for frame, plain in zip(frames, plain_frames):
+            pd.testing.assert_frame_equal(frame, plain)
+        del frames, frame
     finally:
         tm.uninstall()
 
 
 @pytest.mark.timeout(120, method="thread")
 def test_most_numeric_bytes_of_the_pipeline_live_in_the_pool(trips_csv, installed_pool):
-    trips, joined = pipeline(trips_csv)
-    for frame in (trips, joined):
+    frames = pipeline(trips_csv)
+    for frame in frames:
         in_pool, total = numeric_bytes_in_pool(installed_pool, frame)
         assert in_pool > total / 2, f"only {in_pool} of {total} numeric bytes in the pool"
-    del trips, joined
+    del frames, frame
 
 
 @pytest.mark.timeout(120, method="thread")
@@ -87,10 +89,10 @@ def test_pipeline_runs_with_its_data_larger_than_the_dram_budget(trips_csv, make
     pool = make_pool(dram="8MiB", nvme="2GiB", threshold="64KiB")
     tm.install(pool)
     try:
-        trips, joined = pipeline(trips_csv)
+        trips, joined, both = pipeline(trips_csv)
         assert pool.stats()["demotions"] > 0
         assert joined["revenue"].sum() == pytest.approx(
             trips.groupby("zone")["amount"].sum().reindex(joined["zone"]).sum())
-        del trips, joined
+        del trips, joined, both
     finally:
         tm.uninstall()
