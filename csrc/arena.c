@@ -188,6 +188,9 @@ tm_pool *tm_pool_create(const tm_config *cfg)
     if (p->batch_blocks < 1)
         p->batch_blocks = 1;
     p->io_max_blocks = TM_IO_BYTES / bs ? (int64_t)(TM_IO_BYTES / bs) : 1;
+    p->zero_min_blocks = TM_ZERO_MIN_BYTES / bs ? (int64_t)(TM_ZERO_MIN_BYTES / bs) : 1;
+    if (p->zero_min_blocks > p->batch_blocks)
+        p->zero_min_blocks = p->batch_blocks;
     p->ra_window = 1;
     p->last_fault = INT64_MIN / 4; /* no previous fault: the first is not sequential */
 

@@ -18,6 +18,7 @@
 #define TM_MAX_HANDLERS 8
 #define TM_BATCH_BYTES (4u << 20)  /* largest promotion / demotion batch */
 #define TM_IO_BYTES (512u << 10)     /* largest single request */
+#define TM_ZERO_MIN_BYTES (256u << 10) /* smallest zero fill of fresh memory */
 #define TM_ERRLEN 512
 
 /* ---- os.c: the OS layer --------------------------------------------- */
@@ -153,6 +154,7 @@ struct tm_pool {
 
     int64_t batch_blocks;      /* blocks per I/O batch */
     int64_t io_max_blocks;     /* blocks per request within a batch */
+    int64_t zero_min_blocks;   /* smallest zero fill, in blocks */
     int64_t dram_blocks;       /* budget */
     int64_t resident;          /* blocks in DRAM */
     int64_t cap_blocks;        /* allocatable */

@@ -554,7 +554,10 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         tm_fault_map_resident(p, b, 1, p->dirty_tracking && !(p->meta.flags[b] & TM_F_DIRTY));
         break;
     case TM_UNBACKED: {
-        int64_t n = sequential_run(p, b, window(p, b), list);
+        /* A zero fill costs little next to a fault: never fill less than
+         * TM_ZERO_MIN_BYTES, so a small fresh array takes one fault. */
+        int64_t win = window(p, b);
+        int64_t n = sequential_run(p, b, win > p->zero_min_blocks ? win : p->zero_min_blocks, list);
         p->last_fault = b + n;
         zero_fill(w, addr, list, n);
         break;
