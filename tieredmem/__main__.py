@@ -13,7 +13,7 @@ def main(argv=None) -> int:
     parsers = {}
     for name, module in COMMANDS.items():
         parsers[name] = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         module.add_arguments(parsers[name])
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:  # the program's arguments are not ours to parse

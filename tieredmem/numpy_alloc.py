@@ -7,6 +7,7 @@
 
 Arrays keep their allocator after the scope ends, and free correctly
 whichever handler is current then."""
+import contextvars
 import threading
 
 from ._engine import lib
@@ -25,6 +26,26 @@ def _init():
             _ready = True
 
 
+# Scopes entered in the current context (thread or asyncio task), innermost
+# last: (owner, token to restore numpy's previous handler). A context variable,
+# like numpy's own handler, so interleaved tasks each undo their own scopes.
+_scopes = contextvars.ContextVar("tieredmem_scopes", default=())
+
+
+def _enter(owner, handler):
+    _scopes.set(_scopes.get() + ((owner, lib.tm_np_set_context(handler)),))
+
+
+def _exit(owner):
+    """Undo the innermost scope that `owner` entered in this context."""
+    stack = _scopes.get()
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][0] is owner:
+            lib.tm_np_restore_context(stack[i][1])
+            _scopes.set(stack[:i] + stack[i + 1:])
+            return
+
+
 class use:
     """Context manager: the current context allocates numpy arrays of at least
     `threshold` bytes (default: the pool's) from `pool`. Re-entrant; each
@@ -33,16 +54,13 @@ class use:
     def __init__(self, pool, threshold=None):
         self.pool = pool
         self.threshold = pool.threshold if threshold is None else pool._parse_threshold(threshold)
-        self._tokens = threading.local()
 
     def __enter__(self):
-        handler = self.pool._handler(self.threshold)
-        stack = self._tokens.__dict__.setdefault("stack", [])
-        stack.append(lib.tm_np_set_context(handler))
+        _enter(self, self.pool._handler(self.threshold))
         return self.pool
 
     def __exit__(self, *exc):
-        lib.tm_np_restore_context(self._tokens.stack.pop())
+        _exit(self)
 
 
 def install(pool, threshold=None):
@@ -66,5 +84,5 @@ def uninstall():
 
 
 def installed():
-    """The installed Pool, or None."""
-    return _installed
+    """The installed Pool, or None (also once it has been closed)."""
+    return _installed if _installed is not None and not _installed.closed else None

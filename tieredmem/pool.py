@@ -2,12 +2,12 @@
 import errno
 import os
 import pathlib
-import threading
 import weakref
 
 import numpy as np
 
 from ._engine import ffi, lib
+from . import numpy_alloc
 from .numpy_alloc import _init, use
 from .sizes import parse_size
 
@@ -94,7 +94,6 @@ class Pool:
         self.block_size = bs
         self._closed = False
         self._handlers = {}  # threshold -> tm_np_handler (never freed, see numpy_handler.c)
-        self._scopes = threading.local()  # `with pool:` scopes entered, per thread
 
     @staticmethod
     def _parse_threshold(value) -> int:
@@ -136,15 +135,11 @@ class Pool:
         least pool.threshold bytes); leaving the block restores the previous
         allocator and closes the pool (arrays made inside stay valid). For a
         scope that leaves the pool open, use `with tm.use(pool):`."""
-        scope = use(self)
-        self._scopes.__dict__.setdefault("stack", []).append(scope)
-        scope.__enter__()
+        numpy_alloc._enter(self, self._handler(self.threshold))
         return self
 
     def __exit__(self, *exc):
-        stack = getattr(self._scopes, "stack", None)
-        if stack:
-            stack.pop().__exit__(*exc)
+        numpy_alloc._exit(self)
         self.close()
 
     def __del__(self):

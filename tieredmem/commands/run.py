@@ -11,8 +11,8 @@ import os
 import runpy
 import shutil
 import sys
+import threading
 import time
-import traceback
 
 import psutil
 
@@ -104,6 +104,8 @@ def pool_settings(args, parser) -> dict:
     if not os.path.isdir(nvme_path):
         parser.error(f"--nvme-path: not a directory: {nvme_path}")
     bs = values.get("block_size", 64 << 10)
+    if not (4 << 10) <= bs <= (2 << 20) or bs & (bs - 1):
+        parser.error(f"--block-size: must be a power of two from 4KiB to 2MiB, got {args.block_size}")
     dram = values.get("dram", default_dram())
     nvme = values.get("nvme", int(shutil.disk_usage(nvme_path).free * (1 - NVME_MARGIN)))
     return dict(dram=max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
@@ -136,10 +138,20 @@ def run_program(args) -> int:
             return e.code or 0
         print(e.code, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        raise  # after the summary, Python ends the process as it would
     except BaseException as e:  # noqa: BLE001 -- reported as Python would
-        traceback.print_exception(type(e), e, _user_traceback(e))
+        tb = _user_traceback(e)
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
         return 1
     return 0
+
+
+def wait_for_threads():
+    """Join the program's non-daemon threads, as Python does before exiting."""
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
 
 
 def summary(stats: dict, elapsed: float) -> str:
@@ -159,15 +171,24 @@ def run(args, parser) -> int:
         pool = Pool(**settings)
     except (ValueError, OSError) as e:
         parser.error(str(e))
+    stats_path = os.path.abspath(args.stats) if args.stats else None  # the program may chdir
     numpy_alloc.install(pool)
     start = time.perf_counter()
-    code = run_program(args)
+    try:
+        code = run_program(args)
+        wait_for_threads()
+    finally:
+        report(pool, settings, start, args.quiet, stats_path, locals().get("code"))
+    return code
+
+
+def report(pool, settings, start, quiet, stats_path, code):
+    """The exit summary on stderr and the --stats file."""
     elapsed = time.perf_counter() - start
     stats = pool.stats()
-    if not args.quiet:
+    if not quiet:
         print(summary(stats, elapsed), file=sys.stderr)
-    if args.stats:
-        with open(args.stats, "w") as f:
+    if stats_path:
+        with open(stats_path, "w") as f:
             json.dump({"elapsed_s": elapsed, "exit_code": code, "settings": settings, **stats}, f, indent=1, default=str)
     sys.stdout.flush()
-    return code
