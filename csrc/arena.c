@@ -47,6 +47,30 @@ const char *tm_last_error(tm_pool *p, char *buf, size_t len)
     return buf;
 }
 
+/* ---- fork ------------------------------------------------------------
+ * A forked child shares the parent's memfd and tier files but has neither
+ * its arena (MADV_DONTFORK) nor its handler threads: in the child, pools are
+ * inert. Allocation fails (the numpy handler then uses the C library), and
+ * frees and releases do nothing, so the child can never punch the parent's
+ * data out. */
+static volatile int forked_child;
+
+static void on_fork_child(void)
+{
+    forked_child = 1;
+}
+
+static void add_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+static void watch_forks(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, add_fork_handler);
+}
+
 /* ---- registry of live pools: which pool does a pointer belong to? ----- */
 
 #define MAX_POOLS 64
@@ -172,6 +196,7 @@ tm_pool *tm_pool_create(const tm_config *cfg)
         errno = EINVAL;
         return NULL;
     }
+    watch_forks();
     struct tm_pool *p = calloc(1, sizeof *p);
     if (!p) {
         errno = ENOMEM;
@@ -271,6 +296,8 @@ static void release_engine(struct tm_pool *p)
  * its owner dropped it. Called without the lock. */
 static void settle(struct tm_pool *p)
 {
+    if (forked_child)
+        return;
     pthread_mutex_lock(&p->lock);
     int release = p->closed && !p->released && p->live_allocs == 0 && p->pins == 0;
     if (release)
@@ -287,6 +314,8 @@ static void settle(struct tm_pool *p)
 
 void tm_pool_close(tm_pool *p)
 {
+    if (forked_child)
+        return;
     pthread_mutex_lock(&p->lock);
     p->closed = 1;
     pthread_mutex_unlock(&p->lock);
@@ -295,6 +324,8 @@ void tm_pool_close(tm_pool *p)
 
 void tm_pool_pin(tm_pool *p)
 {
+    if (forked_child)
+        return;
     pthread_mutex_lock(&p->lock);
     p->pins++;
     pthread_mutex_unlock(&p->lock);
@@ -302,6 +333,8 @@ void tm_pool_pin(tm_pool *p)
 
 void tm_pool_unpin(tm_pool *p)
 {
+    if (forked_child)
+        return;
     pthread_mutex_lock(&p->lock);
     p->pins--;
     pthread_mutex_unlock(&p->lock);
@@ -310,6 +343,8 @@ void tm_pool_unpin(tm_pool *p)
 
 void tm_pool_drop(tm_pool *p)
 {
+    if (forked_child)
+        return;
     pthread_mutex_lock(&p->lock);
     p->closed = 1;
     p->dropped = 1;
@@ -327,6 +362,10 @@ int tm_pool_released(tm_pool *p)
 
 void *tm_alloc(tm_pool *p, size_t size)
 {
+    if (forked_child) {
+        errno = EBADF;
+        return NULL;
+    }
     int64_t n = (int64_t)((size + p->bs - 1) >> p->bshift);
     if (n == 0)
         n = 1;
@@ -385,6 +424,8 @@ static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
 
 void tm_free(tm_pool *p, void *ptr)
 {
+    if (forked_child)
+        return;
     pthread_mutex_lock(&p->lock);
     int64_t b = tm_block_of(p, ptr);
     int64_t n = (b >= 0 && b < p->nblocks) ? p->alloc_len[b] : 0;

@@ -117,14 +117,14 @@ class Pool:
             raise ValueError("the pool is closed and released")
         return self._p
 
-    def close(self):
+    def close(self, _lib=lib):
         """Stop allocating; release the engine now or when the last array goes."""
-        if not self._closed:
+        if not self._closed:  # (_lib: still bound when called from __del__ at exit)
             self._closed = True
             for h in self._handlers.values():
-                lib.tm_np_detach(h)
-            lib.tm_np_detach_pool(self._p)
-            lib.tm_pool_close(self._p)
+                _lib.tm_np_detach(h)
+            _lib.tm_np_detach_pool(self._p)
+            _lib.tm_pool_close(self._p)
 
     @property
     def closed(self) -> bool:
@@ -142,11 +142,10 @@ class Pool:
         numpy_alloc._exit(self)
         self.close()
 
-    def __del__(self):
+    def __del__(self, _lib=lib):
         if getattr(self, "_p", None) is not None:
-            if not self._closed:
-                self.close()
-            lib.tm_pool_drop(self._p)
+            self.close(_lib)
+            _lib.tm_pool_drop(self._p)
             self._p = None
 
     def _handler(self, threshold: int):
