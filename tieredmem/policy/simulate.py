@@ -1,0 +1,494 @@
+"""Replay a block-access trace against a placement policy, offline.
+
+The model is the engine's: demand paging into a DRAM tier of `dram_blocks`
+blocks. Every access ends with its block in DRAM (a fault always promotes);
+when DRAM is full the policy picks a victim, which is demoted to PMEM if the
+simulation has a PMEM tier, else to NVMe. Tiers are exclusive: a PMEM hit
+moves the block back up to DRAM.
+
+Policies:
+
+* "lru": exact LRU (the engine approximates it with CLOCK over sampled
+  reference bits; exact LRU is the policy CLOCK aims at).
+* "fifo": evict in order of arrival in DRAM; hits do not reorder.
+* "hotness": exponentially decayed access counts binned by log2 into a
+  histogram, with a hot threshold sized to the DRAM budget (Memtis-like);
+  evicts the least recently used cold block, or the least recently used
+  block of the coldest bin when every resident block is hot.
+
+PMEM, for every policy, evicts to NVMe in FIFO order of demotion. Since a
+PMEM hit promotes the block (it leaves PMEM), that order is also LRU order
+of the blocks' last DRAM residency.
+
+All kernels run in numba on a trace remapped to dense ids 0..nblocks-1 and
+never raise: arguments are validated here in Python first.
+"""
+import operator
+
+import numpy as np
+from numba import njit
+
+POLICIES = ("lru", "fifo", "hotness")
+
+# where[] states of a block
+NEW, DRAM, PMEM, NVME = 0, 1, 2, 3
+
+# tally[] slots shared by the kernels (an array, so helpers can update them)
+DRAM_HITS, PMEM_HITS, FIRST_ACCESSES, DRAM_USED, PMEM_USED = range(5)
+TALLY_SIZE = 5
+
+# Dense ids and list links are int32 to halve the cache footprint of the
+# per-block arrays; the sentinels come after the last block id.
+MAX_BLOCKS = (1 << 31) - 64
+
+# hotness: counts live in bins 1..NBINS-1 by bit length, so a count must fit
+# in NBINS-1 bits. NBINS is a power of two so a ring slot is a mask away.
+NBINS = 32
+BIN_MASK = NBINS - 1
+BIN0 = NBINS  # slot of bin 0 (count decayed to 0), outside the ring
+COUNT_MAX = (1 << (NBINS - 1)) - 1
+# Counts halve every COOL_PERIOD_FACTOR * dram_blocks accesses: long enough
+# that a block needs several re-references to look hot, short enough that a
+# hot set which moved away decays within a few DRAM turnovers.
+COOL_PERIOD_FACTOR = 8
+
+# The dense remap uses a direct lookup table (one pass in numba) when ids are
+# below this many per event; otherwise np.unique, whose sort costs ~120 ns
+# per event and would dominate the replay.
+TABLE_IDS_PER_EVENT = 2
+TABLE_IDS_MIN = 1 << 20
+
+
+# ---------------------------------------------------------------- input
+
+def _as_count(value, name, minimum):
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if count < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {count}")
+    return count
+
+
+def _validated_trace(trace):
+    arr = np.asarray(trace)
+    if arr.ndim != 1:
+        raise ValueError(f"trace must be a 1-D array of block ids, got {arr.ndim} dimensions")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"trace must hold integer block ids, got dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
+        raise ValueError(f"trace block ids must be non-negative, found {arr.min()}")
+    return arr
+
+
+@njit(cache=True)
+def _remap_by_table(trace, max_id):
+    """Dense ids in order of first appearance."""
+    table = np.full(max_id + 1, -1, np.int32)
+    dense = np.empty(trace.size, np.int32)
+    nblocks = 0
+    for i in range(trace.size):
+        b = trace[i]
+        d = table[b]
+        if d < 0:
+            d = nblocks
+            table[b] = d
+            nblocks += 1
+        dense[i] = d
+    return dense, nblocks
+
+
+def _dense_trace(trace):
+    """(trace as dense int32 ids, number of distinct blocks). Every policy is
+    blind to id values, so any dense numbering gives the same results."""
+    arr = _validated_trace(trace)
+    if arr.size == 0:
+        return np.zeros(0, np.int32), 0
+    max_id = int(arr.max())
+    if max_id < TABLE_IDS_PER_EVENT * arr.size + TABLE_IDS_MIN:
+        dense, nblocks = _remap_by_table(np.ascontiguousarray(arr, dtype=np.int64), max_id)
+    else:
+        _, inverse = np.unique(arr, return_inverse=True)
+        dense, nblocks = inverse.astype(np.int32), int(inverse.max()) + 1
+    if nblocks > MAX_BLOCKS:
+        raise ValueError(f"trace has {nblocks} distinct blocks, more than {MAX_BLOCKS}")
+    return dense, nblocks
+
+
+# ---------------------------------------------------------------- shared kernel parts
+# Blocks and sentinels share one pair of prev/next arrays: a block is in at
+# most one circular list at a time (a DRAM list or the PMEM list).
+
+@njit(cache=True)
+def _new_links(nblocks, nsentinels):
+    size = nblocks + nsentinels
+    prev = np.empty(size, np.int32)
+    nxt = np.empty(size, np.int32)
+    for s in range(nblocks, size):
+        prev[s] = s
+        nxt[s] = s
+    return prev, nxt
+
+
+@njit(cache=True)
+def _unlink(prev, nxt, x):
+    p = prev[x]
+    n = nxt[x]
+    nxt[p] = n
+    prev[n] = p
+
+
+@njit(cache=True)
+def _push_tail(prev, nxt, sentinel, x):
+    tail = prev[sentinel]
+    nxt[tail] = x
+    prev[x] = tail
+    nxt[x] = sentinel
+    prev[sentinel] = x
+
+
+@njit(cache=True)
+def _fetch(b, where, prev, nxt, tally):
+    """Account a DRAM miss on b and take it out of PMEM if it is there."""
+    w = where[b]
+    if w == PMEM:
+        tally[PMEM_HITS] += 1
+        tally[PMEM_USED] -= 1
+        _unlink(prev, nxt, b)
+    elif w == NEW:
+        tally[FIRST_ACCESSES] += 1
+
+
+@njit(cache=True)
+def _demote(victim, where, prev, nxt, pmem_list, pmem_cap, tally):
+    """Move a victim (already unlinked from DRAM) to PMEM, pushing PMEM's
+    oldest block to NVMe when full; straight to NVMe without PMEM."""
+    if pmem_cap == 0:
+        where[victim] = NVME
+        return
+    if tally[PMEM_USED] == pmem_cap:
+        oldest = nxt[pmem_list]
+        _unlink(prev, nxt, oldest)
+        where[oldest] = NVME
+    else:
+        tally[PMEM_USED] += 1
+    _push_tail(prev, nxt, pmem_list, victim)
+    where[victim] = PMEM
+
+
+# ---------------------------------------------------------------- lru, fifo
+
+@njit(cache=True)
+def _simulate_queue(trace, nblocks, dram_cap, pmem_cap, move_on_hit):
+    """LRU (move_on_hit) or FIFO: DRAM is one list, victims taken at its head."""
+    where = np.zeros(nblocks, np.uint8)
+    prev, nxt = _new_links(nblocks, 2)
+    dram_list = nblocks
+    pmem_list = nblocks + 1
+    tally = np.zeros(TALLY_SIZE, np.int64)
+    for i in range(trace.size):
+        b = trace[i]
+        if where[b] == DRAM:
+            tally[DRAM_HITS] += 1
+            if move_on_hit:
+                _unlink(prev, nxt, b)
+                _push_tail(prev, nxt, dram_list, b)
+            continue
+        _fetch(b, where, prev, nxt, tally)
+        if tally[DRAM_USED] == dram_cap:
+            victim = nxt[dram_list]
+            _unlink(prev, nxt, victim)
+            _demote(victim, where, prev, nxt, pmem_list, pmem_cap, tally)
+        else:
+            tally[DRAM_USED] += 1
+        _push_tail(prev, nxt, dram_list, b)
+        where[b] = DRAM
+    return tally
+
+
+# ---------------------------------------------------------------- hotness
+# A block's count c, stored at epoch e, is worth c >> (E - e) at epoch E:
+# cooling (E += 1) halves every count lazily. Its bin is its bit length, and
+# halving lowers a bit length by exactly one, so bit_length(c) + e is an
+# absolute level that cooling does not change: level L sits in bin L - E.
+# Histogram entries and DRAM lists for bins >= 1 are therefore kept in a ring
+# indexed by L mod NBINS, and cooling only merges the ring slot of bin 1 into
+# bin 0 (slot BIN0). Each DRAM list is in LRU order, except that a merge
+# appends the former bin 1 after the blocks already in bin 0.
+
+@njit(cache=True)
+def _bit_length(x):
+    n = 0
+    if x >= 1 << 16:
+        x >>= 16
+        n += 16
+    if x >= 1 << 8:
+        x >>= 8
+        n += 8
+    if x >= 1 << 4:
+        x >>= 4
+        n += 4
+    if x >= 1 << 2:
+        x >>= 2
+        n += 2
+    if x >= 2:
+        x >>= 1
+        n += 1
+    return n + x
+
+
+@njit(cache=True)
+def _slot_of_bin(k, epoch):
+    return BIN0 if k == 0 else (epoch + k) & BIN_MASK
+
+
+@njit(cache=True)
+def _touch(b, seen, count, count_epoch, hist, epoch):
+    """Count an access to b; move it in the histogram; return its new slot."""
+    c = count[b]
+    if seen:
+        age = epoch - count_epoch[b]
+        level = _bit_length(c) + count_epoch[b]
+        hist[BIN0 if level <= epoch else level & BIN_MASK] -= 1
+        c = c >> age if age < NBINS else 0
+    c = min(c + 1, COUNT_MAX)
+    count[b] = c
+    count_epoch[b] = epoch
+    slot = (_bit_length(c) + epoch) & BIN_MASK
+    hist[slot] += 1
+    return slot
+
+
+@njit(cache=True)
+def _cool(epoch, hist, prev, nxt, nblocks):
+    """Entering `epoch`: the slot that held bin 1 now holds bin 0."""
+    s = epoch & BIN_MASK
+    hist[BIN0] += hist[s]
+    hist[s] = 0
+    src = nblocks + s
+    if nxt[src] == src:
+        return
+    dst = nblocks + BIN0
+    first = nxt[src]
+    last = prev[src]
+    tail = prev[dst]
+    nxt[tail] = first
+    prev[first] = tail
+    nxt[last] = dst
+    prev[dst] = last
+    nxt[src] = src
+    prev[src] = src
+
+
+@njit(cache=True)
+def _hot_threshold(hist, epoch, dram_cap):
+    """Lowest bin t such that all blocks (any tier) in bins >= t fit DRAM."""
+    hot = 0
+    for k in range(NBINS - 1, 0, -1):
+        hot += hist[(epoch + k) & BIN_MASK]
+        if hot > dram_cap:
+            return k + 1
+    return 0 if hot + hist[BIN0] <= dram_cap else 1
+
+
+@njit(cache=True)
+def _hotness_victim(hot_bin, epoch, prev, nxt, stamp, nblocks):
+    """Least recently used resident block below hot_bin, else the LRU block
+    of the coldest non-empty bin. Only list heads compete: each list is in
+    LRU order (up to cooling merges)."""
+    best = -1
+    for k in range(NBINS):
+        sentinel = nblocks + _slot_of_bin(k, epoch)
+        head = nxt[sentinel]
+        if head == sentinel:
+            continue
+        if k >= hot_bin:
+            return head if best < 0 else best
+        if best < 0 or stamp[head] < stamp[best]:
+            best = head
+    return best
+
+
+@njit(cache=True)
+def _simulate_hotness(trace, nblocks, dram_cap, pmem_cap):
+    where = np.zeros(nblocks, np.uint8)
+    count = np.zeros(nblocks, np.int32)
+    count_epoch = np.zeros(nblocks, np.int32)
+    stamp = np.zeros(nblocks, np.int64)  # time of last access
+    hist = np.zeros(NBINS + 1, np.int64)
+    # sentinels: nblocks + slot for the DRAM bin lists, then PMEM's
+    prev, nxt = _new_links(nblocks, NBINS + 2)
+    pmem_list = nblocks + NBINS + 1
+    tally = np.zeros(TALLY_SIZE, np.int64)
+    period = COOL_PERIOD_FACTOR * dram_cap
+    until_cool = period
+    epoch = 0
+    for i in range(trace.size):
+        if until_cool == 0:
+            epoch += 1
+            _cool(epoch, hist, prev, nxt, nblocks)
+            until_cool = period
+        until_cool -= 1
+        b = trace[i]
+        w = where[b]
+        slot = _touch(b, w != NEW, count, count_epoch, hist, epoch)
+        stamp[b] = i
+        if w == DRAM:
+            tally[DRAM_HITS] += 1
+            _unlink(prev, nxt, b)
+        else:
+            _fetch(b, where, prev, nxt, tally)
+            if tally[DRAM_USED] == dram_cap:
+                hot_bin = _hot_threshold(hist, epoch, dram_cap)
+                victim = _hotness_victim(hot_bin, epoch, prev, nxt, stamp, nblocks)
+                _unlink(prev, nxt, victim)
+                _demote(victim, where, prev, nxt, pmem_list, pmem_cap, tally)
+            else:
+                tally[DRAM_USED] += 1
+            where[b] = DRAM
+        _push_tail(prev, nxt, nblocks + slot, b)
+    return tally
+
+
+# ---------------------------------------------------------------- belady
+
+@njit(cache=True)
+def _next_uses(trace, nblocks):
+    """next_use[i]: index of the next access to trace[i]'s block, or n."""
+    n = trace.size
+    next_use = np.empty(n, np.int64)
+    upcoming = np.full(nblocks, n, np.int64)
+    for i in range(n - 1, -1, -1):
+        b = trace[i]
+        next_use[i] = upcoming[b]
+        upcoming[b] = i
+    return next_use
+
+
+@njit(cache=True)
+def _sift_up(keys, blocks, pos, j):
+    key = keys[j]
+    b = blocks[j]
+    while j > 0:
+        parent = (j - 1) >> 1
+        if keys[parent] >= key:
+            break
+        keys[j] = keys[parent]
+        blocks[j] = blocks[parent]
+        pos[blocks[j]] = j
+        j = parent
+    keys[j] = key
+    blocks[j] = b
+    pos[b] = j
+
+
+@njit(cache=True)
+def _sift_down(keys, blocks, pos, size, j):
+    key = keys[j]
+    b = blocks[j]
+    while True:
+        child = 2 * j + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] > keys[child]:
+            child += 1
+        if keys[child] <= key:
+            break
+        keys[j] = keys[child]
+        blocks[j] = blocks[child]
+        pos[blocks[j]] = j
+        j = child
+    keys[j] = key
+    blocks[j] = b
+    pos[b] = j
+
+
+@njit(cache=True)
+def _belady_hits(trace, nblocks, capacity):
+    """Belady's MIN with demand paging: DRAM residents in a max-heap keyed by
+    next use; a miss on a full DRAM replaces the root. O(n log capacity)."""
+    next_use = _next_uses(trace, nblocks)
+    keys = np.empty(capacity, np.int64)
+    blocks = np.empty(capacity, np.int32)
+    pos = np.full(nblocks, -1, np.int64)
+    size = 0
+    hits = 0
+    for i in range(trace.size):
+        b = trace[i]
+        j = pos[b]
+        if j >= 0:
+            # The key was i, the smallest in the heap; it can only grow.
+            hits += 1
+            keys[j] = next_use[i]
+            _sift_up(keys, blocks, pos, j)
+        elif size < capacity:
+            keys[size] = next_use[i]
+            blocks[size] = b
+            size += 1
+            _sift_up(keys, blocks, pos, size - 1)
+        else:
+            pos[blocks[0]] = -1
+            keys[0] = next_use[i]
+            blocks[0] = b
+            _sift_down(keys, blocks, pos, size, 0)
+    return hits
+
+
+# ---------------------------------------------------------------- public API
+
+def _run_policy(policy, dense, nblocks, dram_blocks, pmem_blocks):
+    if policy == "hotness":
+        return _simulate_hotness(dense, nblocks, dram_blocks, pmem_blocks)
+    return _simulate_queue(dense, nblocks, dram_blocks, pmem_blocks, policy == "lru")
+
+
+def simulate(trace, policy, dram_blocks, pmem_blocks=0):
+    """Replay `trace` (1-D integer array of block ids in access order) under
+    `policy` (one of POLICIES) with DRAM of `dram_blocks` blocks and an
+    optional PMEM tier of `pmem_blocks`.
+
+    Returns a dict: dram_hits (accesses found in DRAM); misses (all others,
+    first accesses included); pmem_hits (misses found in PMEM); first_accesses;
+    nvme_reads (misses that were neither); dram_hit_ratio and pmem_hit_ratio
+    (hits / len(trace), 0.0 for an empty trace); plus the inputs' sizes."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)}")
+    dram_blocks = _as_count(dram_blocks, "dram_blocks", 1)
+    pmem_blocks = _as_count(pmem_blocks, "pmem_blocks", 0)
+    dense, nblocks = _dense_trace(trace)
+    tally = _run_policy(policy, dense, nblocks, dram_blocks, pmem_blocks)
+    return _report(policy, dense.size, nblocks, dram_blocks, pmem_blocks, tally)
+
+
+def _report(policy, accesses, nblocks, dram_blocks, pmem_blocks, tally):
+    dram_hits = int(tally[DRAM_HITS])
+    pmem_hits = int(tally[PMEM_HITS])
+    first = int(tally[FIRST_ACCESSES])
+    misses = accesses - dram_hits
+    return {
+        "policy": policy,
+        "accesses": accesses,
+        "distinct_blocks": nblocks,
+        "dram_blocks": dram_blocks,
+        "pmem_blocks": pmem_blocks,
+        "dram_hits": dram_hits,
+        "misses": misses,
+        "pmem_hits": pmem_hits,
+        "first_accesses": first,
+        "nvme_reads": misses - pmem_hits - first,
+        "dram_hit_ratio": dram_hits / accesses if accesses else 0.0,
+        "pmem_hit_ratio": pmem_hits / accesses if accesses else 0.0,
+    }
+
+
+def belady(trace, dram_blocks):
+    """Optimal offline DRAM hit ratio (Belady's MIN, demand paging: the
+    accessed block always enters DRAM) as dram_hits / len(trace); first
+    accesses are misses; 0.0 for an empty trace."""
+    dram_blocks = _as_count(dram_blocks, "dram_blocks", 1)
+    dense, nblocks = _dense_trace(trace)
+    if dense.size == 0:
+        return 0.0
+    capacity = min(dram_blocks, nblocks)  # the heap never holds more
+    return _belady_hits(dense, nblocks, capacity) / dense.size
