@@ -88,10 +88,7 @@ def main(argv=None):
                                                             [("seconds", "empty + first write (s)", LARGE_TARGET)])},
         },
     }
-    markdown = c.render_markdown(report, "tieredmem allocator benchmark")
-    print(markdown, end="")
-    c.write_json(args.out / "allocator.json", report)
-    (args.out / "allocator.md").write_text(markdown)
+    c.publish(report, args.out, "allocator", "tieredmem allocator benchmark")
 
 
 if __name__ == "__main__":

@@ -231,10 +231,7 @@ def main(argv=None):
                    "tieredmem_version": getattr(tm, "__version__", None)},
         "scenarios": scenarios,
     }
-    markdown = c.render_markdown(report, "tieredmem engine benchmark")
-    print(markdown, end="")
-    c.write_json(args.out / "engine.json", report)
-    (args.out / "engine.md").write_text(markdown)
+    c.publish(report, args.out, "engine", "tieredmem engine benchmark")
 
 
 if __name__ == "__main__":

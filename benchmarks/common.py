@@ -183,3 +183,11 @@ def render_markdown(report, title):
                           if k.endswith("_bytes"))
         lines += ["", f"## {name}", "", sizes, "", markdown_table(scenario["rows"])]
     return "\n".join(lines) + "\n"
+
+
+def publish(report, out, name, title):
+    """Print the report's markdown and write it to out/NAME.md and out/NAME.json."""
+    markdown = render_markdown(report, title)
+    print(markdown, end="")
+    write_json(out / f"{name}.json", report)
+    (out / f"{name}.md").write_text(markdown)
