@@ -5,7 +5,8 @@ Scenarios, each measured side by side in one run with interleaved repetitions:
 * small_empty: np.empty of 16 float64 (below the threshold, so the C library
   serves it) in a loop, numpy's default handler vs tm.install(pool).
 * large_first_write: a fresh 256 MiB array and its first full write, which fits
-  the DRAM budget, numpy's default handler vs tm.install(pool).
+  the DRAM budget, numpy's default handler vs tm.install(pool), each system in
+  a fresh process per repetition.
 
 Run from the repo root:  python -m benchmarks.bench_allocator [--quick] [--out DIR]
 """
@@ -43,6 +44,16 @@ def large_first_write(nbytes):
     return {"seconds": seconds}
 
 
+def large_first_write_child(system, nbytes, nvme_dir):
+    """In a fresh process, numpy's allocator or a pool installed: one untimed
+    warm-up, then the measured allocation and first write."""
+    if system == "tieredmem":
+        import tieredmem as tm
+        tm.install(tm.Pool(dram=4 * nbytes, nvme="1GiB", nvme_path=nvme_dir))
+    large_first_write(nbytes)
+    return large_first_write(nbytes)
+
+
 def systems(tm, pool, measure):
     """numpy's default handler and the installed pool, running `measure`."""
     def default():
@@ -74,7 +85,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(dir=args.nvme_dir) as nvme, \
             tm.Pool(dram=4 * LARGE_BYTES, nvme="1GiB", nvme_path=nvme) as pool:
         small = c.interleave(reps, systems(tm, pool, lambda: small_empty(SMALL_CALLS)))
-        large = c.interleave(reps, systems(tm, pool, lambda: large_first_write(LARGE_BYTES)))
+        child = "benchmarks.bench_allocator", "large_first_write_child"
+        large = c.interleave(reps, {system: (lambda s=system: c.in_subprocess(*child, s, LARGE_BYTES, nvme))
+                                    for system in ("numpy", "tieredmem")})
     report = {
         "machine": c.machine_info(),
         "config": {"quick": args.quick, "reps": reps},

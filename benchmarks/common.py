@@ -6,6 +6,7 @@ import operator
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 MiB = 1 << 20
 GiB = 1 << 30
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_NVME_DIR = Path("~/.cache/tieredmem-bench").expanduser()
 
@@ -191,3 +193,15 @@ def publish(report, out, name, title):
     print(markdown, end="")
     write_json(out / f"{name}.json", report)
     (out / f"{name}.md").write_text(markdown)
+
+
+def in_subprocess(module, func, *args, timeout=900):
+    """func(*args) from `module`, run in a fresh interpreter; its dict result.
+    Systems that allocate memory are measured each in its own process, so that
+    neither inherits the other's memory state (a pool's 4 KiB shared-memory
+    pages left behind cost numpy its transparent huge pages, for instance)."""
+    code = f"import json; from {module} import {func}; print(json.dumps({func}(*{args!r}), default=str))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if res.returncode != 0:
+        raise NotRun(f"{func} exited with {res.returncode}: {res.stderr.strip()[-300:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])

@@ -117,63 +117,64 @@ def _dense_trace(trace):
 
 
 # ---------------------------------------------------------------- shared kernel parts
-# Blocks and sentinels share one pair of prev/next arrays: a block is in at
-# most one circular list at a time (a DRAM list or the PMEM list).
+# Blocks and sentinels share one links array of (prev, next) rows, so a
+# node's two links share a cache line; a block is in at most one circular
+# list at a time (a DRAM list or the PMEM list).
+PREV, NEXT = 0, 1
 
 @njit(cache=True)
 def _new_links(nblocks, nsentinels):
     size = nblocks + nsentinels
-    prev = np.empty(size, np.int32)
-    nxt = np.empty(size, np.int32)
+    links = np.empty((size, 2), np.int32)
     for s in range(nblocks, size):
-        prev[s] = s
-        nxt[s] = s
-    return prev, nxt
+        links[s, PREV] = s
+        links[s, NEXT] = s
+    return links
 
 
 @njit(cache=True)
-def _unlink(prev, nxt, x):
-    p = prev[x]
-    n = nxt[x]
-    nxt[p] = n
-    prev[n] = p
+def _unlink(links, x):
+    p = links[x, PREV]
+    n = links[x, NEXT]
+    links[p, NEXT] = n
+    links[n, PREV] = p
 
 
 @njit(cache=True)
-def _push_tail(prev, nxt, sentinel, x):
-    tail = prev[sentinel]
-    nxt[tail] = x
-    prev[x] = tail
-    nxt[x] = sentinel
-    prev[sentinel] = x
+def _push_tail(links, sentinel, x):
+    tail = links[sentinel, PREV]
+    links[tail, NEXT] = x
+    links[x, PREV] = tail
+    links[x, NEXT] = sentinel
+    links[sentinel, PREV] = x
 
 
 @njit(cache=True)
-def _fetch(b, where, prev, nxt, tally):
+def _fetch(b, where, links, tally):
     """Account a DRAM miss on b and take it out of PMEM if it is there."""
     w = where[b]
     if w == PMEM:
         tally[PMEM_HITS] += 1
         tally[PMEM_USED] -= 1
-        _unlink(prev, nxt, b)
+        _unlink(links, b)
     elif w == NEW:
         tally[FIRST_ACCESSES] += 1
 
 
 @njit(cache=True)
-def _demote(victim, where, prev, nxt, pmem_list, pmem_cap, tally):
+def _demote(victim, where, links, pmem_list, pmem_cap, tally):
     """Move a victim (already unlinked from DRAM) to PMEM, pushing PMEM's
     oldest block to NVMe when full; straight to NVMe without PMEM."""
     if pmem_cap == 0:
         where[victim] = NVME
         return
     if tally[PMEM_USED] == pmem_cap:
-        oldest = nxt[pmem_list]
-        _unlink(prev, nxt, oldest)
+        oldest = links[pmem_list, NEXT]
+        _unlink(links, oldest)
         where[oldest] = NVME
     else:
         tally[PMEM_USED] += 1
-    _push_tail(prev, nxt, pmem_list, victim)
+    _push_tail(links, pmem_list, victim)
     where[victim] = PMEM
 
 
@@ -183,7 +184,7 @@ def _demote(victim, where, prev, nxt, pmem_list, pmem_cap, tally):
 def _simulate_queue(trace, nblocks, dram_cap, pmem_cap, move_on_hit):
     """LRU (move_on_hit) or FIFO: DRAM is one list, victims taken at its head."""
     where = np.zeros(nblocks, np.uint8)
-    prev, nxt = _new_links(nblocks, 2)
+    links = _new_links(nblocks, 2)
     dram_list = nblocks
     pmem_list = nblocks + 1
     tally = np.zeros(TALLY_SIZE, np.int64)
@@ -192,17 +193,17 @@ def _simulate_queue(trace, nblocks, dram_cap, pmem_cap, move_on_hit):
         if where[b] == DRAM:
             tally[DRAM_HITS] += 1
             if move_on_hit:
-                _unlink(prev, nxt, b)
-                _push_tail(prev, nxt, dram_list, b)
+                _unlink(links, b)
+                _push_tail(links, dram_list, b)
             continue
-        _fetch(b, where, prev, nxt, tally)
+        _fetch(b, where, links, tally)
         if tally[DRAM_USED] == dram_cap:
-            victim = nxt[dram_list]
-            _unlink(prev, nxt, victim)
-            _demote(victim, where, prev, nxt, pmem_list, pmem_cap, tally)
+            victim = links[dram_list, NEXT]
+            _unlink(links, victim)
+            _demote(victim, where, links, pmem_list, pmem_cap, tally)
         else:
             tally[DRAM_USED] += 1
-        _push_tail(prev, nxt, dram_list, b)
+        _push_tail(links, dram_list, b)
         where[b] = DRAM
     return tally
 
@@ -216,6 +217,15 @@ def _simulate_queue(trace, nblocks, dram_cap, pmem_cap, move_on_hit):
 # indexed by L mod NBINS, and cooling only merges the ring slot of bin 1 into
 # bin 0 (slot BIN0). Each DRAM list is in LRU order, except that a merge
 # appends the former bin 1 after the blocks already in bin 0.
+#
+# Per block, one heat row (16 bytes, one cache line): the count packed with
+# its epoch, and the time of the last access.
+COUNT_AT, STAMP = 0, 1
+COUNT_BITS = 32
+COUNT_FIELD = (1 << COUNT_BITS) - 1
+# thresh[]: the hot bin t and how many blocks (in any tier) are in bins >= t
+HOT_BIN, HOT_BLOCKS = 0, 1
+
 
 @njit(cache=True)
 def _bit_length(x):
@@ -244,68 +254,82 @@ def _slot_of_bin(k, epoch):
 
 
 @njit(cache=True)
-def _touch(b, seen, count, count_epoch, hist, epoch):
-    """Count an access to b; move it in the histogram; return its new slot."""
-    c = count[b]
+def _touch(b, i, seen, heat, hist, thresh, epoch):
+    """Count access i to b, moving b in the histogram; return its new bin."""
+    packed = heat[b, COUNT_AT]
+    c = packed & COUNT_FIELD
     if seen:
-        age = epoch - count_epoch[b]
-        level = _bit_length(c) + count_epoch[b]
-        hist[BIN0 if level <= epoch else level & BIN_MASK] -= 1
+        age = epoch - (packed >> COUNT_BITS)
+        old_bin = max(_bit_length(c) - age, 0)
+        hist[_slot_of_bin(old_bin, epoch)] -= 1
+        thresh[HOT_BLOCKS] -= old_bin >= thresh[HOT_BIN]
         c = c >> age if age < NBINS else 0
     c = min(c + 1, COUNT_MAX)
-    count[b] = c
-    count_epoch[b] = epoch
-    slot = (_bit_length(c) + epoch) & BIN_MASK
-    hist[slot] += 1
-    return slot
+    heat[b, COUNT_AT] = (epoch << COUNT_BITS) | c
+    heat[b, STAMP] = i
+    new_bin = _bit_length(c)
+    hist[_slot_of_bin(new_bin, epoch)] += 1
+    thresh[HOT_BLOCKS] += new_bin >= thresh[HOT_BIN]
+    return new_bin
 
 
 @njit(cache=True)
-def _cool(epoch, hist, prev, nxt, nblocks):
-    """Entering `epoch`: the slot that held bin 1 now holds bin 0."""
+def _fit_threshold(hist, thresh, epoch, dram_cap):
+    """Move the hot bin t to the lowest bin such that all blocks in bins >= t
+    fit DRAM. It moves little between evictions, so this is O(1) amortized."""
+    t = thresh[HOT_BIN]
+    hot = thresh[HOT_BLOCKS]
+    while hot > dram_cap:
+        hot -= hist[_slot_of_bin(t, epoch)]
+        t += 1
+    while t > 0 and hot + hist[_slot_of_bin(t - 1, epoch)] <= dram_cap:
+        t -= 1
+        hot += hist[_slot_of_bin(t, epoch)]
+    thresh[HOT_BIN] = t
+    thresh[HOT_BLOCKS] = hot
+
+
+@njit(cache=True)
+def _cool(epoch, hist, thresh, links, nblocks):
+    """Entering `epoch`: every bin drops by one; the slot that held bin 1
+    joins bin 0. The hot bin follows, so the hot set stays the same blocks
+    unless it was everything from bin 1 up."""
     s = epoch & BIN_MASK
+    if thresh[HOT_BIN] >= 2:
+        thresh[HOT_BIN] -= 1
+    elif thresh[HOT_BIN] == 1:
+        thresh[HOT_BLOCKS] -= hist[s]
     hist[BIN0] += hist[s]
     hist[s] = 0
     src = nblocks + s
-    if nxt[src] == src:
+    if links[src, NEXT] == src:
         return
     dst = nblocks + BIN0
-    first = nxt[src]
-    last = prev[src]
-    tail = prev[dst]
-    nxt[tail] = first
-    prev[first] = tail
-    nxt[last] = dst
-    prev[dst] = last
-    nxt[src] = src
-    prev[src] = src
+    first = links[src, NEXT]
+    last = links[src, PREV]
+    tail = links[dst, PREV]
+    links[tail, NEXT] = first
+    links[first, PREV] = tail
+    links[last, NEXT] = dst
+    links[dst, PREV] = last
+    links[src, NEXT] = src
+    links[src, PREV] = src
 
 
 @njit(cache=True)
-def _hot_threshold(hist, epoch, dram_cap):
-    """Lowest bin t such that all blocks (any tier) in bins >= t fit DRAM."""
-    hot = 0
-    for k in range(NBINS - 1, 0, -1):
-        hot += hist[(epoch + k) & BIN_MASK]
-        if hot > dram_cap:
-            return k + 1
-    return 0 if hot + hist[BIN0] <= dram_cap else 1
-
-
-@njit(cache=True)
-def _hotness_victim(hot_bin, epoch, prev, nxt, stamp, nblocks):
+def _hotness_victim(hot_bin, epoch, links, heat, nblocks):
     """Least recently used resident block below hot_bin, else the LRU block
     of the coldest non-empty bin. Only list heads compete: each list is in
     LRU order (up to cooling merges)."""
     best = -1
     for k in range(NBINS):
         sentinel = nblocks + _slot_of_bin(k, epoch)
-        head = nxt[sentinel]
+        head = links[sentinel, NEXT]
         if head == sentinel:
             continue
         if k >= hot_bin:
             return head if best < 0 else best
-        if best < 0 or stamp[head] < stamp[best]:
+        if best < 0 or heat[head, STAMP] < heat[best, STAMP]:
             best = head
     return best
 
@@ -313,12 +337,11 @@ def _hotness_victim(hot_bin, epoch, prev, nxt, stamp, nblocks):
 @njit(cache=True)
 def _simulate_hotness(trace, nblocks, dram_cap, pmem_cap):
     where = np.zeros(nblocks, np.uint8)
-    count = np.zeros(nblocks, np.int32)
-    count_epoch = np.zeros(nblocks, np.int32)
-    stamp = np.zeros(nblocks, np.int64)  # time of last access
+    heat = np.zeros((nblocks, 2), np.int64)
     hist = np.zeros(NBINS + 1, np.int64)
+    thresh = np.zeros(2, np.int64)
     # sentinels: nblocks + slot for the DRAM bin lists, then PMEM's
-    prev, nxt = _new_links(nblocks, NBINS + 2)
+    links = _new_links(nblocks, NBINS + 2)
     pmem_list = nblocks + NBINS + 1
     tally = np.zeros(TALLY_SIZE, np.int64)
     period = COOL_PERIOD_FACTOR * dram_cap
@@ -327,27 +350,26 @@ def _simulate_hotness(trace, nblocks, dram_cap, pmem_cap):
     for i in range(trace.size):
         if until_cool == 0:
             epoch += 1
-            _cool(epoch, hist, prev, nxt, nblocks)
+            _cool(epoch, hist, thresh, links, nblocks)
             until_cool = period
         until_cool -= 1
         b = trace[i]
         w = where[b]
-        slot = _touch(b, w != NEW, count, count_epoch, hist, epoch)
-        stamp[b] = i
+        new_bin = _touch(b, i, w != NEW, heat, hist, thresh, epoch)
         if w == DRAM:
             tally[DRAM_HITS] += 1
-            _unlink(prev, nxt, b)
+            _unlink(links, b)
         else:
-            _fetch(b, where, prev, nxt, tally)
+            _fetch(b, where, links, tally)
             if tally[DRAM_USED] == dram_cap:
-                hot_bin = _hot_threshold(hist, epoch, dram_cap)
-                victim = _hotness_victim(hot_bin, epoch, prev, nxt, stamp, nblocks)
-                _unlink(prev, nxt, victim)
-                _demote(victim, where, prev, nxt, pmem_list, pmem_cap, tally)
+                _fit_threshold(hist, thresh, epoch, dram_cap)
+                victim = _hotness_victim(thresh[HOT_BIN], epoch, links, heat, nblocks)
+                _unlink(links, victim)
+                _demote(victim, where, links, pmem_list, pmem_cap, tally)
             else:
                 tally[DRAM_USED] += 1
             where[b] = DRAM
-        _push_tail(prev, nxt, nblocks + slot, b)
+        _push_tail(links, nblocks + _slot_of_bin(new_bin, epoch), b)
     return tally
 
 
@@ -438,6 +460,10 @@ def _belady_hits(trace, nblocks, capacity):
 # ---------------------------------------------------------------- public API
 
 def _run_policy(policy, dense, nblocks, dram_blocks, pmem_blocks):
+    # Tiers larger than the footprint never fill, so clamping them changes no
+    # result and keeps sizes (and hotness's cooling period) within int64.
+    dram_blocks = min(dram_blocks, max(nblocks, 1))
+    pmem_blocks = min(pmem_blocks, nblocks)
     if policy == "hotness":
         return _simulate_hotness(dense, nblocks, dram_blocks, pmem_blocks)
     return _simulate_queue(dense, nblocks, dram_blocks, pmem_blocks, policy == "lru")
