@@ -249,6 +249,10 @@ tm_pool *tm_pool_create(const tm_config *cfg)
     /* A forked child must not see the arena: without our fault handler its
      * accesses would fill holes with zeros in the shared memfd. */
     madvise(p->base, p->arena_size, MADV_DONTFORK);
+    if ((r = tm_migrate_init(p)) < 0) {
+        snprintf(err, sizeof err, "cannot allocate the readahead buffer: %s", strerror(-r));
+        goto fail;
+    }
     if ((r = tm_fault_init(p, cfg->force_no_uffd)) < 0) {
         release_engine(p);
         free(p);
@@ -280,6 +284,7 @@ static void release_engine(struct tm_pool *p)
 {
     registry_remove(p);
     tm_fault_stop(p);
+    tm_migrate_fini(p);
     tm_os_unmap(p->base, p->arena_size);
     if (p->memfd >= 0)
         close(p->memfd);

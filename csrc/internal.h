@@ -62,6 +62,10 @@ typedef struct tm_tier_ops {
     /* Transfer every request; return 0 or -errno of the first failure. */
     int (*readv)(tm_tier *t, const tm_io *ios, int n);
     int (*writev)(tm_tier *t, const tm_io *ios, int n);
+    /* Optional: start reads without waiting (one batch in flight at most),
+     * and wait for them; both return 0 or -errno. */
+    int (*submit_readv)(tm_tier *t, const tm_io *ios, int n);
+    int (*wait_reads)(tm_tier *t);
     /* Forget the contents of n slots (hole punch), best effort. */
     void (*discard)(tm_tier *t, uint64_t slot, uint64_t n);
     void (*close)(tm_tier *t);
@@ -104,6 +108,9 @@ void tm_tier_slot_free(tm_tier *t, uint64_t slot);
 /* I/O through the injection layer. */
 int tm_tier_readv(tm_tier *t, const tm_io *ios, int n);
 int tm_tier_writev(tm_tier *t, const tm_io *ios, int n);
+/* Asynchronous reads where the backend has them: -ENOTSUP otherwise. */
+int tm_tier_submit_readv(tm_tier *t, const tm_io *ios, int n);
+int tm_tier_wait_reads(tm_tier *t);
 int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err);
 
 /* ---- extent.c: block-granular extent allocator ------------------------- */
@@ -123,6 +130,16 @@ int64_t tm_extents_alloc(tm_extents *e, int64_t len);
 int tm_extents_free(tm_extents *e, int64_t start, int64_t len);
 
 /* ---- the pool ------------------------------------------------------- */
+
+/* A stream readahead in flight: the next run of a sequential scan, read from
+ * NVMe while the application works on the last one. */
+typedef struct tm_readahead {
+    int64_t n;             /* blocks in flight; 0: none */
+    int64_t *blocks;       /* their ids, ascending; block k is at buf + k blocks */
+    uint32_t *slots;       /* their slots when submitted */
+    uint64_t generation;   /* pool's release generation when submitted */
+    uint8_t *buf;          /* TM_BATCH_BYTES, page aligned */
+} tm_readahead;
 
 typedef struct tm_worker {
     struct tm_pool *pool;
@@ -167,6 +184,9 @@ struct tm_pool {
     int64_t scan_end;          /* end of the highest allocation ever made */
     int64_t clock_hand, pmem_hand, steal_hand;
     int64_t last_fault, ra_window;  /* sequential readahead detector */
+
+    tm_readahead ra;
+    uint64_t generation;       /* bumped by every release (free) */
 
     tm_policy_ops policy;
     tm_stats st;
@@ -214,5 +234,8 @@ int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n);
 void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write);
 /* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
+/* Readahead buffers: set up at creation; finish and free at release. */
+int tm_migrate_init(struct tm_pool *p);
+void tm_migrate_fini(struct tm_pool *p);
 
 #endif

@@ -12,7 +12,9 @@
  * batch of headroom, so a victim always finds a slot. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -386,7 +388,8 @@ static int64_t sequential_run(struct tm_pool *p, int64_t b, int64_t max, int64_t
     while (n < max && b + n < p->nblocks) {
         int64_t c = b + n;
         uint8_t t = p->meta.tier[c];
-        if (!(p->meta.flags[c] & TM_F_ALLOC) || (unbacked ? t != TM_UNBACKED : (t != TM_PMEM && t != TM_NVME)))
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & TM_F_BUSY) ||
+            (unbacked ? t != TM_UNBACKED : (t != TM_PMEM && t != TM_NVME)))
             break;
         list[n++] = c;
     }
@@ -436,6 +439,8 @@ static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int e
     }
 }
 
+static void install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write);
+
 /* Bring list[0..n) (list[0] faulted at addr) into DRAM from lower tiers. */
 static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write)
 {
@@ -466,17 +471,25 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
         fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
         return;
     }
-    /* Install runs of adjacent blocks with one UFFDIO_COPY each. A block read
-     * back unmodified keeps its slot and is mapped write-protected, so its
-     * first write is seen and it can later be dropped instead of rewritten. */
+    install(p, addr, list, n, w->iobuf, write);
+}
+
+/* Map list[0..n) (list[0] faulted at addr, 0 if no thread waits for it) from
+ * buf, where list[k]'s data is at block k, and account for it. Runs of
+ * adjacent blocks take one UFFDIO_COPY each. A block read back unmodified
+ * keeps its slot and is mapped write-protected, so its first write is seen
+ * and it can later be dropped instead of rewritten. */
+static void install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write)
+{
+    int64_t b = addr ? list[0] : -1;
     for (int64_t i = 0; i < n;) {
         int wp_i = p->dirty_tracking && !(write && list[i] == b);
         int64_t j = i + 1;
         while (j < n && list[j] == list[j - 1] + 1 && (p->dirty_tracking && !(write && list[j] == b)) == wp_i)
             j++;
-        int r = tm_fault_install(p, list[i], j - i, w->iobuf + ((size_t)i << p->bshift), wp_i);
+        int r = tm_fault_install(p, list[i], j - i, buf + ((size_t)i << p->bshift), wp_i);
         if (r < 0) {
-            if (i == 0)
+            if (i == 0 && addr)
                 fail_fault(p, addr, "UFFDIO_COPY failed", r);
             else
                 tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-r));
@@ -493,8 +506,97 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
         i = j;
     }
     p->st.promotions += (uint64_t)n;
-    p->st.prefetched += (uint64_t)(n - 1);
+    p->st.prefetched += (uint64_t)(addr ? n - 1 : n);
     p->st.bytes_read += (uint64_t)n << p->bshift;
+}
+
+/* ---- stream readahead ------------------------------------------------ */
+
+int tm_migrate_init(struct tm_pool *p)
+{
+    p->ra.buf = mmap(NULL, (size_t)p->batch_blocks << p->bshift, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p->ra.slots = calloc((size_t)p->batch_blocks, sizeof(uint32_t));
+    p->ra.blocks = calloc((size_t)p->batch_blocks, sizeof(int64_t));
+    if (p->ra.buf == MAP_FAILED || !p->ra.slots || !p->ra.blocks) {
+        p->ra.buf = p->ra.buf == MAP_FAILED ? NULL : p->ra.buf;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void tm_migrate_fini(struct tm_pool *p)
+{
+    if (p->ra.n)
+        tm_tier_wait_reads(&p->nvme);
+    p->ra.n = 0;
+    if (p->ra.buf)
+        munmap(p->ra.buf, (size_t)p->batch_blocks << p->bshift);
+    free(p->ra.slots);
+    free(p->ra.blocks);
+    p->ra.buf = NULL;
+    p->ra.slots = NULL;
+    p->ra.blocks = NULL;
+}
+
+/* Start reading the NVMe blocks of the next batch of arena blocks from
+ * `start` (skipping those still in DRAM) into the readahead buffer, without
+ * waiting. They are marked busy: nothing but a release can change them until
+ * readahead_finish. */
+static void readahead_submit(struct tm_pool *p, int64_t start)
+{
+    if (p->ra.n || !p->nvme.nslots || !p->ra.buf)
+        return;
+    int64_t *list = p->ra.blocks, n = 0;
+    for (int64_t c = start; c < p->nblocks && c < start + 2 * p->batch_blocks && n < p->batch_blocks; c++) {
+        uint8_t t = p->meta.tier[c];
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & TM_F_BUSY) || (t != TM_NVME && t != TM_DRAM))
+            break;
+        if (t == TM_NVME)
+            list[n++] = c;
+    }
+    if (!n)
+        return;
+    tm_io ios[n];
+    int k = build_ios(p, &p->nvme, list, n, p->ra.buf, ios);
+    if (tm_tier_submit_readv(&p->nvme, ios, k) < 0)
+        return; /* no readahead: the fault path reads synchronously */
+    for (int64_t i = 0; i < n; i++) {
+        p->ra.slots[i] = p->meta.slot[list[i]];
+        p->meta.flags[list[i]] |= TM_F_BUSY;
+    }
+    p->ra.n = n;
+    p->ra.generation = p->generation;
+    p->st.readahead += (uint64_t)n;
+}
+
+static int in_readahead(const struct tm_pool *p, int64_t b)
+{
+    return p->ra.n && b >= p->ra.blocks[0] && b <= p->ra.blocks[p->ra.n - 1];
+}
+
+/* Wait for the readahead and map what is still valid: blocks in the same
+ * NVMe slot as when read, with no release since. */
+static void readahead_finish(tm_worker *w)
+{
+    struct tm_pool *p = w->pool;
+    const int64_t *list = p->ra.blocks;
+    int64_t n = p->ra.n;
+    int r = tm_tier_wait_reads(&p->nvme);
+    p->ra.n = 0;
+    for (int64_t i = 0; i < n; i++)
+        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+    if (r < 0 || p->ra.generation != p->generation)
+        return; /* the blocks are read again on demand */
+    ensure_room(w, n);
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i;
+        while (j < n && p->meta.tier[list[j]] == TM_NVME && p->meta.slot[list[j]] == p->ra.slots[j])
+            j++;
+        if (j > i)
+            install(p, 0, list + i, j - i, p->ra.buf + ((size_t)i << p->bshift), 0);
+        i = j + 1;
+    }
 }
 
 static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
@@ -563,9 +665,21 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         break;
     }
     default: {
+        if (in_readahead(p, b)) {
+            /* The stream reached its readahead: map it, read the next run. */
+            int64_t end = p->ra.blocks[p->ra.n - 1] + 1;
+            readahead_finish(w);
+            window(p, b);
+            p->last_fault = end;
+            readahead_submit(p, end);
+            if (p->meta.tier[b] == TM_DRAM)
+                break;
+        }
         int64_t n = sequential_run(p, b, window(p, b), list);
         p->last_fault = b + n;
         promote(w, addr, list, policy_prefetch(p, b, list, n), write);
+        if (p->ra_window == p->batch_blocks) /* a stream: read ahead of it */
+            readahead_submit(p, b + n);
         break;
     }
     }
@@ -573,6 +687,7 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
 
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
 {
+    p->generation++; /* a readahead in flight may hold these slots' old data */
     tm_tier *run_tier = NULL; /* a run of adjacent slots, discarded at once */
     uint64_t run_start = 0, run_len = 0;
     for (int64_t i = b; i <= b + n; i++) {

@@ -88,6 +88,19 @@ int tm_tier_writev(tm_tier *t, const tm_io *ios, int n)
     return t->ops->writev(t, ios, n);
 }
 
+int tm_tier_submit_readv(tm_tier *t, const tm_io *ios, int n)
+{
+    /* With injected read faults the synchronous path must see every read. */
+    if (!t->ops->submit_readv || t->inject_read.err || t->inject_read.short_io)
+        return -ENOTSUP;
+    return t->ops->submit_readv(t, ios, n);
+}
+
+int tm_tier_wait_reads(tm_tier *t)
+{
+    return t->ops->wait_reads ? t->ops->wait_reads(t) : 0;
+}
+
 static int errno_named(const char *s, size_t len)
 {
     static const struct { const char *name; int err; } names[] = {

@@ -45,7 +45,7 @@ static void pmem_close(tm_tier *t)
     t->fd = -1;
 }
 
-static const tm_tier_ops pmem_ops = {pmem_readv, pmem_writev, pmem_discard, pmem_close};
+static const tm_tier_ops pmem_ops = {pmem_readv, pmem_writev, NULL, NULL, pmem_discard, pmem_close};
 
 int tm_tier_pmem_open(tm_tier *t, const char *dir, char *err)
 {

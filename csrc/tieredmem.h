@@ -90,6 +90,7 @@ typedef struct tm_stats {
     uint64_t wp_faults;        /* first writes to clean blocks */
     uint64_t promotions;       /* blocks brought into DRAM from a lower tier */
     uint64_t prefetched;       /* of which ahead of a fault */
+    uint64_t readahead;        /* of which read asynchronously ahead of a stream */
     uint64_t demotions;        /* blocks moved down a tier */
     uint64_t clean_drops;      /* of which dropped without a write */
     uint64_t bytes_read;       /* from lower tiers */

@@ -1,0 +1,319 @@
+"""Specification of the offline policy simulator (tieredmem.policy): exact
+hit counts on hand-computed traces, Belady's MIN against exhaustive search,
+properties on the synthetic traces, and input validation. Throughput is
+measured by benchmarks/bench_policy_sim.py, not asserted here."""
+import functools
+import itertools
+
+import numpy as np
+import pytest
+
+from tieredmem import policy
+from tieredmem.policy import belady, simulate, traces
+
+POLICIES = ("lru", "fifo", "hotness")
+
+
+def hits(trace, name, dram, pmem=0):
+    return simulate(trace, name, dram, pmem)["dram_hits"]
+
+
+# ---------------------------------------------------------------- hand-computed traces
+
+def test_policy_names():
+    assert policy.POLICIES == POLICIES
+
+
+def test_lru_and_fifo_differ():
+    # DRAM of 2. LRU keeps 0 (re-used before each new block): hits at 2, 4, 6.
+    # FIFO evicts 0 as the oldest arrival when 2 comes in, so 0 misses at 4.
+    trace = [0, 1, 0, 2, 0, 3, 0]
+    assert hits(trace, "lru", 2) == 3
+    assert hits(trace, "fifo", 2) == 2
+    assert belady(trace, 2) == 3 / 7
+
+
+def test_hotness_keeps_the_frequent_block():
+    # When 2 arrives, 0 has count 3 (bin 2) and 1 count 1 (bin 1); only one
+    # block fits above the threshold, so 0 is hot and 1, the cold one, goes.
+    # LRU and FIFO evict 0 instead and miss it at the end.
+    trace = [0, 0, 0, 1, 2, 0]
+    assert hits(trace, "hotness", 2) == 3
+    assert hits(trace, "lru", 2) == 2
+    assert hits(trace, "fifo", 2) == 2
+
+
+def test_hotness_resists_a_scan():
+    # 0 and 1 are hot (count 2). The scan 2, 3, 4 must evict one of them
+    # (both resident blocks are hot: the LRU one, 0, goes), then each scan
+    # block is the cold victim of the next, so 1 survives. LRU and FIFO lose
+    # both. Belady does as well as hotness here.
+    trace = [0, 1, 0, 1, 2, 3, 4, 0, 1]
+    assert hits(trace, "hotness", 2) == 3
+    assert hits(trace, "lru", 2) == 2
+    assert hits(trace, "fifo", 2) == 2
+    assert belady(trace, 2) == 3 / 9
+
+
+def test_hotness_counts_decay():
+    # Block 0's count of 1000 would outrank 1 and 2 forever; halving every
+    # 8 * dram_blocks accesses lets the new pair take DRAM over, after which
+    # the alternation always hits.
+    trace = [0] * 1000 + [1, 2] * 100
+    tail = 40
+    assert hits(trace, "hotness", 2) - hits(trace[:-tail], "hotness", 2) == tail
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_pmem_catches_a_demoted_block(name):
+    # DRAM 1, PMEM 1. 1 demotes 0 to PMEM; 0 is a PMEM hit and demotes 1;
+    # 2 demotes 0, which pushes 1 out of PMEM; so 1 is read from NVMe.
+    result = simulate([0, 1, 0, 2, 1], name, 1, pmem_blocks=1)
+    assert result["dram_hits"] == 0
+    assert result["misses"] == 5
+    assert result["pmem_hits"] == 1
+    assert result["first_accesses"] == 3
+    assert result["nvme_reads"] == 1
+    assert result["pmem_hit_ratio"] == 1 / 5
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_pmem_evicts_in_demotion_order(name):
+    # DRAM 1, PMEM 2. After 0, 1, 2: PMEM holds [0, 1] in demotion order.
+    # 0 is a PMEM hit (leaves PMEM) and demotes 2: PMEM [1, 2]. 3 demotes 0,
+    # which evicts 1, the oldest demotion, so 1 is an NVMe read.
+    result = simulate([0, 1, 2, 0, 3, 1], name, 1, pmem_blocks=2)
+    assert result["pmem_hits"] == 1
+    assert result["first_accesses"] == 4
+    assert result["nvme_reads"] == 1
+
+
+def test_result_keys():
+    result = simulate([0, 1, 0], "lru", 1)
+    for key in ("dram_hits", "misses", "dram_hit_ratio", "pmem_hits", "pmem_hit_ratio",
+                "nvme_reads", "first_accesses"):
+        assert key in result
+    assert result["dram_hit_ratio"] == result["dram_hits"] / 3
+
+
+# ---------------------------------------------------------------- belady
+
+@functools.cache
+def _optimal_hits(trace, capacity, i=0, resident=frozenset()):
+    """Most DRAM hits any demand-paging policy gets from position i on."""
+    if i == len(trace):
+        return 0
+    b = trace[i]
+    if b in resident:
+        return 1 + _optimal_hits(trace, capacity, i + 1, resident)
+    if len(resident) < capacity:
+        return _optimal_hits(trace, capacity, i + 1, resident | {b})
+    return max(_optimal_hits(trace, capacity, i + 1, (resident - {v}) | {b})
+               for v in resident)
+
+
+def test_belady_textbook_example():
+    # The classic reference string: OPT takes 7 faults with 3 frames, 6 with 4.
+    trace = [1, 2, 3, 4, 1, 2, 5, 1, 2, 3, 4, 5]
+    assert belady(trace, 3) == 5 / 12
+    assert belady(trace, 4) == 6 / 12
+
+
+def test_belady_is_demand_paging():
+    # The accessed block always enters DRAM: with one block, 1 evicts 0.
+    assert belady([0, 1, 0], 1) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_belady_matches_exhaustive_search(seed):
+    rng = np.random.default_rng(seed)
+    trace = tuple(int(x) for x in rng.integers(0, 5, 11))
+    for capacity in (1, 2, 3):
+        assert belady(np.array(trace), capacity) * len(trace) == _optimal_hits(trace, capacity)
+
+
+GENERATED = {
+    "scan": traces.scan(300, passes=3),
+    "loop": traces.loop(300, 4000),
+    "zipf": traces.zipf(300, 4000, seed=1),
+    "zipf_0.6": traces.zipf(300, 4000, s=0.6, seed=2),
+    "shifting_hot_set": traces.shifting_hot_set(300, 4000, hot_fraction=0.1, phases=4, seed=3),
+    "mixed": traces.mixed(300, 4000, seed=4),
+}
+
+
+@pytest.mark.parametrize("trace_name", GENERATED)
+def test_belady_bounds_every_policy(trace_name):
+    trace = GENERATED[trace_name]
+    distinct = len(np.unique(trace))
+    for dram in sorted({1, 7, distinct // 10, distinct // 4, distinct // 2, distinct - 1}):
+        bound = belady(trace, dram)
+        for name, pmem in itertools.product(POLICIES, (0, distinct // 4)):
+            ratio = simulate(trace, name, dram, pmem)["dram_hit_ratio"]
+            assert ratio <= bound, (name, dram, pmem)
+
+
+# ---------------------------------------------------------------- properties
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_first_accesses_are_misses(name):
+    trace = np.arange(50)
+    result = simulate(trace, name, 100)
+    assert result["dram_hits"] == 0
+    assert result["misses"] == result["first_accesses"] == 50
+    assert result["nvme_reads"] == 0
+    assert belady(trace, 100) == 0.0
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_everything_fits(name):
+    trace = traces.zipf(200, 3000, seed=5)
+    distinct = len(np.unique(trace))
+    expected = 1 - distinct / len(trace)
+    assert simulate(trace, name, distinct)["dram_hit_ratio"] == pytest.approx(expected)
+    assert belady(trace, distinct) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_accounting_adds_up(name):
+    trace = traces.mixed(400, 5000, seed=6)
+    r = simulate(trace, name, 40, pmem_blocks=60)
+    assert r["dram_hits"] + r["misses"] == len(trace)
+    assert r["pmem_hits"] + r["first_accesses"] + r["nvme_reads"] == r["misses"]
+    assert r["first_accesses"] == r["distinct_blocks"] == len(np.unique(trace))
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_pmem_leaves_dram_alone(name):
+    # A PMEM hit is a DRAM miss like any other, so DRAM sees the same
+    # sequence of misses with or without PMEM.
+    trace = traces.shifting_hot_set(400, 5000, seed=7)
+    without = simulate(trace, name, 30)
+    with_pmem = simulate(trace, name, 30, pmem_blocks=50)
+    assert with_pmem["dram_hits"] == without["dram_hits"]
+    assert with_pmem["pmem_hits"] > 0
+    assert without["pmem_hits"] == 0
+    assert without["nvme_reads"] == without["misses"] - without["first_accesses"]
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_no_nvme_reads_when_both_tiers_hold_everything(name):
+    trace = traces.zipf(300, 4000, seed=8)
+    assert simulate(trace, name, 100, pmem_blocks=200)["nvme_reads"] == 0
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_block_ids_are_only_names(name):
+    # Sparse ids take the np.unique remap, small dtypes and views the table;
+    # all must give the results of the dense trace.
+    trace = traces.mixed(300, 3000, seed=9)
+    expected = simulate(trace, name, 30, 20)
+    doubled = np.repeat(trace, 2)[::2]
+    for variant in (trace * 10**12 + 7, trace.astype(np.uint16), doubled, list(trace)):
+        result = simulate(variant, name, 30, 20)
+        assert {k: result[k] for k in expected} == expected
+    assert belady(trace * 10**12, 30) == belady(trace, 30)
+
+
+def test_empty_trace():
+    result = simulate(np.array([], dtype=np.int64), "lru", 4)
+    assert result["dram_hits"] == result["misses"] == 0
+    assert result["dram_hit_ratio"] == 0.0
+    assert belady(np.array([], dtype=np.int64), 4) == 0.0
+
+
+def test_tiers_larger_than_the_footprint():
+    trace = [3, 1, 3, 1]
+    assert simulate(trace, "hotness", 2**62, 2**62)["dram_hits"] == 2
+    assert belady(trace, 2**62) == 0.5
+
+
+# ---------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("trace, problem", [
+    (np.zeros((2, 3), dtype=np.int64), "1-D"),
+    (np.array([0.0, 1.0]), "integer"),
+    (np.array([True, False]), "integer"),
+    ([0, -1, 2], "non-negative"),
+])
+def test_bad_traces(trace, problem):
+    with pytest.raises(ValueError, match=problem):
+        simulate(trace, "lru", 2)
+    with pytest.raises(ValueError, match=problem):
+        belady(trace, 2)
+
+
+def test_bad_sizes():
+    with pytest.raises(ValueError, match="dram_blocks"):
+        simulate([0, 1], "lru", 0)
+    with pytest.raises(ValueError, match="dram_blocks"):
+        simulate([0, 1], "lru", 2.5)
+    with pytest.raises(ValueError, match="pmem_blocks"):
+        simulate([0, 1], "lru", 1, pmem_blocks=-1)
+    with pytest.raises(ValueError, match="dram_blocks"):
+        belady([0, 1], 0)
+
+
+def test_unknown_policy_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="lru, fifo, hotness"):
+        simulate([0, 1], "arc", 1)
+
+
+# ---------------------------------------------------------------- trace generators
+
+def test_scan_and_loop():
+    assert traces.scan(3, passes=2).tolist() == [0, 1, 2, 0, 1, 2]
+    assert traces.scan(4).tolist() == [0, 1, 2, 3]
+    assert traces.loop(3, 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda seed: traces.zipf(500, 20000, seed=seed),
+    lambda seed: traces.shifting_hot_set(500, 20000, seed=seed),
+    lambda seed: traces.mixed(500, 20000, seed=seed),
+])
+def test_random_generators_are_seeded(make):
+    a = make(1)
+    assert a.dtype == np.int64 and a.shape == (20000,)
+    assert a.min() >= 0 and a.max() < 500
+    assert np.array_equal(a, make(1))
+    assert not np.array_equal(a, make(2))
+
+
+def test_zipf_skew():
+    counts = np.bincount(traces.zipf(1000, 200_000, s=0.99, seed=0), minlength=1000)
+    assert counts.argmax() == 0
+    assert counts[:10].sum() > 0.2 * counts.sum()  # harmonic: ~39% expected
+    uniform = np.bincount(traces.zipf(1000, 200_000, s=0.0, seed=0), minlength=1000)
+    assert uniform[:10].sum() < 0.02 * uniform.sum()
+
+
+def test_shifting_hot_set_moves():
+    trace = traces.shifting_hot_set(1000, 40_000, hot_fraction=0.05, phases=2, seed=0)
+    first, second = trace[:20_000], trace[20_000:]
+    hot_first = np.argsort(np.bincount(first, minlength=1000))[-50:]
+    hot_second = np.argsort(np.bincount(second, minlength=1000))[-50:]
+    assert np.isin(first, hot_first).mean() > 0.85
+    assert len(np.intersect1d(hot_first, hot_second)) < 25
+
+
+def test_mixed_interleaves_scan_and_zipf():
+    trace = traces.mixed(1000, 10_000, seed=0)
+    scan_part = trace[trace >= 500]
+    assert 0.4 < scan_part.size / trace.size < 0.6
+    assert np.array_equal(scan_part, 500 + np.arange(scan_part.size) % 500)
+    assert np.bincount(trace[trace < 500]).argmax() == 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: traces.scan(0),
+    lambda: traces.loop(0, 10),
+    lambda: traces.zipf(10, -1),
+    lambda: traces.zipf(10, 10, s=-1),
+    lambda: traces.shifting_hot_set(10, 10, hot_fraction=0),
+    lambda: traces.shifting_hot_set(10, 10, phases=0),
+    lambda: traces.mixed(1, 10),
+])
+def test_generator_arguments_are_checked(call):
+    with pytest.raises(ValueError):
+        call()
