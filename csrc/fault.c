@@ -77,7 +77,7 @@ int tm_fault_init(struct tm_pool *p, int force_denied)
         return -ENOTSUP;
     }
     uint64_t want = need | (offered & (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_POISON));
-    uint64_t got;
+    uint64_t got = 0;
     int r = api_handshake(fd, want, &got);
     if (r < 0) {
         close(fd);

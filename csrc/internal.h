@@ -131,14 +131,15 @@ int tm_extents_free(tm_extents *e, int64_t start, int64_t len);
 
 /* ---- the pool ------------------------------------------------------- */
 
-/* A stream readahead in flight: the next run of a sequential scan, read from
- * NVMe while the application works on the last one. */
+/* Stream readahead: the next run of a sequential scan, read from NVMe into
+ * one of two buffers while the application works on the last run. */
 typedef struct tm_readahead {
-    int64_t n;             /* blocks in flight; 0: none */
-    int64_t *blocks;       /* their ids, ascending; block k is at buf + k blocks */
-    uint32_t *slots;       /* their slots when submitted */
+    int64_t n;             /* blocks in flight into buffer `cur`; 0: none */
+    int cur;
+    int64_t *blocks[2];    /* their ids, ascending; block i is at buf + i blocks */
+    uint32_t *slots[2];    /* their slots when submitted */
+    uint8_t *buf[2];       /* TM_BATCH_BYTES each, page aligned */
     uint64_t generation;   /* pool's release generation when submitted */
-    uint8_t *buf;          /* TM_BATCH_BYTES, page aligned */
 } tm_readahead;
 
 typedef struct tm_worker {

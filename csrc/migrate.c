@@ -440,6 +440,7 @@ static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int e
 }
 
 static void install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write);
+static void readahead_submit(struct tm_pool *p, int64_t start);
 
 /* Bring list[0..n) (list[0] faulted at addr) into DRAM from lower tiers. */
 static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write)
@@ -471,6 +472,8 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
         fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
         return;
     }
+    if (p->ra_window == p->batch_blocks) /* a stream: read ahead of it while this is mapped */
+        readahead_submit(p, list[n - 1] + 1);
     install(p, addr, list, n, w->iobuf, write);
 }
 
@@ -514,13 +517,14 @@ static void install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64
 
 int tm_migrate_init(struct tm_pool *p)
 {
-    p->ra.buf = mmap(NULL, (size_t)p->batch_blocks << p->bshift, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    p->ra.slots = calloc((size_t)p->batch_blocks, sizeof(uint32_t));
-    p->ra.blocks = calloc((size_t)p->batch_blocks, sizeof(int64_t));
-    if (p->ra.buf == MAP_FAILED || !p->ra.slots || !p->ra.blocks) {
-        p->ra.buf = p->ra.buf == MAP_FAILED ? NULL : p->ra.buf;
-        return -ENOMEM;
+    size_t len = (size_t)p->batch_blocks << p->bshift;
+    for (int k = 0; k < 2; k++) {
+        uint8_t *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        p->ra.buf[k] = buf == MAP_FAILED ? NULL : buf;
+        p->ra.slots[k] = calloc((size_t)p->batch_blocks, sizeof(uint32_t));
+        p->ra.blocks[k] = calloc((size_t)p->batch_blocks, sizeof(int64_t));
+        if (!p->ra.buf[k] || !p->ra.slots[k] || !p->ra.blocks[k])
+            return -ENOMEM;
     }
     return 0;
 }
@@ -530,24 +534,27 @@ void tm_migrate_fini(struct tm_pool *p)
     if (p->ra.n)
         tm_tier_wait_reads(&p->nvme);
     p->ra.n = 0;
-    if (p->ra.buf)
-        munmap(p->ra.buf, (size_t)p->batch_blocks << p->bshift);
-    free(p->ra.slots);
-    free(p->ra.blocks);
-    p->ra.buf = NULL;
-    p->ra.slots = NULL;
-    p->ra.blocks = NULL;
+    for (int k = 0; k < 2; k++) {
+        if (p->ra.buf[k])
+            munmap(p->ra.buf[k], (size_t)p->batch_blocks << p->bshift);
+        free(p->ra.slots[k]);
+        free(p->ra.blocks[k]);
+        p->ra.buf[k] = NULL;
+        p->ra.slots[k] = NULL;
+        p->ra.blocks[k] = NULL;
+    }
 }
 
 /* Start reading the NVMe blocks of the next batch of arena blocks from
- * `start` (skipping those still in DRAM) into the readahead buffer, without
- * waiting. They are marked busy: nothing but a release can change them until
- * readahead_finish. */
+ * `start` (skipping those still in DRAM) into the free readahead buffer,
+ * without waiting. They are marked busy: nothing but a release can change
+ * them until readahead_finish. */
 static void readahead_submit(struct tm_pool *p, int64_t start)
 {
-    if (p->ra.n || !p->nvme.nslots || !p->ra.buf)
+    int k = p->ra.cur;
+    if (p->ra.n || !p->nvme.nslots || !p->ra.buf[k])
         return;
-    int64_t *list = p->ra.blocks, n = 0;
+    int64_t *list = p->ra.blocks[k], n = 0;
     for (int64_t c = start; c < p->nblocks && c < start + 2 * p->batch_blocks && n < p->batch_blocks; c++) {
         uint8_t t = p->meta.tier[c];
         if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & TM_F_BUSY) || (t != TM_NVME && t != TM_DRAM))
@@ -558,11 +565,11 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
     if (!n)
         return;
     tm_io ios[n];
-    int k = build_ios(p, &p->nvme, list, n, p->ra.buf, ios);
-    if (tm_tier_submit_readv(&p->nvme, ios, k) < 0)
+    int nio = build_ios(p, &p->nvme, list, n, p->ra.buf[k], ios);
+    if (tm_tier_submit_readv(&p->nvme, ios, nio) < 0)
         return; /* no readahead: the fault path reads synchronously */
     for (int64_t i = 0; i < n; i++) {
-        p->ra.slots[i] = p->meta.slot[list[i]];
+        p->ra.slots[k][i] = p->meta.slot[list[i]];
         p->meta.flags[list[i]] |= TM_F_BUSY;
     }
     p->ra.n = n;
@@ -572,29 +579,36 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
 
 static int in_readahead(const struct tm_pool *p, int64_t b)
 {
-    return p->ra.n && b >= p->ra.blocks[0] && b <= p->ra.blocks[p->ra.n - 1];
+    const int64_t *list = p->ra.blocks[p->ra.cur];
+    return p->ra.n && b >= list[0] && b <= list[p->ra.n - 1];
 }
 
-/* Wait for the readahead and map what is still valid: blocks in the same
- * NVMe slot as when read, with no release since. */
+/* Wait for the readahead, start the next one into the other buffer (so the
+ * disk works while this one is mapped and used), and map what is still
+ * valid: blocks in the same NVMe slot as when read, with no release since. */
 static void readahead_finish(tm_worker *w)
 {
     struct tm_pool *p = w->pool;
-    const int64_t *list = p->ra.blocks;
+    int k = p->ra.cur;
+    const int64_t *list = p->ra.blocks[k];
+    const uint32_t *slots = p->ra.slots[k];
     int64_t n = p->ra.n;
     int r = tm_tier_wait_reads(&p->nvme);
+    int valid = r >= 0 && p->ra.generation == p->generation;
     p->ra.n = 0;
+    p->ra.cur ^= 1;
     for (int64_t i = 0; i < n; i++)
         p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
-    if (r < 0 || p->ra.generation != p->generation)
+    readahead_submit(p, list[n - 1] + 1);
+    if (!valid)
         return; /* the blocks are read again on demand */
     ensure_room(w, n);
     for (int64_t i = 0; i < n;) {
         int64_t j = i;
-        while (j < n && p->meta.tier[list[j]] == TM_NVME && p->meta.slot[list[j]] == p->ra.slots[j])
+        while (j < n && p->meta.tier[list[j]] == TM_NVME && p->meta.slot[list[j]] == slots[j])
             j++;
         if (j > i)
-            install(p, 0, list + i, j - i, p->ra.buf + ((size_t)i << p->bshift), 0);
+            install(p, 0, list + i, j - i, p->ra.buf[k] + ((size_t)i << p->bshift), 0);
         i = j + 1;
     }
 }
@@ -666,20 +680,16 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
     }
     default: {
         if (in_readahead(p, b)) {
-            /* The stream reached its readahead: map it, read the next run. */
-            int64_t end = p->ra.blocks[p->ra.n - 1] + 1;
+            /* The stream reached its readahead: map it; the next is read. */
+            p->last_fault = p->ra.blocks[p->ra.cur][p->ra.n - 1] + 1;
+            window(p, p->last_fault);
             readahead_finish(w);
-            window(p, b);
-            p->last_fault = end;
-            readahead_submit(p, end);
             if (p->meta.tier[b] == TM_DRAM)
                 break;
         }
         int64_t n = sequential_run(p, b, window(p, b), list);
         p->last_fault = b + n;
         promote(w, addr, list, policy_prefetch(p, b, list, n), write);
-        if (p->ra_window == p->batch_blocks) /* a stream: read ahead of it */
-            readahead_submit(p, b + n);
         break;
     }
     }

@@ -10,6 +10,7 @@ import pytest
 
 from tieredmem import policy
 from tieredmem.policy import belady, simulate, traces
+from tieredmem.policy.simulate import COOL_PERIOD_FACTOR
 
 POLICIES = ("lru", "fifo", "hotness")
 
@@ -94,6 +95,64 @@ def test_result_keys():
                 "nvme_reads", "first_accesses"):
         assert key in result
     assert result["dram_hit_ratio"] == result["dram_hits"] / 3
+
+
+# ---------------------------------------------------------------- reference model
+# The documented semantics written plainly (eager halving, threshold and
+# victim recomputed from scratch); the kernels must agree exactly.
+
+def _reference_victim(name, in_dram, count, dram):
+    if name != "hotness":
+        return min(in_dram, key=in_dram.get)  # least recent use / arrival
+    bins = {b: c.bit_length() for b, c in count.items()}
+    hot_bin = min(t for t in range(64) if sum(v >= t for v in bins.values()) <= dram)
+    cold = [b for b in in_dram if bins[b] < hot_bin]
+    if not cold:
+        coldest = min(bins[b] for b in in_dram)
+        cold = [b for b in in_dram if bins[b] == coldest]
+    return min(cold, key=in_dram.get)
+
+
+def _reference(trace, name, dram, pmem):
+    in_dram = {}  # block -> last access (lru, hotness) or arrival (fifo)
+    in_pmem = []  # in demotion order
+    count = {}
+    dram_hits = pmem_hits = first = 0
+    period = COOL_PERIOD_FACTOR * dram
+    for i, b in enumerate(trace):
+        if i and i % period == 0:
+            count = {k: c // 2 for k, c in count.items()}
+        first += b not in count
+        count[b] = count.get(b, 0) + 1
+        if b in in_dram:
+            dram_hits += 1
+            if name != "fifo":
+                in_dram[b] = i
+            continue
+        if b in in_pmem:
+            pmem_hits += 1
+            in_pmem.remove(b)
+        if len(in_dram) == dram:
+            victim = _reference_victim(name, in_dram, count, dram)
+            del in_dram[victim]
+            if pmem:
+                if len(in_pmem) == pmem:
+                    in_pmem.pop(0)
+                in_pmem.append(victim)
+        in_dram[b] = i
+    return dram_hits, pmem_hits, first
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("seed", range(3))
+def test_kernels_match_the_reference_model(name, seed):
+    for trace in (traces.shifting_hot_set(40, 800, hot_fraction=0.2, phases=3, seed=seed),
+                  traces.zipf(40, 800, s=0.8, seed=seed),
+                  traces.mixed(40, 800, seed=seed)):
+        for dram, pmem in ((1, 0), (3, 4), (8, 0), (8, 10)):
+            r = simulate(trace, name, dram, pmem)
+            got = (r["dram_hits"], r["pmem_hits"], r["first_accesses"])
+            assert got == _reference(trace.tolist(), name, dram, pmem), (dram, pmem)
 
 
 # ---------------------------------------------------------------- belady

@@ -150,12 +150,17 @@ def _unlink(links, x):
 
 
 @njit(cache=True, inline='always')
+def _insert_before(links, node, x):
+    p = links[node, PREV]
+    links[p, NEXT] = x
+    links[x, PREV] = p
+    links[x, NEXT] = node
+    links[node, PREV] = x
+
+
+@njit(cache=True, inline='always')
 def _push_tail(links, sentinel, x):
-    tail = links[sentinel, PREV]
-    links[tail, NEXT] = x
-    links[x, PREV] = tail
-    links[x, NEXT] = sentinel
-    links[sentinel, PREV] = x
+    _insert_before(links, sentinel, x)
 
 
 @njit(cache=True, inline='always')
@@ -224,8 +229,8 @@ def _simulate_queue(trace, nblocks, dram_cap, pmem_cap, move_on_hit):
 # absolute level that cooling does not change: level L sits in bin L - E.
 # Histogram entries and DRAM lists for bins >= 1 are therefore kept in a ring
 # indexed by L mod NBINS, and cooling only merges the ring slot of bin 1 into
-# bin 0 (slot BIN0). Each DRAM list is in LRU order, except that a merge
-# appends the former bin 1 after the blocks already in bin 0.
+# bin 0 (slot BIN0). Each DRAM list is in LRU order (head least recent), and
+# the merge keeps it so.
 #
 # Per block, one heat row (16 bytes, one cache line): the count packed with
 # its epoch, and the time of the last access.
@@ -267,16 +272,20 @@ def _touch(b, i, seen, heat, hist, thresh, epoch):
     """Count access i to b, moving b in the histogram; return its new bin."""
     packed = heat[b, COUNT_AT]
     c = packed & COUNT_FIELD
+    old_bin = 0
     if seen:
         age = epoch - (packed >> COUNT_BITS)
         old_bin = max(_bit_length(c) - age, 0)
         hist[_slot_of_bin(old_bin, epoch)] -= 1
         thresh[HOT_BLOCKS] -= old_bin >= thresh[HOT_BIN]
         c = c >> age if age < NBINS else 0
-    c = min(c + 1, COUNT_MAX)
+    new_bin = old_bin
+    if c < COUNT_MAX:
+        # the bit length grows when c + 1 is a power of two
+        new_bin += (c & (c + 1)) == 0
+        c += 1
     heat[b, COUNT_AT] = (epoch << COUNT_BITS) | c
     heat[b, STAMP] = i
-    new_bin = _bit_length(c)
     hist[_slot_of_bin(new_bin, epoch)] += 1
     thresh[HOT_BLOCKS] += new_bin >= thresh[HOT_BIN]
     return new_bin
@@ -288,7 +297,7 @@ def _fit_threshold(hist, thresh, epoch, dram_cap):
     fit DRAM. It moves little between evictions, so this is O(1) amortized."""
     t = thresh[HOT_BIN]
     hot = thresh[HOT_BLOCKS]
-    while hot > dram_cap:
+    while hot >= dram_cap:
         hot -= hist[_slot_of_bin(t, epoch)]
         t += 1
     while t > 0 and hot + hist[_slot_of_bin(t - 1, epoch)] <= dram_cap:
@@ -299,7 +308,23 @@ def _fit_threshold(hist, thresh, epoch, dram_cap):
 
 
 @njit(cache=True)
-def _cool(epoch, hist, thresh, links, nblocks):
+def _merge_lru(links, heat, dst, src):
+    """Move list src into list dst, both in LRU order, keeping that order.
+    Linear in their lengths, once per cooling period of 8 DRAM sizes."""
+    at = links[dst, NEXT]
+    x = links[src, NEXT]
+    while x != src:
+        following = links[x, NEXT]
+        while at != dst and heat[at, STAMP] < heat[x, STAMP]:
+            at = links[at, NEXT]
+        _insert_before(links, at, x)
+        x = following
+    links[src, NEXT] = src
+    links[src, PREV] = src
+
+
+@njit(cache=True)
+def _cool(epoch, hist, thresh, links, heat, nblocks):
     """Entering `epoch`: every bin drops by one; the slot that held bin 1
     joins bin 0. The hot bin follows, so the hot set stays the same blocks
     unless it was everything from bin 1 up."""
@@ -310,26 +335,14 @@ def _cool(epoch, hist, thresh, links, nblocks):
         thresh[HOT_BLOCKS] -= hist[s]
     hist[BIN0] += hist[s]
     hist[s] = 0
-    src = nblocks + s
-    if links[src, NEXT] == src:
-        return
-    dst = nblocks + BIN0
-    first = links[src, NEXT]
-    last = links[src, PREV]
-    tail = links[dst, PREV]
-    links[tail, NEXT] = first
-    links[first, PREV] = tail
-    links[last, NEXT] = dst
-    links[dst, PREV] = last
-    links[src, NEXT] = src
-    links[src, PREV] = src
+    _merge_lru(links, heat, nblocks + BIN0, nblocks + s)
 
 
 @njit(cache=True)
 def _hotness_victim(hot_bin, epoch, links, heat, nblocks):
     """Least recently used resident block below hot_bin, else the LRU block
     of the coldest non-empty bin. Only list heads compete: each list is in
-    LRU order (up to cooling merges)."""
+    LRU order."""
     best = -1
     for k in range(NBINS):
         sentinel = nblocks + _slot_of_bin(k, epoch)
@@ -359,7 +372,7 @@ def _simulate_hotness(trace, nblocks, dram_cap, pmem_cap):
     for i in range(trace.size):
         if until_cool == 0:
             epoch += 1
-            _cool(epoch, hist, thresh, links, nblocks)
+            _cool(epoch, hist, thresh, links, heat, nblocks)
             until_cool = period
         until_cool -= 1
         b = trace[i]
