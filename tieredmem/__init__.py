@@ -10,3 +10,12 @@ from .sizes import parse_size
 
 __all__ = ["Pool", "install", "installed", "parse_size", "uninstall", "use"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # tm.policy imports numba: only when asked for, so `import tieredmem` and
+    # `tieredmem run` start fast.
+    if name == "policy":
+        import importlib
+        return importlib.import_module(".policy", __name__)
+    raise AttributeError(f"module 'tieredmem' has no attribute {name!r}")
