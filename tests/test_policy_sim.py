@@ -105,7 +105,9 @@ def _reference_victim(name, in_dram, count, dram):
     if name != "hotness":
         return min(in_dram, key=in_dram.get)  # least recent use / arrival
     bins = {b: c.bit_length() for b, c in count.items()}
-    hot_bin = min(t for t in range(64) if sum(v >= t for v in bins.values()) <= dram)
+    # lowest t with at most `dram` blocks (of all seen) in bins >= t
+    ranked = sorted(bins.values(), reverse=True)
+    hot_bin = ranked[dram] + 1 if len(ranked) > dram else 0
     cold = [b for b in in_dram if bins[b] < hot_bin]
     if not cold:
         coldest = min(bins[b] for b in in_dram)
@@ -143,13 +145,21 @@ def _reference(trace, name, dram, pmem):
     return dram_hits, pmem_hits, first
 
 
+def _reference_cases(seed):
+    # Small footprints with DRAM close to them keep long-idle blocks resident
+    # across coolings, where bin merges and threshold moves decide victims.
+    for nblocks in (12, 13, 40):
+        yield traces.shifting_hot_set(nblocks, 600, hot_fraction=0.2, phases=1 + 4 * seed,
+                                      seed=seed)
+        yield traces.zipf(nblocks, 600, s=0.75, seed=seed)
+        yield traces.mixed(nblocks, 600, seed=seed)
+
+
 @pytest.mark.parametrize("name", POLICIES)
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_kernels_match_the_reference_model(name, seed):
-    for trace in (traces.shifting_hot_set(40, 800, hot_fraction=0.2, phases=3, seed=seed),
-                  traces.zipf(40, 800, s=0.8, seed=seed),
-                  traces.mixed(40, 800, seed=seed)):
-        for dram, pmem in ((1, 0), (3, 4), (8, 0), (8, 10)):
+    for trace in _reference_cases(seed):
+        for dram, pmem in ((1, 0), (3, 4), (5, 0), (8, 10), (12, 3)):
             r = simulate(trace, name, dram, pmem)
             got = (r["dram_hits"], r["pmem_hits"], r["first_accesses"])
             assert got == _reference(trace.tolist(), name, dram, pmem), (dram, pmem)
@@ -372,6 +382,8 @@ def test_mixed_interleaves_scan_and_zipf():
     lambda: traces.shifting_hot_set(10, 10, hot_fraction=0),
     lambda: traces.shifting_hot_set(10, 10, phases=0),
     lambda: traces.mixed(1, 10),
+    lambda: traces.mixed(10, 10, s=-0.5),
+    lambda: traces.loop(2.5, 10),
 ])
 def test_generator_arguments_are_checked(call):
     with pytest.raises(ValueError):

@@ -50,6 +50,7 @@ MAX_EVENTS = (1 << 31) - 64
 NBINS = 32
 BIN_MASK = NBINS - 1
 BIN0 = NBINS  # slot of bin 0 (count decayed to 0), outside the ring
+# (the ring's spare slot, bin NBINS, stays empty: cooling reuses it)
 COUNT_MAX = (1 << (NBINS - 1)) - 1
 # Counts halve every COOL_PERIOD_FACTOR * dram_blocks accesses: long enough
 # that a block needs several re-references to look hot, short enough that a
@@ -66,6 +67,7 @@ TABLE_IDS_MIN = 1 << 20
 # ---------------------------------------------------------------- input
 
 def _as_count(value, name, minimum):
+    """value as an int >= minimum, else ValueError naming the argument."""
     try:
         count = operator.index(value)
     except TypeError:
@@ -297,7 +299,7 @@ def _fit_threshold(hist, thresh, epoch, dram_cap):
     fit DRAM. It moves little between evictions, so this is O(1) amortized."""
     t = thresh[HOT_BIN]
     hot = thresh[HOT_BLOCKS]
-    while hot >= dram_cap:
+    while hot > dram_cap:
         hot -= hist[_slot_of_bin(t, epoch)]
         t += 1
     while t > 0 and hot + hist[_slot_of_bin(t - 1, epoch)] <= dram_cap:
@@ -310,7 +312,7 @@ def _fit_threshold(hist, thresh, epoch, dram_cap):
 @njit(cache=True)
 def _merge_lru(links, heat, dst, src):
     """Move list src into list dst, both in LRU order, keeping that order.
-    Linear in their lengths, once per cooling period of 8 DRAM sizes."""
+    Linear in their lengths, at most DRAM's size, once per cooling period."""
     at = links[dst, NEXT]
     x = links[src, NEXT]
     while x != src:

@@ -3,28 +3,26 @@ order, ids in range(nblocks). Random generators take a seed and return the
 same trace for the same arguments."""
 import numpy as np
 
+from .simulate import _as_count
+
 
 def _check(condition, message):
     if not condition:
         raise ValueError(message)
 
 
-def _check_sizes(nblocks, length):
-    _check(nblocks >= 1, f"nblocks must be >= 1, got {nblocks}")
-    _check(length >= 0, f"length must be >= 0, got {length}")
-
-
 def scan(nblocks, passes=1):
     """Sequential passes over blocks 0..nblocks-1; one pass never reuses a block."""
-    _check(nblocks >= 1, f"nblocks must be >= 1, got {nblocks}")
-    _check(passes >= 0, f"passes must be >= 0, got {passes}")
+    nblocks = _as_count(nblocks, "nblocks", 1)
+    passes = _as_count(passes, "passes", 0)
     return np.tile(np.arange(nblocks, dtype=np.int64), passes)
 
 
 def loop(nblocks, length):
     """A loop over nblocks blocks repeated until `length` accesses: with
     nblocks above the DRAM size, LRU and FIFO never hit."""
-    _check_sizes(nblocks, length)
+    nblocks = _as_count(nblocks, "nblocks", 1)
+    length = _as_count(length, "length", 0)
     return np.arange(length, dtype=np.int64) % nblocks
 
 
@@ -42,7 +40,8 @@ def _zipf_ranks(rng, nblocks, length, s):
 def zipf(nblocks, length, s=0.99, seed=0):
     """Independent accesses with Zipf popularity of exponent s (0 = uniform);
     block 0 is the most popular."""
-    _check_sizes(nblocks, length)
+    nblocks = _as_count(nblocks, "nblocks", 1)
+    length = _as_count(length, "length", 0)
     _check(s >= 0, f"s must be >= 0, got {s}")
     return _zipf_ranks(np.random.default_rng(seed), nblocks, length, s)
 
@@ -51,9 +50,10 @@ def shifting_hot_set(nblocks, length, hot_fraction=0.1, phases=4, seed=0, hot_sh
     """`phases` equal stretches, each with its own random hot set of
     hot_fraction * nblocks blocks that gets hot_share of the accesses
     (uniformly); the rest go uniformly to all blocks."""
-    _check_sizes(nblocks, length)
+    nblocks = _as_count(nblocks, "nblocks", 1)
+    length = _as_count(length, "length", 0)
+    phases = _as_count(phases, "phases", 1)
     _check(0 < hot_fraction <= 1, f"hot_fraction must be in (0, 1], got {hot_fraction}")
-    _check(phases >= 1, f"phases must be >= 1, got {phases}")
     _check(0 <= hot_share <= 1, f"hot_share must be in [0, 1], got {hot_share}")
     rng = np.random.default_rng(seed)
     hot_n = max(1, int(hot_fraction * nblocks))
@@ -69,9 +69,10 @@ def mixed(nblocks, length, seed=0, scan_share=0.5, s=0.99):
     """A Zipf(s) workload over the first half of the blocks interleaved, at
     random positions, with a cyclic scan over the second half, which takes
     scan_share of the accesses: the scan pollutes recency-based policies."""
-    _check(nblocks >= 2, f"nblocks must be >= 2, got {nblocks}")
-    _check(length >= 0, f"length must be >= 0, got {length}")
+    nblocks = _as_count(nblocks, "nblocks", 2)
+    length = _as_count(length, "length", 0)
     _check(0 <= scan_share <= 1, f"scan_share must be in [0, 1], got {scan_share}")
+    _check(s >= 0, f"s must be >= 0, got {s}")
     rng = np.random.default_rng(seed)
     zipf_n = nblocks // 2
     is_scan = rng.random(length) < scan_share
