@@ -85,6 +85,7 @@ struct tm_tier {
     uint64_t nslots;       /* 0: tier absent */
     uint32_t first_slot;   /* global numbering: slot ids are unique across tiers */
     uint64_t *used_map;    /* bit per slot */
+    uint32_t *csum;        /* CRC-32C of what each slot holds */
     uint64_t used;
     uint64_t cursor;       /* next-fit: sequential demotions get adjacent slots */
     uint64_t peak;
@@ -112,6 +113,11 @@ int tm_tier_writev(tm_tier *t, const tm_io *ios, int n);
 int tm_tier_submit_readv(tm_tier *t, const tm_io *ios, int n);
 int tm_tier_wait_reads(tm_tier *t);
 int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err);
+
+/* ---- checksum.c --------------------------------------------------------- */
+
+/* CRC-32C of len bytes. */
+uint32_t tm_crc32c(const void *data, size_t len);
 
 /* ---- extent.c: block-granular extent allocator ------------------------- */
 

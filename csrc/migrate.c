@@ -89,18 +89,35 @@ static int slot_take(struct tm_pool *p, tm_tier *t, int64_t b)
     return 0;
 }
 
+/* ---- checksums: every block written to a lower tier carries one -------- */
+
+static void seal(struct tm_pool *p, int64_t b, const uint8_t *data)
+{
+    uint32_t g = p->meta.slot[b];
+    tm_tier *t = slot_tier(p, g);
+    t->csum[g - t->first_slot] = tm_crc32c(data, p->bs);
+}
+
+static int intact(struct tm_pool *p, int64_t b, const uint8_t *data)
+{
+    uint32_t g = p->meta.slot[b];
+    tm_tier *t = slot_tier(p, g);
+    return t->csum[g - t->first_slot] == tm_crc32c(data, p->bs);
+}
+
 /* ---- I/O helpers ---------------------------------------------------- */
 
 /* Requests for blocks list[0..n) whose data sits in iobuf in list order,
  * merging runs of adjacent slots up to io_max_blocks (several requests of a
  * batch in flight read faster than one large one on virtio disks). Only
- * blocks whose slot is in tier t. */
-static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t n, uint8_t *iobuf, tm_io *ios)
+ * blocks whose slot is in tier t and, if skip is given, whose skip[i] is 0. */
+static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t n, uint8_t *iobuf, tm_io *ios,
+                     const uint8_t *skip)
 {
     int k = 0;
     for (int64_t i = 0; i < n; i++) {
         uint32_t g = p->meta.slot[list[i]];
-        if (g == TM_NO_SLOT || slot_tier(p, g) != t)
+        if (g == TM_NO_SLOT || slot_tier(p, g) != t || (skip && skip[i]))
             continue;
         uint64_t s = g - t->first_slot;
         uint8_t *buf = iobuf + ((size_t)i << p->bshift);
@@ -211,14 +228,29 @@ static void cascade_pmem(tm_worker *w, int64_t want)
     if (!n)
         return;
     tm_io ios[n];
-    int k = build_ios(p, &p->pmem, list, n, w->iobuf, ios);
+    int k = build_ios(p, &p->pmem, list, n, w->iobuf, ios, NULL);
     int r = tm_tier_readv(&p->pmem, ios, k);
     if (r < 0) {
         p->st.io_errors++;
         tm_set_error(p, "pmem read while moving blocks to nvme: %s", strerror(-r));
         return;
     }
-    uint32_t old[n];
+    /* A block whose PMEM copy fails its checksum stays there (and fails when
+     * read): moving it would give damaged data a fresh checksum. */
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!intact(p, list[i], w->iobuf + ((size_t)i << p->bshift))) {
+            tm_set_error(p, "pmem block %lld failed its checksum", (long long)list[i]);
+            continue;
+        }
+        if (kept != i) {
+            list[kept] = list[i];
+            memcpy(w->iobuf + ((size_t)kept << p->bshift), w->iobuf + ((size_t)i << p->bshift), p->bs);
+        }
+        kept++;
+    }
+    n = kept;
+    uint32_t old[n ? n : 1];
     int64_t moved = 0;
     for (int64_t i = 0; i < n; i++)
         old[i] = p->meta.slot[list[i]];
@@ -228,8 +260,9 @@ static void cascade_pmem(tm_worker *w, int64_t want)
             p->meta.slot[list[moved]] = old[moved];
             break;
         }
+        p->nvme.csum[p->meta.slot[list[moved]] - p->nvme.first_slot] = p->pmem.csum[old[moved] - p->pmem.first_slot];
     }
-    k = build_ios(p, &p->nvme, list, moved, w->iobuf, ios);
+    k = build_ios(p, &p->nvme, list, moved, w->iobuf, ios, NULL);
     r = k ? tm_tier_writev(&p->nvme, ios, k) : 0;
     for (int64_t i = 0; i < moved; i++) {
         int64_t b = list[i];
@@ -294,23 +327,52 @@ static int64_t demote(tm_worker *w, int64_t want)
         err = read_dram_run(p, list[i], j - i, w->iobuf + ((size_t)i << p->bshift));
         i = j - 1;
     }
+    /* Write each tier's share. A tier that fails has its victims retried on
+     * the other tier; a victim that cannot be written anywhere stays in DRAM
+     * (the budget is overrun rather than data lost). */
+    enum { TO_WRITE, WRITTEN, FAILED };
+    uint8_t state[nd ? nd : 1];
+    memset(state, err ? FAILED : TO_WRITE, sizeof state);
+    for (int64_t i = 0; i < nd; i++)
+        if (state[i] == TO_WRITE && p->meta.slot[list[i]] != TM_NO_SLOT)
+            seal(p, list[i], w->iobuf + ((size_t)i << p->bshift));
+        else
+            state[i] = FAILED;
     tm_io ios[nd ? nd : 1];
-    for (int id = TM_PMEM; id <= TM_NVME && !err; id++) {
-        tm_tier *t = tier_by_id(p, id);
-        if (!t->nslots)
-            continue;
-        int k = build_ios(p, t, list, nd, w->iobuf, ios);
-        if (k && (err = tm_tier_writev(t, ios, k)) < 0) {
-            p->st.io_errors++;
-            tm_set_error(p, "%s write during demotion: %s", t->name, strerror(-err));
+    for (int attempt = 0; attempt < 2; attempt++) {
+        for (int id = TM_PMEM; id <= TM_NVME; id++) {
+            tm_tier *t = tier_by_id(p, id), *other = tier_by_id(p, id == TM_PMEM ? TM_NVME : TM_PMEM);
+            int k = t->nslots ? build_ios(p, t, list, nd, w->iobuf, ios, state) : 0;
+            if (!k)
+                continue;
+            int r = tm_tier_writev(t, ios, k);
+            if (r < 0) {
+                p->st.io_errors++;
+                tm_set_error(p, "%s write during demotion: %s", t->name, strerror(-r));
+            }
+            for (int64_t i = 0; i < nd; i++) {
+                int64_t b = list[i];
+                if (state[i] != TO_WRITE || slot_tier(p, p->meta.slot[b]) != t)
+                    continue;
+                if (r == 0) {
+                    state[i] = WRITTEN;
+                } else if (attempt == 0) { /* elsewhere, next */
+                    slot_release(p, b);
+                    if (slot_take(p, other, b) == 0)
+                        seal(p, b, w->iobuf + ((size_t)i << p->bshift));
+                    else
+                        state[i] = FAILED;
+                } else {
+                    state[i] = FAILED;
+                }
+            }
         }
     }
-    int64_t first = err ? nd : 0; /* on a failed write the dirty ones stay */
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
         p->meta.flags[b] &= (uint8_t)~TM_F_BUSY;
-        if (i < first || p->meta.slot[b] == TM_NO_SLOT)
-            continue;
+        if ((i < nd && state[i] != WRITTEN) || p->meta.slot[b] == TM_NO_SLOT)
+            continue; /* stays in DRAM, dirty */
         p->meta.tier[b] = (uint8_t)slot_tier(p, p->meta.slot[b])->id;
         p->meta.flags[b] &= (uint8_t)~(TM_F_DIRTY | TM_F_REF);
         p->resident--;
@@ -320,19 +382,19 @@ static int64_t demote(tm_worker *w, int64_t want)
         else
             p->st.clean_drops++;
     }
-    /* Give the DRAM pages back; list[first..n) left DRAM. Sort those back
-     * into address order so runs coalesce. */
+    /* Give the DRAM pages back of those that left, sorted back into address
+     * order so runs coalesce. */
     int64_t moved = 0;
-    for (int64_t i = first; i < n; i++)
+    for (int64_t i = 0; i < n; i++)
         if (p->meta.tier[list[i]] != TM_DRAM)
-            list[first + moved++] = list[i];
-    for (int64_t i = first + 1; i < first + moved; i++) {
+            list[moved++] = list[i];
+    for (int64_t i = 1; i < moved; i++) {
         int64_t v = list[i], j = i;
-        for (; j > first && list[j - 1] > v; j--)
+        for (; j > 0 && list[j - 1] > v; j--)
             list[j] = list[j - 1];
         list[j] = v;
     }
-    for_runs(p, list + first, moved, punch_run);
+    for_runs(p, list, moved, punch_run);
     return moved;
 }
 
@@ -453,7 +515,7 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
     int err = 0;
     for (int id = TM_PMEM; id <= TM_NVME; id++) {
         tm_tier *t = tier_by_id(p, id);
-        int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, ios) : 0;
+        int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, ios, NULL) : 0;
         int r = k ? tm_tier_readv(t, ios, k) : 0;
         if (r < 0) {
             err = r;
@@ -471,6 +533,18 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
     if (err < 0) {
         fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
         return;
+    }
+    /* Map only what arrives intact: blocks after a damaged one stay below. */
+    for (int64_t i = 0; i < n; i++) {
+        if (intact(p, list[i], w->iobuf + ((size_t)i << p->bshift)))
+            continue;
+        p->st.checksum_errors++;
+        if (i == 0) {
+            fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ?
+                       "pmem block failed its checksum" : "nvme block failed its checksum", -EBADMSG);
+            return;
+        }
+        n = i;
     }
     if (p->ra_window == p->batch_blocks) /* a stream: read ahead of it while this is mapped */
         readahead_submit(p, list[n - 1] + 1);
@@ -565,7 +639,7 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
     if (!n)
         return;
     tm_io ios[n];
-    int nio = build_ios(p, &p->nvme, list, n, p->ra.buf[k], ios);
+    int nio = build_ios(p, &p->nvme, list, n, p->ra.buf[k], ios, NULL);
     if (tm_tier_submit_readv(&p->nvme, ios, nio) < 0)
         return; /* no readahead: the fault path reads synchronously */
     for (int64_t i = 0; i < n; i++) {
@@ -605,7 +679,8 @@ static void readahead_finish(tm_worker *w)
     ensure_room(w, n);
     for (int64_t i = 0; i < n;) {
         int64_t j = i;
-        while (j < n && p->meta.tier[list[j]] == TM_NVME && p->meta.slot[list[j]] == slots[j])
+        while (j < n && p->meta.tier[list[j]] == TM_NVME && p->meta.slot[list[j]] == slots[j] &&
+               intact(p, list[j], p->ra.buf[k] + ((size_t)j << p->bshift)))
             j++;
         if (j > i)
             install(p, 0, list + i, j - i, p->ra.buf[k] + ((size_t)i << p->bshift), 0);

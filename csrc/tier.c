@@ -13,7 +13,8 @@ int tm_tier_init_slots(tm_tier *t, uint64_t nslots)
 {
     t->nslots = nslots;
     t->used_map = calloc((nslots + 63) / 64 + 1, sizeof(uint64_t));
-    return t->used_map ? 0 : -ENOMEM;
+    t->csum = calloc(nslots, sizeof(uint32_t));
+    return t->used_map && t->csum ? 0 : -ENOMEM;
 }
 
 void tm_tier_close(tm_tier *t)
@@ -21,7 +22,9 @@ void tm_tier_close(tm_tier *t)
     if (t->ops && t->ops->close)
         t->ops->close(t);
     free(t->used_map);
+    free(t->csum);
     t->used_map = NULL;
+    t->csum = NULL;
     t->nslots = 0;
 }
 

@@ -97,6 +97,7 @@ typedef struct tm_stats {
     uint64_t bytes_written;    /* to lower tiers */
     uint64_t fault_ns;         /* total time spent serving faults */
     uint64_t io_errors;        /* failed lower-tier I/O */
+    uint64_t checksum_errors;  /* blocks read back damaged */
     uint64_t sigbus_sent;      /* faults answered with SIGBUS */
     uint64_t policy_errors;    /* invalid policy results rejected */
     uint64_t budget_overruns;  /* times resident bytes exceeded the budget */

@@ -15,7 +15,7 @@ TIERS = ("unbacked", "dram", "pmem", "nvme")  # indexed by enum tm_tier_id
 _STAT_COUNTERS = (
     "allocated", "capacity", "faults", "zero_fills", "minor_faults", "wp_faults", "promotions",
     "prefetched", "readahead", "demotions", "clean_drops", "bytes_read", "bytes_written", "fault_ns",
-    "io_errors", "sigbus_sent", "policy_errors", "budget_overruns", "handler_threads",
+    "io_errors", "checksum_errors", "sigbus_sent", "policy_errors", "budget_overruns", "handler_threads",
     "dirty_tracking", "nvme_direct", "pmem_dax",
 )
 
