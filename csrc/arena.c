@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -365,6 +366,20 @@ int tm_pool_released(tm_pool *p)
     return r;
 }
 
+/* Whether the NVMe tier's filesystem can take every block of n more if all
+ * of them spill there: a full disk is an allocation error now, never a lost
+ * demotion later. (Other users of the disk can still fill it; a demotion
+ * that then fails keeps its block in DRAM.) */
+static int nvme_room_for(struct tm_pool *p, int64_t n, uint64_t *free_bytes)
+{
+    int64_t spill = p->reserved + n - p->dram_blocks - (int64_t)p->pmem.nslots;
+    struct statvfs s;
+    if (!p->nvme.nslots || spill <= 0 || fstatvfs(p->nvme.fd, &s) < 0)
+        return 1;
+    *free_bytes = (uint64_t)s.f_bavail * s.f_frsize;
+    return ((uint64_t)spill << p->bshift) <= (p->nvme.used << p->bshift) + *free_bytes;
+}
+
 void *tm_alloc(tm_pool *p, size_t size)
 {
     if (forked_child) {
@@ -377,6 +392,7 @@ void *tm_alloc(tm_pool *p, size_t size)
     pthread_mutex_lock(&p->lock);
     void *ptr = NULL;
     int err = ENOMEM;
+    uint64_t free_bytes = 0;
     if (p->closed) {
         tm_set_error(p, "cannot allocate %zu bytes: the pool is closed", size);
         err = EBADF;
@@ -385,6 +401,9 @@ void *tm_alloc(tm_pool *p, size_t size)
                      "dram + pmem + nvme less %lld bytes of headroom for moving blocks)",
                      size, (long long)p->reserved << p->bshift, (long long)p->cap_blocks << p->bshift,
                      (long long)(p->pmem.nslots + p->nvme.nslots ? p->batch_blocks : 0) << p->bshift);
+    } else if (!nvme_room_for(p, n, &free_bytes)) {
+        tm_set_error(p, "cannot allocate %zu bytes: the NVMe tier's filesystem has %llu bytes free, fewer than "
+                     "this pool may have to write there", size, (unsigned long long)free_bytes);
     } else {
         int64_t b = tm_extents_alloc(&p->extents, n);
         if (b < 0) {

@@ -43,6 +43,9 @@ int tm_os_tmpfile(const char *dir, int flags);
 int tm_os_cpus(int *cpus, int max);
 int tm_os_pin_self(int cpu);
 uint64_t tm_os_now_ns(void);
+/* Create `path` as a directory 0700 if missing; -EPERM unless it is then a
+ * directory (not a symlink) owned by this user and closed to others. */
+int tm_os_private_dir(const char *path);
 /* 1 if `dir` is on a filesystem mounted with the dax option. */
 int tm_os_is_dax(const char *dir);
 /* Mount point of a filesystem mounted with -o dax, or NULL. */

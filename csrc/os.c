@@ -190,3 +190,15 @@ const char *tm_os_find_dax_mount(char *buf, size_t len)
     endmntent(f);
     return found;
 }
+
+int tm_os_private_dir(const char *path)
+{
+    if (mkdir(path, 0700) < 0 && errno != EEXIST)
+        return -errno;
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return -errno;
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077))
+        return -EPERM;
+    return 0;
+}

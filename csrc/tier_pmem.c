@@ -52,8 +52,17 @@ int tm_tier_pmem_open(tm_tier *t, const char *dir, char *err)
     char buf[4096];
     if (!dir)
         dir = tm_os_find_dax_mount(buf, sizeof buf);
-    if (!dir)
-        dir = "/dev/shm";
+    if (!dir) { /* emulated: a private directory in /dev/shm */
+        snprintf(buf, sizeof buf, "/dev/shm/tieredmem-%u", (unsigned)geteuid());
+        int r = tm_os_private_dir(buf);
+        if (r < 0) {
+            snprintf(err, TM_ERRLEN, "pmem_path %s: %s", buf,
+                     r == -EPERM ? "exists but is not a directory private to this user (mode 0700, owned by you)"
+                                 : strerror(-r));
+            return r;
+        }
+        dir = buf;
+    }
     size_t size = t->nslots * t->bs;
     int fd = tm_os_tmpfile(dir, 0);
     if (fd < 0) {

@@ -2,6 +2,7 @@
 import errno
 import os
 import pathlib
+import stat
 import weakref
 
 import numpy as np
@@ -39,6 +40,13 @@ def _check_dir(path, name: str) -> str:
         raise NotADirectoryError(errno.ENOTDIR, f"{name}: not a directory", p)
     if not os.access(p, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, f"{name}: directory is not writable", p)
+    st = os.stat(p)
+    if st.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, f"{name}: directory is not owned by this user; tier files "
+                                           "need a private directory", p)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(errno.EPERM, f"{name}: directory is writable by others (mode "
+                                           f"{stat.S_IMODE(st.st_mode):o}); tier files need a private directory", p)
     return p
 
 
