@@ -372,7 +372,8 @@ int tm_pool_released(tm_pool *p)
  * that then fails keeps its block in DRAM.) */
 static int nvme_room_for(struct tm_pool *p, int64_t n, uint64_t *free_bytes)
 {
-    int64_t spill = p->reserved + n - p->dram_blocks - (int64_t)p->pmem.nslots;
+    /* DRAM may hold a batch less than its budget: demotion works in batches. */
+    int64_t spill = p->reserved + n - (p->dram_blocks - p->batch_blocks) - (int64_t)p->pmem.nslots;
     struct statvfs s;
     if (!p->nvme.nslots || spill <= 0 || fstatvfs(p->nvme.fd, &s) < 0)
         return 1;

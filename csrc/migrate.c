@@ -357,8 +357,13 @@ static int64_t demote(tm_worker *w, int64_t want)
                 if (r == 0) {
                     state[i] = WRITTEN;
                 } else if (attempt == 0) { /* elsewhere, next */
+                    /* A full disk: the slot of a clean DRAM block already
+                     * holds disk space; else another tier. */
+                    uint64_t s = r == -ENOSPC ? slot_steal(p, t) : UINT64_MAX;
                     slot_release(p, b);
-                    if (slot_take(p, other, b) == 0)
+                    if (s != UINT64_MAX)
+                        p->meta.slot[b] = t->first_slot + (uint32_t)s;
+                    if (s != UINT64_MAX || slot_take(p, other, b) == 0)
                         seal(p, b, w->iobuf + ((size_t)i << p->bshift));
                     else
                         state[i] = FAILED;
