@@ -175,6 +175,7 @@ static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
         if ((r = tm_tier_init_slots(&p->nvme, nslots)) < 0 || (r = tm_tier_nvme_open(&p->nvme, cfg->nvme_path, err)) < 0)
             return r;
     }
+    p->pmem.emu = (tm_emulation){cfg->pmem_read_ns, cfg->pmem_write_ns, cfg->pmem_read_mbps, cfg->pmem_write_mbps};
     if (cfg->inject && *cfg->inject)
         return tm_inject_parse(cfg->inject, &p->pmem, &p->nvme, err);
     return 0;
@@ -213,12 +214,12 @@ tm_pool *tm_pool_create(const tm_config *cfg)
         p->batch_blocks = p->dram_blocks / 4;
     if (p->batch_blocks < 1)
         p->batch_blocks = 1;
+    p->batch_max = p->batch_blocks;
+    p->sample_budget_ppm = cfg->sample_budget_ppm;
     p->io_max_blocks = TM_IO_BYTES / bs ? (int64_t)(TM_IO_BYTES / bs) : 1;
     p->zero_min_blocks = TM_ZERO_MIN_BYTES / bs ? (int64_t)(TM_ZERO_MIN_BYTES / bs) : 1;
     if (p->zero_min_blocks > p->batch_blocks)
         p->zero_min_blocks = p->batch_blocks;
-    p->ra_window = 1;
-    p->last_fault = INT64_MIN / 4; /* no previous fault: the first is not sequential */
 
     int r = create_tiers(p, cfg, err);
     if (r < 0)
@@ -260,8 +261,8 @@ tm_pool *tm_pool_create(const tm_config *cfg)
         errno = -r;
         return NULL; /* tm_fault_init set the message */
     }
-    if ((r = tm_fault_start(p)) < 0) {
-        snprintf(err, sizeof err, "cannot start fault handler threads: %s", strerror(-r));
+    if ((r = tm_fault_start(p)) < 0 || (r = tm_background_start(p)) < 0) {
+        snprintf(err, sizeof err, "cannot start the engine's threads: %s", strerror(-r));
         goto fail;
     }
     if ((r = registry_add(p)) < 0) {
@@ -284,6 +285,7 @@ fail:
 static void release_engine(struct tm_pool *p)
 {
     registry_remove(p);
+    tm_background_stop(p);
     tm_fault_stop(p);
     tm_migrate_fini(p);
     tm_os_unmap(p->base, p->arena_size);
@@ -294,6 +296,12 @@ static void release_engine(struct tm_pool *p)
     if (p->meta.slot)
         munmap(p->meta.slot, meta_bytes(p->nblocks));
     tm_extents_destroy(&p->extents);
+    memset(&p->policy, 0, sizeof p->policy);
+    for (int i = 0; i < p->npolicy_mem; i++)
+        free(p->policy_mem[i]);
+    free(p->policy_mem);
+    p->policy_mem = NULL;
+    p->npolicy_mem = 0;
     p->base = NULL;
     p->meta.slot = NULL;
 }
@@ -551,4 +559,80 @@ void tm_set_policy(tm_pool *p, const tm_policy_ops *ops)
     else
         memset(&p->policy, 0, sizeof p->policy);
     pthread_mutex_unlock(&p->lock);
+}
+
+void *tm_policy_alloc(tm_pool *p, size_t bytes)
+{
+    pthread_mutex_lock(&p->lock);
+    void *m = calloc(1, bytes ? bytes : 1);
+    void **list = m ? realloc(p->policy_mem, sizeof(void *) * (size_t)(p->npolicy_mem + 1)) : NULL;
+    if (list) {
+        p->policy_mem = list;
+        list[p->npolicy_mem++] = m;
+    } else {
+        free(m);
+        m = NULL;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return m;
+}
+
+int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
+{
+    int64_t nb = (int64_t)(dram_bytes >> p->bshift);
+    int64_t lower = (int64_t)(p->pmem.nslots + p->nvme.nslots);
+    int64_t batch = p->batch_max < nb / 4 ? p->batch_max : nb / 4;
+    if (batch < 1)
+        batch = 1;
+    int64_t cap = nb + lower - (lower ? batch : 0);
+    pthread_mutex_lock(&p->lock);
+    int r = 0;
+    if (nb < 1) {
+        tm_set_error(p, "resize: dram must hold at least one block (%zu bytes), got %llu", p->bs,
+                     (unsigned long long)dram_bytes);
+        r = -EINVAL;
+    } else if (2 * cap > p->nblocks) {
+        tm_set_error(p, "resize: dram of %llu bytes would make the capacity larger than this pool's arena allows "
+                     "(at most %lld bytes in all tiers)", (unsigned long long)dram_bytes,
+                     (long long)(p->nblocks / 2) << p->bshift);
+        r = -EINVAL;
+    } else if (p->reserved > cap) {
+        tm_set_error(p, "resize: %lld bytes are allocated, more than the pool would hold with dram of %llu bytes",
+                     (long long)p->reserved << p->bshift, (unsigned long long)dram_bytes);
+        r = -ENOSPC;
+    } else {
+        p->dram_blocks = nb;
+        p->batch_blocks = batch;
+        p->cap_blocks = cap;
+        int64_t zmin = TM_ZERO_MIN_BYTES / p->bs ? (int64_t)(TM_ZERO_MIN_BYTES / p->bs) : 1;
+        p->zero_min_blocks = zmin < batch ? zmin : batch;
+        while (p->resident > p->dram_blocks && tm_migrate_demote(&p->bg, p->resident - p->dram_blocks) > 0) {
+        }
+        if (p->resident > p->dram_blocks) {
+            p->st.budget_overruns++;
+            tm_set_error(p, "resize: %lld bytes could not be demoted; DRAM stays over its new budget until they can",
+                         (long long)(p->resident - p->dram_blocks) << p->bshift);
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return r;
+}
+
+void tm_trace_start(tm_pool *p, int64_t *buf, int64_t cap)
+{
+    pthread_mutex_lock(&p->lock);
+    p->trace = buf;
+    p->trace_cap = cap;
+    p->trace_n = 0;
+    pthread_mutex_unlock(&p->lock);
+}
+
+int64_t tm_trace_stop(tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int64_t n = p->trace_n;
+    p->trace = NULL;
+    p->trace_cap = p->trace_n = 0;
+    pthread_mutex_unlock(&p->lock);
+    return n;
 }

@@ -61,6 +61,12 @@ typedef struct tm_io {
 
 typedef struct tm_tier tm_tier;
 
+/* Emulated speed of a tier (all 0: as fast as it is). */
+typedef struct tm_emulation {
+    uint64_t read_ns, write_ns;      /* per request */
+    uint64_t read_mbps, write_mbps;  /* 10^6 bytes per second */
+} tm_emulation;
+
 typedef struct tm_tier_ops {
     /* Transfer every request; return 0 or -errno of the first failure. */
     int (*readv)(tm_tier *t, const tm_io *ios, int n);
@@ -97,6 +103,7 @@ struct tm_tier {
     int direct;            /* NVMe: O_DIRECT */
     int dax;               /* PMEM: on a DAX filesystem */
     tm_inject inject_read, inject_write;
+    tm_emulation emu;
     uint64_t nreads, nwrites;
     void *impl;            /* backend-private state */
 };
@@ -151,6 +158,19 @@ typedef struct tm_readahead {
     uint64_t generation;   /* pool's release generation when submitted */
 } tm_readahead;
 
+/* A detected access stream: faults at `next` or up to `window` blocks past
+ * it continue it (blocks still resident may lie between); `stride` > 1 is a
+ * strided stream. */
+typedef struct tm_stream {
+    int64_t next, window, stride, last;
+    uint64_t used;   /* fault count when last matched: the LRU entry is reused */
+} tm_stream;
+#define TM_STREAMS 8
+
+/* Advice on a range of blocks that is kept (sequential / random). */
+typedef struct tm_range { int64_t start, end; int advice; } tm_range;
+#define TM_RANGES 16
+
 typedef struct tm_worker {
     struct tm_pool *pool;
     pthread_t thread;
@@ -172,6 +192,9 @@ struct tm_pool {
     int dirty_tracking;   /* clean blocks are mapped write-protected */
     tm_worker workers[TM_MAX_HANDLERS];
     int nworkers;
+    tm_worker bg;              /* the background thread (background.c) */
+    pthread_cond_t bg_cond;    /* wakes it early: stop, resize */
+    int bg_started, bg_stop;
 
     pthread_mutex_t lock;
     tm_meta meta;
@@ -193,12 +216,29 @@ struct tm_pool {
     int dropped;               /* the owner gave up the handle */
     int64_t scan_end;          /* end of the highest allocation ever made */
     int64_t clock_hand, pmem_hand, steal_hand;
-    int64_t last_fault, ra_window;  /* sequential readahead detector */
+    int64_t batch_max;         /* batch_blocks at creation: buffers' size */
+    tm_stream streams[TM_STREAMS];
+    tm_range ranges[TM_RANGES];
+    int nranges;
+
+    /* hint sampling (background.c) */
+    uint32_t sample_budget_ppm;
+    int64_t sample_hand;
+    double sample_per_tick;    /* blocks to sample next tick */
+    double hint_cost_ns;       /* smoothed cost of one hint fault */
+    double zap_cost_ns;        /* smoothed cost of unmapping one block */
+    double hint_ratio;         /* smoothed share of sampled blocks accessed */
+    uint64_t tick_hints, tick_sampled, tick_hint_ns;
+
+    int64_t *trace;            /* access trace buffer, or NULL */
+    int64_t trace_cap, trace_n;
 
     tm_readahead ra;
     uint64_t generation;       /* bumped by every release (free) */
 
     tm_policy_ops policy;
+    void **policy_mem;         /* tm_policy_alloc's blocks, freed at release */
+    int npolicy_mem;
     tm_stats st;
     char err[TM_ERRLEN];
 };
@@ -242,6 +282,32 @@ int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n);
 
 /* Serve a fault at `addr` (lock held). kind: 0 missing, 1 minor, 2 wp. */
 void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write);
+/* Demote up to `want` blocks chosen by the policy; returns how many left DRAM. */
+int64_t tm_migrate_demote(tm_worker *w, int64_t want);
+/* Demote the blocks of list[0..n) that are in DRAM and not busy (n at most
+ * a batch); returns how many left DRAM. */
+int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *list, int64_t n);
+/* Bring lower-tier blocks list[0..n) (n at most a batch) into DRAM ahead of
+ * need; returns how many arrived. */
+int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n);
+/* Tell the policy of an access and keep its info[] current. */
+void tm_policy_access(struct tm_pool *p, int64_t b, int kind);
+
+/* ---- advise.c ------------------------------------------------------------ */
+
+/* The advice of the range holding block b (TM_ADV_NORMAL if none). */
+int tm_range_advice(const struct tm_pool *p, int64_t b);
+/* Forget advice on blocks being released (lock held). */
+void tm_advice_forget(struct tm_pool *p, int64_t b, int64_t n);
+
+/* ---- background.c ------------------------------------------------------ */
+
+/* The pool's background thread: hint sampling, demotion ahead of need to
+ * keep DRAM headroom, and the policy's promotions. */
+int tm_background_start(struct tm_pool *p);
+void tm_background_stop(struct tm_pool *p);
+/* Serve a hint fault on block b (lock held): account for it. */
+void tm_background_hint(struct tm_pool *p, uint64_t service_ns);
 /* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
 /* Readahead buffers: set up at creation; finish and free at release. */

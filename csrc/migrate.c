@@ -169,14 +169,20 @@ static int read_dram_run(struct tm_pool *p, int64_t b, int64_t n, uint8_t *dst)
 
 /* ---- victims -------------------------------------------------------- */
 
+/* CLOCK over the reference bits that faults and sampled hints set. Blocks
+ * advised cold go regardless of their bit; blocks advised hot only once two
+ * sweeps found nothing else. */
 static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
 {
     int64_t n = 0;
-    for (int64_t scanned = 0; n < want && scanned < 2 * p->scan_end; scanned++) {
+    for (int64_t scanned = 0; n < want && scanned < 3 * p->scan_end; scanned++) {
         int64_t b = advance(p, &p->clock_hand);
-        if (p->meta.tier[b] != TM_DRAM || (p->meta.flags[b] & TM_F_BUSY))
+        uint8_t f = p->meta.flags[b];
+        if (p->meta.tier[b] != TM_DRAM || (f & TM_F_BUSY))
             continue;
-        if (p->meta.flags[b] & TM_F_REF) {
+        if ((f & TM_F_HOT) && scanned < 2 * p->scan_end)
+            continue;
+        if ((f & TM_F_REF) && !(f & TM_F_COLD)) {
             p->meta.flags[b] &= (uint8_t)~TM_F_REF;
             continue;
         }
@@ -186,28 +192,66 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
     return n;
 }
 
-/* The policy's victims, each checked; any bad answer rejects the whole
- * answer in favour of CLOCK. Chosen blocks come back marked BUSY. */
-static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out)
+static void policy_info(struct tm_pool *p)
 {
+    int64_t *info = p->policy.info;
+    if (!info)
+        return;
+    info[TM_INFO_ARENA_BLOCKS] = p->nblocks;
+    info[TM_INFO_DRAM_BLOCKS] = p->dram_blocks;
+    info[TM_INFO_RESIDENT] = p->resident;
+    info[TM_INFO_SCAN_END] = p->scan_end;
+    info[TM_INFO_BLOCK_SIZE] = (int64_t)p->bs;
+    info[TM_INFO_NOW] = (int64_t)p->st.faults;
+}
+
+void tm_policy_access(struct tm_pool *p, int64_t b, int kind)
+{
+    if (p->trace && kind != TM_ACCESS_AHEAD) {
+        if (p->trace_n < p->trace_cap) {
+            p->trace[p->trace_n++] = b;
+            p->st.trace_events++;
+        } else {
+            p->st.trace_dropped++;
+        }
+    }
+    if (p->policy.on_access) {
+        policy_info(p);
+        p->policy.on_access(p->policy.state, b, kind, (int64_t)p->st.faults);
+    }
+}
+
+/* The policy's victims, each checked; any bad answer rejects the whole
+ * answer in favour of CLOCK. Chosen blocks come back marked BUSY, with the
+ * tier each should go to in dest[] (0: the engine's choice). */
+static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8_t *dest)
+{
+    memset(dest, 0, (size_t)want);
     if (p->policy.select_victims) {
-        int64_t n = p->policy.select_victims(p->policy.ctx, &p->meta, want, out);
-        int64_t ok = n >= 0 && n <= want;
+        policy_info(p);
+        int64_t n = p->policy.select_victims(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, want, out,
+                                             dest);
+        int ok = n >= 0 && n <= want;
+        int64_t marked = 0;
         for (int64_t i = 0; ok && i < n; i++) {
             int64_t b = out[i];
-            ok = b >= 0 && b < p->nblocks && p->meta.tier[b] == TM_DRAM && !(p->meta.flags[b] & TM_F_BUSY);
-            if (ok)
-                p->meta.flags[b] |= TM_F_BUSY;
+            ok = b >= 0 && b < p->scan_end && p->meta.tier[b] == TM_DRAM && !(p->meta.flags[b] & TM_F_BUSY) &&
+                 (dest[i] == 0 || dest[i] == TM_PMEM || dest[i] == TM_NVME);
+            if (ok) {
+                p->meta.flags[b] |= TM_F_BUSY; /* also catches a block named twice */
+                marked++;
+            }
         }
         if (ok && n > 0)
             return n;
-        for (int64_t i = 0; i < n && i < want; i++)
-            if (out[i] >= 0 && out[i] < p->nblocks && p->meta.tier[out[i]] == TM_DRAM)
-                p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
+        for (int64_t i = 0; i < marked; i++)
+            p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
         if (!ok) {
             p->st.policy_errors++;
-            tm_set_error(p, "policy select_victims returned an invalid answer; CLOCK used instead");
+            tm_set_error(p, "policy select_victims returned an invalid answer (%lld blocks for %lld asked); "
+                         "CLOCK used instead", (long long)n, (long long)want);
         }
+        memset(dest, 0, (size_t)want);
     }
     return clock_victims(p, want, out);
 }
@@ -285,29 +329,23 @@ static void cascade_pmem(tm_worker *w, int64_t want)
 
 /* ---- demotion ------------------------------------------------------- */
 
-/* Demote up to `want` DRAM blocks. Returns how many left DRAM. */
-static int64_t demote(tm_worker *w, int64_t want)
+/* Demote list[0..n) (DRAM blocks marked BUSY; dest[i]: the tier wanted for
+ * block i, 0 for the engine's choice). Returns how many left DRAM. */
+static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest)
 {
     struct tm_pool *p = w->pool;
-    if (want > p->batch_blocks)
-        want = p->batch_blocks;
-    int64_t *list = w->list + p->batch_blocks;
-
-    /* New slots go to PMEM first; when it is full, its coldest blocks move
-     * to NVMe to make room. Done before the victims use the I/O buffer. */
-    if (p->pmem.nslots && p->nvme.nslots && p->pmem.used + (uint64_t)want > p->pmem.nslots)
-        cascade_pmem(w, want - (int64_t)(p->pmem.nslots - p->pmem.used));
-
-    int64_t n = pick_victims(p, want, list);
     if (!n)
         return 0;
     int64_t nd = 0; /* dirty victims, moved to the front of the list */
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
+        uint8_t d = dest[i];
         if (p->meta.slot[b] != TM_NO_SLOT && !(p->meta.flags[b] & TM_F_DIRTY))
             continue;
         list[i] = list[nd];
-        list[nd++] = b;
+        dest[i] = dest[nd];
+        list[nd] = b;
+        dest[nd++] = d;
     }
     /* Unmap the dirty ones first: from here on an access faults and waits for
      * the lock, so the copy below is not raced by a writer. Clean ones are
@@ -316,7 +354,9 @@ static int64_t demote(tm_worker *w, int64_t want)
     for_runs(p, list, nd, zap_run);
     for (int64_t i = 0; i < nd; i++) {
         int64_t b = list[i];
-        if (p->meta.slot[b] == TM_NO_SLOT && slot_take(p, &p->pmem, b) < 0 && slot_take(p, &p->nvme, b) < 0)
+        tm_tier *first = dest[i] == TM_NVME ? &p->nvme : &p->pmem;
+        tm_tier *second = first == &p->pmem ? &p->nvme : &p->pmem;
+        if (p->meta.slot[b] == TM_NO_SLOT && slot_take(p, first, b) < 0 && slot_take(p, second, b) < 0)
             tm_set_error(p, "no lower-tier slot for block %lld", (long long)b);
     }
     int err = 0;
@@ -379,7 +419,7 @@ static int64_t demote(tm_worker *w, int64_t want)
         if ((i < nd && state[i] != WRITTEN) || p->meta.slot[b] == TM_NO_SLOT)
             continue; /* stays in DRAM, dirty */
         p->meta.tier[b] = (uint8_t)slot_tier(p, p->meta.slot[b])->id;
-        p->meta.flags[b] &= (uint8_t)~(TM_F_DIRTY | TM_F_REF);
+        p->meta.flags[b] &= (uint8_t)~(TM_F_DIRTY | TM_F_REF | TM_F_SAMPLED);
         p->resident--;
         p->st.demotions++;
         if (i < nd)
@@ -403,6 +443,43 @@ static int64_t demote(tm_worker *w, int64_t want)
     return moved;
 }
 
+/* New slots go to PMEM first; when it is full, its coldest blocks move to
+ * NVMe to make room. Done before victims use the I/O buffer. */
+static void pmem_room(tm_worker *w, int64_t want)
+{
+    struct tm_pool *p = w->pool;
+    if (p->pmem.nslots && p->nvme.nslots && p->pmem.used + (uint64_t)want > p->pmem.nslots)
+        cascade_pmem(w, want - (int64_t)(p->pmem.nslots - p->pmem.used));
+}
+
+int64_t tm_migrate_demote(tm_worker *w, int64_t want)
+{
+    struct tm_pool *p = w->pool;
+    if (want > p->batch_blocks)
+        want = p->batch_blocks;
+    int64_t *list = w->list + p->batch_blocks;
+    uint8_t dest[want > 0 ? want : 1];
+    pmem_room(w, want);
+    return demote_list(w, list, pick_victims(p, want, list, dest), dest);
+}
+
+int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *blocks, int64_t n)
+{
+    struct tm_pool *p = w->pool;
+    int64_t *list = w->list + p->batch_blocks, m = 0;
+    for (int64_t i = 0; i < n && m < p->batch_blocks; i++) {
+        int64_t b = blocks[i];
+        if (p->meta.tier[b] != TM_DRAM || (p->meta.flags[b] & TM_F_BUSY))
+            continue;
+        p->meta.flags[b] |= TM_F_BUSY;
+        list[m++] = b;
+    }
+    uint8_t dest[m ? m : 1];
+    memset(dest, 0, sizeof dest);
+    pmem_room(w, m);
+    return demote_list(w, list, m, dest);
+}
+
 /* Make room for n more blocks in DRAM. Returns 0, or -ENOSPC if the budget
  * must be overrun (nothing could be demoted). */
 static int ensure_room(tm_worker *w, int64_t n)
@@ -414,7 +491,7 @@ static int ensure_room(tm_worker *w, int64_t n)
         int64_t want = p->resident + n - p->dram_blocks;
         if (want < p->batch_blocks)
             want = p->batch_blocks;
-        if (demote(w, want) == 0) {
+        if (tm_migrate_demote(w, want) == 0) {
             p->st.budget_overruns++;
             return -ENOSPC;
         }
@@ -432,21 +509,56 @@ static void note_resident(struct tm_pool *p, int64_t n)
 
 /* ---- promotion ------------------------------------------------------ */
 
-/* Readahead window: doubles while faults continue at or just after where
- * the last batch ended (blocks still in DRAM may lie between), back to one
- * block otherwise. */
-static int64_t window(struct tm_pool *p, int64_t b)
+/* ---- streams: sequential and strided fault patterns ------------------- */
+
+#define TM_MAX_STRIDE 256 /* blocks: farther apart, two faults are unrelated */
+
+static int64_t grow(const struct tm_pool *p, int64_t window)
 {
-    if (b >= p->last_fault && b <= p->last_fault + p->ra_window)
-        p->ra_window = p->ra_window * 2 > p->batch_blocks ? p->batch_blocks : p->ra_window * 2;
-    else
-        p->ra_window = 1;
-    return p->ra_window;
+    return window * 2 > p->batch_blocks ? p->batch_blocks : window * 2;
+}
+
+/* The stream a fault at b continues, its window grown; or a new stream in
+ * the least recently used entry, with a stride guessed from the latest
+ * fault, confirmed if the next fault keeps it. Advice on
+ * b's range overrides: sequential starts at the largest window, random
+ * keeps the smallest. */
+static tm_stream *stream_of(struct tm_pool *p, int64_t b)
+{
+    tm_stream *found = NULL, *oldest = &p->streams[0], *latest = &p->streams[0];
+    for (int i = 0; i < TM_STREAMS && !found; i++) {
+        tm_stream *s = &p->streams[i];
+        if (s->window && b >= s->next && b <= s->next + s->window) {
+            s->stride = 1;
+            found = s;
+        } else if (s->window && s->stride > 1 && b == s->last + s->stride) {
+            found = s;
+        }
+        if (s->used < oldest->used)
+            oldest = s;
+        if (s->used > latest->used)
+            latest = s;
+    }
+    if (found) {
+        found->window = grow(p, found->window);
+    } else {
+        int64_t d = latest->window ? b - latest->last : 0;
+        found = oldest;
+        *found = (tm_stream){.next = b + 1, .window = 1, .stride = d > 1 && d <= TM_MAX_STRIDE ? d : 1};
+    }
+    found->last = b;
+    found->used = p->st.faults;
+    int adv = tm_range_advice(p, b);
+    if (adv == TM_ADV_SEQUENTIAL)
+        found->window = p->batch_blocks;
+    else if (adv == TM_ADV_RANDOM)
+        found->window = 1;
+    return found;
 }
 
 /* Blocks after b, adjacent in the arena, all never written (for a zero
  * fill) or all in lower tiers (for a promotion; the reads are merged where
- * slots are adjacent and issued together), up to the window. */
+ * slots are adjacent and issued together), up to max. */
 static int64_t sequential_run(struct tm_pool *p, int64_t b, int64_t max, int64_t *list)
 {
     int unbacked = p->meta.tier[b] == TM_UNBACKED;
@@ -463,25 +575,31 @@ static int64_t sequential_run(struct tm_pool *p, int64_t b, int64_t max, int64_t
     return n;
 }
 
-/* Add the policy's prefetch choices that are valid lower-tier blocks. */
-static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int64_t n)
+/* b, b+stride, ... while they are allocated lower-tier blocks, up to max. */
+static int64_t strided_run(struct tm_pool *p, int64_t b, int64_t stride, int64_t max, int64_t *list)
 {
-    int64_t room = p->batch_blocks - n;
-    if (!p->policy.prefetch || room <= 0)
-        return n;
-    int64_t *extra = list + n;
-    int64_t m = p->policy.prefetch(p->policy.ctx, &p->meta, b, room, extra);
-    if (m < 0 || m > room) {
-        p->st.policy_errors++;
-        tm_set_error(p, "policy prefetch returned %lld for at most %lld blocks", (long long)m, (long long)room);
-        return n;
+    int64_t n = 1;
+    list[0] = b;
+    for (int64_t c = b + stride; n < max && c < p->scan_end; c += stride) {
+        uint8_t t = p->meta.tier[c];
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & TM_F_BUSY) || (t != TM_PMEM && t != TM_NVME))
+            break;
+        list[n++] = c;
     }
+    return n;
+}
+
+/* Append to list[0..n) those of cand[0..m) (which may be list + n) that
+ * are allocated, in a lower tier, not busy and not listed yet; each other
+ * one is a policy error. Returns how many were appended. */
+static int64_t take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int64_t *cand, int64_t m)
+{
     int64_t kept = n;
     for (int64_t i = 0; i < n; i++)
         p->meta.flags[list[i]] |= TM_F_BUSY; /* marks what is taken: no duplicates */
     for (int64_t i = 0; i < m; i++) {
-        int64_t c = extra[i];
-        int ok = c >= 0 && c < p->nblocks && (p->meta.flags[c] & TM_F_ALLOC) &&
+        int64_t c = cand[i];
+        int ok = c >= 0 && c < p->scan_end && (p->meta.flags[c] & TM_F_ALLOC) &&
                  (p->meta.tier[c] == TM_PMEM || p->meta.tier[c] == TM_NVME) && !(p->meta.flags[c] & TM_F_BUSY);
         if (!ok) {
             p->st.policy_errors++;
@@ -492,7 +610,24 @@ static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int6
     }
     for (int64_t i = 0; i < kept; i++)
         p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
-    return kept;
+    return kept - n;
+}
+
+/* Add the policy's prefetch choices that are valid lower-tier blocks. */
+static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int64_t n)
+{
+    int64_t room = p->batch_blocks - n;
+    if (!p->policy.prefetch || room <= 0)
+        return n;
+    int64_t *extra = list + n;
+    policy_info(p);
+    int64_t m = p->policy.prefetch(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, b, room, extra);
+    if (m < 0 || m > room) {
+        p->st.policy_errors++;
+        tm_set_error(p, "policy prefetch returned %lld for at most %lld blocks", (long long)m, (long long)room);
+        return n;
+    }
+    return n + take_lower(p, list, n, extra, m);
 }
 
 static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int err)
@@ -506,11 +641,13 @@ static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int e
     }
 }
 
-static void install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write);
+static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write);
 static void readahead_submit(struct tm_pool *p, int64_t start);
 
-/* Bring list[0..n) (list[0] faulted at addr) into DRAM from lower tiers. */
-static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write)
+/* Bring list[0..n) into DRAM from lower tiers: list[0] faulted at addr, or
+ * addr is 0 when nobody waits (ahead of need). With `stream`, read the
+ * blocks after the last one ahead, asynchronously. Returns how many arrived. */
+static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write, int stream)
 {
     struct tm_pool *p = w->pool;
     int64_t b = list[0];
@@ -527,9 +664,11 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
             tm_set_error(p, "%s read during promotion: %s", t->name, strerror(-r));
         }
     }
-    if (err < 0 && n > 1) {
-        /* Retry the block the thread waits for on its own. */
+    if (err < 0 && (n > 1 || !addr)) {
         p->st.io_errors++;
+        if (!addr)
+            return 0; /* ahead of need: the blocks stay below and fail when touched */
+        /* Retry the block the thread waits for on its own. */
         n = 1;
         tm_tier *t = slot_tier(p, p->meta.slot[b]);
         tm_io one = {slot_local(p, p->meta.slot[b]), w->iobuf, 1};
@@ -537,23 +676,33 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
     }
     if (err < 0) {
         fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
-        return;
+        return 0;
     }
     /* Map only what arrives intact: blocks after a damaged one stay below. */
     for (int64_t i = 0; i < n; i++) {
         if (intact(p, list[i], w->iobuf + ((size_t)i << p->bshift)))
             continue;
         p->st.checksum_errors++;
-        if (i == 0) {
+        if (i == 0 && addr) {
             fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ?
                        "pmem block failed its checksum" : "nvme block failed its checksum", -EBADMSG);
-            return;
+            return 0;
         }
+        tm_set_error(p, "block %lld failed its checksum on promotion ahead of need", (long long)list[i]);
         n = i;
     }
-    if (p->ra_window == p->batch_blocks) /* a stream: read ahead of it while this is mapped */
+    if (stream && n) /* a stream: read ahead of it while this is mapped */
         readahead_submit(p, list[n - 1] + 1);
-    install(p, addr, list, n, w->iobuf, write);
+    return n ? install(p, addr, list, n, w->iobuf, write) : 0;
+}
+
+int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n)
+{
+    struct tm_pool *p = w->pool;
+    if (n > p->batch_blocks)
+        n = p->batch_blocks;
+    int64_t m = take_lower(p, list, 0, list, n);
+    return m ? promote(w, 0, list, m, 0, 0) : 0;
 }
 
 /* Map list[0..n) (list[0] faulted at addr, 0 if no thread waits for it) from
@@ -561,12 +710,12 @@ static void promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int w
  * adjacent blocks take one UFFDIO_COPY each. A block read back unmodified
  * keeps its slot and is mapped write-protected, so its first write is seen
  * and it can later be dropped instead of rewritten. */
-static void install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write)
+static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write)
 {
-    int64_t b = addr ? list[0] : -1;
-    for (int64_t i = 0; i < n;) {
+    int64_t b = addr ? list[0] : -1, done = 0;
+    while (done < n) {
+        int64_t i = done, j = i + 1;
         int wp_i = p->dirty_tracking && !(write && list[i] == b);
-        int64_t j = i + 1;
         while (j < n && list[j] == list[j - 1] + 1 && (p->dirty_tracking && !(write && list[j] == b)) == wp_i)
             j++;
         int r = tm_fault_install(p, list[i], j - i, buf + ((size_t)i << p->bshift), wp_i);
@@ -575,21 +724,24 @@ static void install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64
                 fail_fault(p, addr, "UFFDIO_COPY failed", r);
             else
                 tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-r));
-            return;
+            break;
         }
         for (int64_t k = i; k < j; k++) {
             int64_t c = list[k];
             p->meta.tier[c] = TM_DRAM;
             if (!wp_i)
                 p->meta.flags[c] |= TM_F_DIRTY;
+            if (c != b)
+                tm_policy_access(p, c, TM_ACCESS_AHEAD);
         }
         note_resident(p, j - i);
         tm_fault_wake(p, list[i], j - i);
-        i = j;
+        done = j;
     }
-    p->st.promotions += (uint64_t)n;
-    p->st.prefetched += (uint64_t)(addr ? n - 1 : n);
-    p->st.bytes_read += (uint64_t)n << p->bshift;
+    p->st.promotions += (uint64_t)done;
+    p->st.prefetched += (uint64_t)(addr && done ? done - 1 : done);
+    p->st.bytes_read += (uint64_t)done << p->bshift;
+    return done;
 }
 
 /* ---- stream readahead ------------------------------------------------ */
@@ -705,10 +857,37 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
     for (int64_t i = 0; i < n; i++) {
         p->meta.tier[list[i]] = TM_DRAM;
         p->meta.flags[list[i]] |= TM_F_DIRTY; /* no lower copy exists */
+        if (i)
+            tm_policy_access(p, list[i], TM_ACCESS_AHEAD);
     }
     note_resident(p, n);
     tm_fault_wake(p, list[0], n);
     p->st.zero_fills += (uint64_t)n;
+}
+
+/* A fault on a DRAM block: a first write to a clean block, an access after a
+ * sampling unmap (a hint), or after an unmap that kept the block (a
+ * demotion that failed, a race). Returns the kind of access it was. */
+static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
+{
+    if (kind == TM_ACCESS_WP) {
+        p->st.wp_faults++;
+        p->meta.flags[b] |= TM_F_DIRTY;
+        tm_fault_unprotect(p, b, 1);
+        return kind;
+    }
+    uint64_t t0 = tm_os_now_ns();
+    int hint = (p->meta.flags[b] & TM_F_SAMPLED) != 0;
+    p->meta.flags[b] &= (uint8_t)~TM_F_SAMPLED;
+    if (write)
+        p->meta.flags[b] |= TM_F_DIRTY;
+    tm_fault_map_resident(p, b, 1, p->dirty_tracking && !(p->meta.flags[b] & TM_F_DIRTY));
+    if (!hint) {
+        p->st.minor_faults++;
+        return kind;
+    }
+    tm_background_hint(p, tm_os_now_ns() - t0);
+    return TM_ACCESS_HINT;
 }
 
 void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
@@ -731,45 +910,42 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         p->meta.access_count[b]++;
     p->meta.last_access[b] = (uint16_t)(p->st.faults >> 8);
     p->meta.flags[b] |= TM_F_REF;
-    if (p->policy.on_fault)
-        p->policy.on_fault(p->policy.ctx, &p->meta, b, kind);
 
     int64_t *list = w->list;
     switch (p->meta.tier[b]) {
     case TM_DRAM:
-        if (kind == 2) { /* first write to a clean block */
-            p->st.wp_faults++;
-            p->meta.flags[b] |= TM_F_DIRTY;
-            tm_fault_unprotect(p, b, 1);
-            break;
-        }
-        /* Mapped again after an unmap (a demotion that kept it, a race). */
-        p->st.minor_faults++;
-        if (write)
-            p->meta.flags[b] |= TM_F_DIRTY;
-        tm_fault_map_resident(p, b, 1, p->dirty_tracking && !(p->meta.flags[b] & TM_F_DIRTY));
+        tm_policy_access(p, b, serve_resident(p, b, kind, write));
         break;
     case TM_UNBACKED: {
+        tm_policy_access(p, b, TM_ACCESS_MISSING);
         /* A zero fill costs little next to a fault: never fill less than
          * TM_ZERO_MIN_BYTES, so a small fresh array takes one fault. */
-        int64_t win = window(p, b);
-        int64_t n = sequential_run(p, b, win > p->zero_min_blocks ? win : p->zero_min_blocks, list);
-        p->last_fault = b + n;
+        tm_stream *s = stream_of(p, b);
+        int64_t n = sequential_run(p, b, s->window > p->zero_min_blocks ? s->window : p->zero_min_blocks, list);
+        s->next = b + n;
         zero_fill(w, addr, list, n);
         break;
     }
     default: {
+        tm_policy_access(p, b, TM_ACCESS_MISSING);
+        tm_stream *s = stream_of(p, b);
         if (in_readahead(p, b)) {
             /* The stream reached its readahead: map it; the next is read. */
-            p->last_fault = p->ra.blocks[p->ra.cur][p->ra.n - 1] + 1;
-            window(p, p->last_fault);
+            s->next = p->ra.blocks[p->ra.cur][p->ra.n - 1] + 1;
             readahead_finish(w);
             if (p->meta.tier[b] == TM_DRAM)
                 break;
         }
-        int64_t n = sequential_run(p, b, window(p, b), list);
-        p->last_fault = b + n;
-        promote(w, addr, list, policy_prefetch(p, b, list, n), write);
+        int64_t n;
+        if (s->stride > 1 && s->window > 1) {
+            n = strided_run(p, b, s->stride, s->window, list);
+            s->last = list[n - 1];
+        } else {
+            n = sequential_run(p, b, s->window, list);
+            s->next = b + n;
+        }
+        int stream = s->stride == 1 && s->window == p->batch_blocks && tm_range_advice(p, b) != TM_ADV_RANDOM;
+        promote(w, addr, list, policy_prefetch(p, b, list, n), write, stream);
         break;
     }
     }
@@ -778,6 +954,7 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
 {
     p->generation++; /* a readahead in flight may hold these slots' old data */
+    tm_advice_forget(p, b, n);
     tm_tier *run_tier = NULL; /* a run of adjacent slots, discarded at once */
     uint64_t run_start = 0, run_len = 0;
     for (int64_t i = b; i <= b + n; i++) {

@@ -77,18 +77,39 @@ static int injected(tm_inject *in, uint64_t *count)
     return (in->err || in->short_io) && n >= in->skip;
 }
 
+/* Emulated speed: stretch a transfer that started at t0 to its latency per
+ * request plus its size over the bandwidth. Spinning, not sleeping: a CPU
+ * copying from slow memory is busy, not idle. */
+static void emulate(const tm_tier *t, const tm_io *ios, int n, uint64_t ns_per_req, uint64_t mbps, uint64_t t0)
+{
+    if (!ns_per_req && !mbps)
+        return;
+    uint64_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += (uint64_t)ios[i].nblocks * t->bs;
+    uint64_t until = t0 + (uint64_t)n * ns_per_req + (mbps ? bytes * 1000 / mbps : 0);
+    while (tm_os_now_ns() < until) {
+    }
+}
+
 int tm_tier_readv(tm_tier *t, const tm_io *ios, int n)
 {
     if (injected(&t->inject_read, &t->nreads))
         return t->inject_read.short_io ? -EIO : -t->inject_read.err;
-    return t->ops->readv(t, ios, n);
+    uint64_t t0 = tm_os_now_ns();
+    int r = t->ops->readv(t, ios, n);
+    emulate(t, ios, n, t->emu.read_ns, t->emu.read_mbps, t0);
+    return r;
 }
 
 int tm_tier_writev(tm_tier *t, const tm_io *ios, int n)
 {
     if (injected(&t->inject_write, &t->nwrites))
         return t->inject_write.short_io ? -EIO : -t->inject_write.err;
-    return t->ops->writev(t, ios, n);
+    uint64_t t0 = tm_os_now_ns();
+    int r = t->ops->writev(t, ios, n);
+    emulate(t, ios, n, t->emu.write_ns, t->emu.write_mbps, t0);
+    return r;
 }
 
 int tm_tier_submit_readv(tm_tier *t, const tm_io *ios, int n)

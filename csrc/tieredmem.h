@@ -30,6 +30,30 @@ enum {
     TM_F_REF = 1 << 2,     /* referenced since the CLOCK hand last passed */
     TM_F_BUSY = 1 << 3,    /* being moved; faults on it wait */
     TM_F_POISON = 1 << 4,  /* a page was poisoned after a failed promotion */
+    TM_F_SAMPLED = 1 << 5, /* unmapped by hint sampling: its next access is a hint fault */
+    TM_F_HOT = 1 << 6,     /* advised hot: the built-in policy demotes it last */
+    TM_F_COLD = 1 << 7,    /* advised cold: the built-in policy demotes it first */
+};
+
+/* What an access the engine saw was (tm_policy_ops.on_access). */
+enum tm_access_kind {
+    TM_ACCESS_MISSING = 0, /* first touch, or the block was in a lower tier */
+    TM_ACCESS_MINOR = 1,   /* in DRAM but unmapped (not by sampling) */
+    TM_ACCESS_WP = 2,      /* first write to a clean block */
+    TM_ACCESS_HINT = 3,    /* the access that followed a sampling unmap */
+    TM_ACCESS_AHEAD = 4,   /* not an access: the block entered DRAM ahead of need
+                              (readahead, prefetch, promotion, advice) */
+};
+
+/* pool.advise / tm_advise */
+enum tm_advice {
+    TM_ADV_WILLNEED = 0,   /* bring the range into DRAM now */
+    TM_ADV_DONTNEED = 1,   /* move it out of DRAM now; its data is kept */
+    TM_ADV_COLD = 2,       /* demote it before other blocks */
+    TM_ADV_HOT = 3,        /* keep it in DRAM ahead of other blocks; bring it in now */
+    TM_ADV_SEQUENTIAL = 4, /* read far ahead of faults in it */
+    TM_ADV_RANDOM = 5,     /* no readahead in it */
+    TM_ADV_NORMAL = 6,     /* forget earlier advice on the range */
 };
 
 /* Slot ids are global across the lower tiers and start at 1 (PMEM's first,
@@ -45,6 +69,13 @@ typedef struct tm_config {
     const char *nvme_path;   /* directory for the NVMe slot file; must exist */
     const char *inject;      /* fault injection spec or NULL; see docs/reliability.md */
     int force_no_uffd;       /* behave as if userfaultfd were denied (tests) */
+    /* Emulated PMEM speed (0 = as fast as the memory behind it): each request
+     * takes at least its latency plus its size over the bandwidth. */
+    uint64_t pmem_read_ns, pmem_write_ns;      /* per request */
+    uint64_t pmem_read_mbps, pmem_write_mbps;  /* MB/s (10^6 bytes) */
+    /* Hint-fault sampling: 0 off; else the share of the time its faults may
+     * cost, in millionths (e.g. 10000 = 1%). */
+    uint32_t sample_budget_ppm;
 } tm_config;
 
 /* Per-block metadata, structure of arrays, one entry per arena block.
@@ -59,19 +90,43 @@ typedef struct tm_meta {
 } tm_meta;
 
 /* Placement hooks: the engine calls these on its own threads, with the pool
- * lock held and without the GIL. Any may be NULL (built-in behaviour).
- * Results are validated; invalid ones fall back to the built-in policy and
- * are counted in tm_stats.policy_errors. */
+ * lock held and without the GIL, so they must not block, raise, take the GIL
+ * or touch pool memory. Any may be NULL (built-in behaviour). Every hook is
+ * given the block metadata as plain arrays (tier[], flags[] of `nblocks`
+ * entries: blocks beyond were never allocated), so a numba @cfunc can take
+ * them as typed pointers; `state` is the policy's own memory.
+ * Answers are validated; an invalid one falls back to the built-in policy
+ * (CLOCK) and is counted in tm_stats.policy_errors. */
+/* tm_policy_ops.info[]: the pool's state, kept current by the engine. */
+enum {
+    TM_INFO_ARENA_BLOCKS = 0, /* entries of the metadata arrays */
+    TM_INFO_DRAM_BLOCKS = 1,  /* the budget, in blocks */
+    TM_INFO_RESIDENT = 2,     /* blocks in DRAM */
+    TM_INFO_SCAN_END = 3,     /* blocks beyond were never allocated */
+    TM_INFO_BLOCK_SIZE = 4,
+    TM_INFO_NOW = 5,          /* accesses seen so far */
+    TM_INFO_LEN = 8
+};
+
 typedef struct tm_policy_ops {
-    void *ctx;
-    /* Write up to `want` DRAM-resident block ids to demote into out[]; return
-     * how many were written. */
-    int64_t (*select_victims)(void *ctx, const tm_meta *meta, int64_t want, int64_t *out);
-    /* A fault on `block`: write up to `max` further block ids to bring into
-     * DRAM along with it; return how many. */
-    int64_t (*prefetch)(void *ctx, const tm_meta *meta, int64_t block, int64_t max, int64_t *out);
-    /* Told of every served fault (kind: 0 missing, 1 minor, 2 write-protect). */
-    void (*on_fault)(void *ctx, const tm_meta *meta, int64_t block, int32_t kind);
+    void *state;
+    int64_t *info;  /* TM_INFO_LEN entries, or NULL */
+    /* Every fault served and every sampled access (kind: enum tm_access_kind),
+     * in order; `now` counts them. */
+    void (*on_access)(void *state, int64_t block, int32_t kind, int64_t now);
+    /* Write up to `want` DRAM-resident block ids to demote into out[] and,
+     * per block, the tier to send it to in out_tier[] (TM_PMEM, TM_NVME, or
+     * 0: the engine's choice); return how many. */
+    int64_t (*select_victims)(void *state, const uint8_t *tier, const uint8_t *flags, int64_t nblocks,
+                              int64_t want, int64_t *out, uint8_t *out_tier);
+    /* Periodically, when DRAM has room: up to `max` lower-tier block ids to
+     * bring into DRAM ahead of need; return how many. */
+    int64_t (*promote)(void *state, const uint8_t *tier, const uint8_t *flags, int64_t nblocks,
+                       int64_t max, int64_t *out);
+    /* A fault on `block` that reads from a lower tier: up to `max` further
+     * lower-tier block ids to read along with it; return how many. */
+    int64_t (*prefetch)(void *state, const uint8_t *tier, const uint8_t *flags, int64_t nblocks,
+                        int64_t block, int64_t max, int64_t *out);
 } tm_policy_ops;
 
 typedef struct tm_tier_stats {
@@ -101,6 +156,14 @@ typedef struct tm_stats {
     uint64_t sigbus_sent;      /* faults answered with SIGBUS */
     uint64_t policy_errors;    /* invalid policy results rejected */
     uint64_t budget_overruns;  /* times resident bytes exceeded the budget */
+    uint64_t hint_faults;      /* accesses seen by sampling */
+    uint64_t sampled;          /* blocks unmapped by sampling */
+    uint64_t sample_ns;        /* time spent sampling and serving hint faults */
+    uint64_t sample_rate;      /* blocks sampled per second, as last adapted */
+    uint64_t background_demotions; /* demoted ahead of need, to keep DRAM headroom */
+    uint64_t policy_promotions;    /* promoted ahead of need on the policy's choice */
+    uint64_t trace_events;     /* accesses recorded in the trace buffer */
+    uint64_t trace_dropped;    /* accesses not recorded: the buffer was full */
     int32_t handler_threads;
     int32_t dirty_tracking;    /* 1 if clean blocks are write-protected */
     int32_t nvme_direct;       /* 1 if the NVMe file uses O_DIRECT */
@@ -155,6 +218,27 @@ size_t tm_block_size(tm_pool *p);
 
 /* Install placement hooks (NULL restores the built-ins). */
 void tm_set_policy(tm_pool *p, const tm_policy_ops *ops);
+/* Zeroed memory for a policy's state, owned by the engine: it stays valid
+ * until the engine is released, however long that is after the pool's owner
+ * let go (hooks keep being called while arrays live). NULL if out of memory. */
+void *tm_policy_alloc(tm_pool *p, size_t bytes);
+
+/* Change the DRAM budget; shrinking demotes at once. Returns 0, -EINVAL
+ * (fewer than one block or more than the arena can use) or -ENOSPC (the
+ * live allocations would no longer fit the pool's capacity). */
+int tm_pool_resize(tm_pool *p, uint64_t dram_bytes);
+
+/* Advice (enum tm_advice) on the blocks overlapping [ptr, ptr+size).
+ * Returns 0, or -EINVAL if the range is not inside the arena or the advice
+ * unknown. */
+int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice);
+
+/* Record the block id of every access the engine sees (faults and sampled
+ * hints) into buf[0..cap) from now on; buf must not be pool memory and must
+ * live until tm_trace_stop. */
+void tm_trace_start(tm_pool *p, int64_t *buf, int64_t cap);
+/* Stop recording; returns how many ids were written. */
+int64_t tm_trace_stop(tm_pool *p);
 
 /* The pool's last recorded error (or the last creation error if p is NULL),
  * copied into buf. Returns buf. */

@@ -5,10 +5,10 @@ are demoted to a persistent-memory tier and an NVMe tier and promoted back
 when touched, by page faults that the engine (csrc/) serves itself with
 userfaultfd. Arrays are plain numpy arrays over ordinary pointers."""
 from .numpy_alloc import install, installed, uninstall, use
-from .pool import Pool
+from .pool import Pool, policy_names
 from .sizes import parse_size
 
-__all__ = ["Pool", "install", "installed", "parse_size", "uninstall", "use"]
+__all__ = ["Pool", "Policy", "install", "installed", "parse_size", "policy_names", "uninstall", "use"]
 __version__ = "0.1.0"
 
 
@@ -18,4 +18,7 @@ def __getattr__(name):
     if name == "policy":
         import importlib
         return importlib.import_module(".policy", __name__)
+    if name == "Policy":
+        from .policy.base import Policy
+        return Policy
     raise AttributeError(f"module 'tieredmem' has no attribute {name!r}")

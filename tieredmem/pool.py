@@ -16,9 +16,58 @@ TIERS = ("unbacked", "dram", "pmem", "nvme")  # indexed by enum tm_tier_id
 _STAT_COUNTERS = (
     "allocated", "capacity", "faults", "zero_fills", "minor_faults", "wp_faults", "promotions",
     "prefetched", "readahead", "demotions", "clean_drops", "bytes_read", "bytes_written", "fault_ns",
-    "io_errors", "checksum_errors", "sigbus_sent", "policy_errors", "budget_overruns", "handler_threads",
-    "dirty_tracking", "nvme_direct", "pmem_dax",
+    "io_errors", "checksum_errors", "sigbus_sent", "policy_errors", "budget_overruns", "hint_faults", "sampled",
+    "sample_ns", "sample_rate", "background_demotions", "policy_promotions", "trace_events", "trace_dropped",
+    "handler_threads", "dirty_tracking", "nvme_direct", "pmem_dax",
 )
+POLICIES = ("lru", "fifo", "hotness")
+DEFAULT_POLICY = "lru"
+DEFAULT_SAMPLING = 0.01  # share of the time hint sampling may cost
+ADVICE = {"willneed": 0, "dontneed": 1, "cold": 2, "hot": 3, "sequential": 4, "random": 5, "normal": 6}
+# Emulated PMEM: latency per request (ns) and bandwidth (GB/s) of reads and
+# writes. "optane": first-generation Optane DC PMM, one DIMM (Izraelevitz et
+# al., 2019: ~300 ns read latency, ~6.6 GB/s read, ~2.3 GB/s write).
+# "cxl": a CXL.mem expander (~250 ns more than local DRAM, ~20 GB/s).
+PMEM_PRESETS = {
+    "optane": {"read_ns": 300, "write_ns": 100, "read_gbps": 6.6, "write_gbps": 2.3},
+    "cxl": {"read_ns": 250, "write_ns": 250, "read_gbps": 20.0, "write_gbps": 20.0},
+}
+
+
+def policy_names() -> tuple:
+    """Names Pool(policy=...) accepts; a tieredmem.Policy instance also works."""
+    return POLICIES
+
+
+def parse_pmem_emulation(spec) -> dict:
+    """A preset name or "read_ns=N,write_ns=N,read_gbps=X,write_gbps=X"
+    (any subset) as a dict of those four keys."""
+    if isinstance(spec, dict):
+        items = dict(spec)
+    elif spec in PMEM_PRESETS:
+        return dict(PMEM_PRESETS[spec])
+    elif isinstance(spec, str):
+        items = {}
+        for part in filter(None, (x.strip() for x in spec.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"pmem_emulation: expected a preset ({', '.join(PMEM_PRESETS)}) or key=value "
+                                 f"pairs, got {spec!r}")
+            items[key.strip()] = value.strip()
+    else:
+        raise TypeError(f"pmem_emulation: expected a string or dict, got {type(spec).__name__}")
+    out = dict.fromkeys(PMEM_PRESETS["optane"], 0)
+    for key, value in items.items():
+        if key not in out:
+            raise ValueError(f"pmem_emulation: unknown key {key!r} (known: {', '.join(out)})")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"pmem_emulation: {key} must be a number, got {value!r}") from None
+        if not v >= 0 or v == float("inf"):
+            raise ValueError(f"pmem_emulation: {key} must be a finite number >= 0, got {value!r}")
+        out[key] = v
+    return out
 
 
 def default_nvme_dir() -> pathlib.Path:
@@ -73,7 +122,8 @@ class Pool:
     """
 
     def __init__(self, dram="256MiB", pmem=0, nvme="16GiB", pmem_path=None, nvme_path=None,
-                 block_size="64KiB", threshold="1MiB"):
+                 block_size="64KiB", threshold="1MiB", policy=DEFAULT_POLICY, sampling=DEFAULT_SAMPLING,
+                 pmem_emulation=None):
         dram_b = parse_size(dram, "dram")
         pmem_b = parse_size(pmem, "pmem")
         nvme_b = parse_size(nvme, "nvme")
@@ -83,6 +133,18 @@ class Pool:
         if dram_b < bs:
             raise ValueError(f"dram: must hold at least one block ({bs} bytes), got {dram!r}")
         self.threshold = self._parse_threshold(threshold)
+        if isinstance(policy, str) and policy not in POLICIES:
+            raise ValueError(f"policy: unknown policy {policy!r} (built-in: {', '.join(POLICIES)}, or a "
+                             "tieredmem.Policy instance)")
+        if isinstance(sampling, bool):
+            sampling = DEFAULT_SAMPLING if sampling else 0.0
+        if not isinstance(sampling, (int, float)) or not 0 <= sampling <= 0.5:
+            raise ValueError(f"sampling: a share of the time from 0 to 0.5 (or True/False), got {sampling!r}")
+        if pmem_emulation is None:
+            pmem_emulation = os.environ.get("TIEREDMEM_PMEM_EMULATION") or None
+        emu = parse_pmem_emulation(pmem_emulation) if pmem_emulation is not None else None
+        if emu and not pmem_b:
+            raise ValueError("pmem_emulation: the pool has no PMEM tier (pmem=0)")
         self._keep = []  # C strings referenced by the config
         cfg = ffi.new("tm_config *")
         cfg.dram_bytes, cfg.pmem_bytes, cfg.nvme_bytes, cfg.block_size = dram_b, pmem_b, nvme_b, bs
@@ -95,6 +157,17 @@ class Pool:
         if inject:
             cfg.inject = self._cstr(inject)
         cfg.force_no_uffd = os.environ.get("TIEREDMEM_FORCE_NO_UFFD", "") not in ("", "0")
+        cfg.sample_budget_ppm = round(sampling * 1e6)
+        if emu:
+            cfg.pmem_read_ns, cfg.pmem_write_ns = round(emu["read_ns"]), round(emu["write_ns"])
+            cfg.pmem_read_mbps, cfg.pmem_write_mbps = round(emu["read_gbps"] * 1000), round(emu["write_gbps"] * 1000)
+        self.pmem_emulation = emu
+        self._policy_layout = {}
+        if not isinstance(policy, str):
+            from .policy import base  # imports numba: only for numba policies
+            if not isinstance(policy, base.Policy):
+                raise TypeError(f"policy: expected a name ({', '.join(POLICIES)}) or a tieredmem.Policy, "
+                                f"got {type(policy).__name__}")
         p = lib.tm_pool_create(cfg)
         if p == ffi.NULL:
             raise _creation_error(ffi.errno)
@@ -102,6 +175,21 @@ class Pool:
         self.block_size = bs
         self._closed = False
         self._handlers = {}  # threshold -> tm_np_handler (never freed, see numpy_handler.c)
+        self._trace = None
+        try:
+            self.policy = self._bind_policy(policy)
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind_policy(self, policy):
+        """Install the policy's hooks; returns the policy (its name if built in)."""
+        if policy == "lru":  # the engine's CLOCK: no hooks
+            return policy
+        from .policy import base, builtin
+        instance = builtin.BUILTIN[policy]() if isinstance(policy, str) else policy
+        self._policy_layout = base.bind(instance, self._p)
+        return policy
 
     @staticmethod
     def _parse_threshold(value) -> int:
@@ -198,6 +286,73 @@ class Pool:
             return a
         return self._make(np.array, a, dtype=dtype, copy=True)
 
+    # ---- run-time controls --------------------------------------------
+
+    def resize(self, dram) -> None:
+        """Change the DRAM budget while running; shrinking demotes at once."""
+        nbytes = parse_size(dram, "dram")
+        r = lib.tm_pool_resize(self._engine(), nbytes)
+        if r == -errno.ENOSPC:
+            raise MemoryError(self.last_error())
+        if r < 0:
+            raise ValueError(self.last_error())
+
+    def advise(self, a: np.ndarray, advice: str) -> None:
+        """Advice on the memory of array (or view) `a`, the madvise of tiering:
+        "willneed" brings it into DRAM now (as much as the budget allows);
+        "dontneed" moves it out of DRAM now, keeping its data; "cold" makes it
+        the first to be demoted, "hot" the last (and brings it in now);
+        "sequential" reads far ahead of faults in it, "random" not at all;
+        "normal" forgets earlier advice."""
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"advise() takes a numpy array, got {type(a).__name__}")
+        code = ADVICE.get(advice) if isinstance(advice, str) else None
+        if code is None:
+            raise ValueError(f"advise(): unknown advice {advice!r} (one of: {', '.join(ADVICE)})")
+        lo, n = self._span(a)
+        engine = self._engine()
+        if n and not lib.tm_contains(engine, ffi.cast("void *", lo), n):
+            raise ValueError("advise(): the array's memory is not in this pool")
+        lib.tm_advise(engine, ffi.cast("void *", lo), n, code)
+
+    def start_trace(self, max_events: int = 10_000_000) -> None:
+        """Record the block id of every access the engine sees (faults and
+        sampled hints) from now on, up to max_events (then counted as
+        stats()["trace_dropped"])."""
+        if self._trace is not None:
+            raise RuntimeError("a trace is already being recorded; call stop_trace() first")
+        if not isinstance(max_events, int) or max_events < 1:
+            raise ValueError(f"max_events: a positive integer, got {max_events!r}")
+        buf = ffi.new("int64_t[]", max_events)  # C memory: never in a pool
+        lib.tm_trace_start(self._engine(), buf, max_events)
+        self._trace = buf
+
+    def stop_trace(self, path=None) -> np.ndarray:
+        """Stop recording; the trace as a 1-D int64 array of block ids in
+        access order, also saved with numpy.save to `path` if given."""
+        if self._trace is None:
+            raise RuntimeError("no trace is being recorded; call start_trace() first")
+        n = lib.tm_trace_stop(self._engine())
+        trace = np.frombuffer(ffi.buffer(self._trace, n * 8), dtype=np.int64).copy()
+        self._trace = None
+        if path is not None:
+            np.save(path, trace)
+        return trace
+
+    def policy_state(self) -> dict:
+        """The policy's state arrays as numpy views of the engine's copies
+        (writable; the engine's threads update them concurrently), with the
+        info array as "info". Empty for "lru". The views keep the pool from
+        being released while they live."""
+        if self._closed:
+            raise ValueError("the pool is closed")
+        engine = self._engine()
+        lib.tm_pool_pin(engine)
+        token = _Token()
+        weakref.finalize(token, lib.tm_pool_unpin, engine)
+        return {name: np.asarray(_Exported(addr, shape, typestr, token, writable=True))
+                for name, (addr, shape, typestr) in self._policy_layout.items()}
+
     # ---- inspection --------------------------------------------------
 
     def _span(self, a: np.ndarray):
@@ -289,8 +444,9 @@ class _Token:
 
 
 class _Exported:
-    """Read-only engine memory handed to numpy; the array's base keeps it."""
+    """Engine memory handed to numpy; the array's base keeps the pin."""
 
-    def __init__(self, addr: int, n: int, typestr: str, token: _Token):
-        self.__array_interface__ = {"data": (addr, True), "shape": (n,), "typestr": typestr, "version": 3}
+    def __init__(self, addr: int, shape, typestr: str, token: _Token, writable=False):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.__array_interface__ = {"data": (addr, not writable), "shape": shape, "typestr": typestr, "version": 3}
         self.token = token

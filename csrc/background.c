@@ -1,0 +1,198 @@
+/* background.c: the pool's background thread. Every tick it
+ *  - keeps DRAM headroom: when more is allocated than DRAM holds, it demotes
+ *    ahead of need so that faults find free room (TPP's free watermark);
+ *  - lets the policy promote lower-tier blocks it expects to be used;
+ *  - samples accesses by hint faults: it unmaps a run of resident blocks
+ *    (their pages stay in the memfd) and the next access to one is a minor
+ *    fault that records the access (REF bit, the policy's on_access) and maps
+ *    the block again. The sample size adapts so that the measured cost of
+ *    sampling stays within its budget (a share of the time).
+ * Everything runs with the pool lock held, like fault service. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define TICK_NS (50ull * 1000 * 1000)
+/* The faulting thread's side of a hint fault (trap, handler wake on the same
+ * CPU, return), which the handler cannot time: ~3 us on these machines
+ * (docs/architecture.md). */
+#define HINT_TRAP_NS 3000.0
+/* Assume at least this share of sampled blocks is touched before the next
+ * sample, so a quiet spell cannot grow the sample without bound. */
+#define MIN_HINT_RATIO 0.25
+#define EWMA(avg, x) ((avg) = 0.75 * (avg) + 0.25 * (x))
+
+static int64_t headroom(const struct tm_pool *p)
+{
+    int64_t wm = p->batch_blocks;
+    return wm < p->dram_blocks / 8 ? wm : p->dram_blocks / 8;
+}
+
+static void keep_headroom(struct tm_pool *p)
+{
+    if (p->reserved <= p->dram_blocks) /* everything fits: nothing to make room for */
+        return;
+    int64_t excess = p->resident - (p->dram_blocks - headroom(p));
+    if (excess > 0)
+        p->st.background_demotions += (uint64_t)tm_migrate_demote(&p->bg, excess);
+}
+
+static void policy_promotions(struct tm_pool *p)
+{
+    int64_t room = p->dram_blocks - headroom(p) - p->resident;
+    if (!p->policy.promote || room <= 0)
+        return;
+    int64_t max = room < p->batch_blocks ? room : p->batch_blocks;
+    int64_t *list = p->bg.list;
+    int64_t n = p->policy.promote(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, max, list);
+    if (n < 0 || n > max) {
+        p->st.policy_errors++;
+        tm_set_error(p, "policy promote returned %lld for at most %lld blocks", (long long)n, (long long)max);
+        return;
+    }
+    p->st.policy_promotions += (uint64_t)tm_migrate_promote_ahead(&p->bg, list, n);
+}
+
+/* Blocks to sample next tick: as many as the budget pays for at the
+ * measured costs, at most twice the last number, and half of it when the
+ * last tick cost more than the budget. */
+static void adapt(struct tm_pool *p)
+{
+    double budget = (double)TICK_NS * p->sample_budget_ppm / 1e6;
+    if (p->tick_hints) {
+        EWMA(p->hint_cost_ns, (double)p->tick_hint_ns / p->tick_hints + HINT_TRAP_NS);
+        if (p->tick_sampled)
+            EWMA(p->hint_ratio, (double)p->tick_hints / (double)p->tick_sampled);
+    }
+    double ratio = p->hint_ratio > MIN_HINT_RATIO ? p->hint_ratio : MIN_HINT_RATIO;
+    double per_block = p->zap_cost_ns + ratio * p->hint_cost_ns;
+    double k = budget / per_block, last = p->sample_per_tick;
+    double spent = (double)p->tick_hint_ns + p->tick_hints * HINT_TRAP_NS + p->tick_sampled * p->zap_cost_ns;
+    if (k > 2 * last + 1)
+        k = 2 * last + 1;
+    if (spent > budget && k > last / 2)
+        k = last / 2;
+    p->sample_per_tick = k;
+    p->st.sample_rate = (uint64_t)(k * 1e9 / TICK_NS);
+    p->tick_hints = p->tick_hint_ns = 0;
+}
+
+static void sample(struct tm_pool *p)
+{
+    int64_t want = (int64_t)p->sample_per_tick, cap = 3 * p->batch_max;
+    if (want > cap)
+        want = cap;
+    int64_t *list = p->bg.list, n = 0;
+    for (int64_t scanned = 0; n < want && scanned < p->scan_end; scanned++) {
+        int64_t b = p->sample_hand < p->scan_end ? p->sample_hand : 0;
+        p->sample_hand = b + 1;
+        if (p->meta.tier[b] != TM_DRAM || (p->meta.flags[b] & (TM_F_BUSY | TM_F_SAMPLED)))
+            continue;
+        p->meta.flags[b] = (uint8_t)((p->meta.flags[b] & ~TM_F_REF) | TM_F_SAMPLED);
+        list[n++] = b;
+    }
+    uint64_t t0 = tm_os_now_ns();
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && list[j] == list[j - 1] + 1)
+            j++;
+        tm_os_zap(tm_block_addr(p, list[i]), (size_t)(j - i) << p->bshift);
+        i = j;
+    }
+    uint64_t ns = tm_os_now_ns() - t0;
+    if (n)
+        EWMA(p->zap_cost_ns, (double)ns / n);
+    p->tick_sampled = (uint64_t)n;
+    p->st.sampled += (uint64_t)n;
+    p->st.sample_ns += ns;
+}
+
+void tm_background_hint(struct tm_pool *p, uint64_t service_ns)
+{
+    p->st.hint_faults++;
+    p->st.sample_ns += service_ns;
+    p->tick_hints++;
+    p->tick_hint_ns += service_ns;
+}
+
+static void tick(struct tm_pool *p)
+{
+    keep_headroom(p);
+    policy_promotions(p);
+    if (p->sample_budget_ppm && (p->pmem.nslots || p->nvme.nslots)) {
+        adapt(p);
+        sample(p);
+    }
+}
+
+static void *bg_main(void *arg)
+{
+    struct tm_pool *p = arg;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    pthread_mutex_lock(&p->lock);
+    while (!p->bg_stop) {
+        uint64_t ns = (uint64_t)next.tv_nsec + TICK_NS;
+        next.tv_sec += (time_t)(ns / 1000000000ull);
+        next.tv_nsec = (long)(ns % 1000000000ull);
+        while (!p->bg_stop && pthread_cond_timedwait(&p->bg_cond, &p->lock, &next) != ETIMEDOUT) {
+        }
+        if (!p->bg_stop)
+            tick(p);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+int tm_background_start(struct tm_pool *p)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->bg_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    p->sample_per_tick = (double)p->batch_blocks;
+    p->hint_cost_ns = 5000;
+    p->zap_cost_ns = 4000;
+    p->hint_ratio = 0.5;
+    p->bg.pool = p;
+    p->bg.iobuf = mmap(NULL, (size_t)p->batch_max << p->bshift, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p->bg.list = calloc((size_t)p->batch_max * 3, sizeof(int64_t));
+    if (p->bg.iobuf == MAP_FAILED || !p->bg.list) {
+        p->bg.iobuf = p->bg.iobuf == MAP_FAILED ? NULL : p->bg.iobuf;
+        return -ENOMEM;
+    }
+    /* Signals belong to the application's threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int r = pthread_create(&p->bg.thread, NULL, bg_main, p);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r)
+        return -r;
+    p->bg_started = 1;
+    return 0;
+}
+
+void tm_background_stop(struct tm_pool *p)
+{
+    if (p->bg_started) {
+        pthread_mutex_lock(&p->lock);
+        p->bg_stop = 1;
+        pthread_cond_signal(&p->bg_cond);
+        pthread_mutex_unlock(&p->lock);
+        pthread_join(p->bg.thread, NULL);
+        p->bg_started = 0;
+    }
+    if (p->bg.iobuf)
+        munmap(p->bg.iobuf, (size_t)p->batch_max << p->bshift);
+    free(p->bg.list);
+    p->bg.iobuf = NULL;
+    p->bg.list = NULL;
+}
