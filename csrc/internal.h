@@ -128,6 +128,9 @@ int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err);
 
 /* CRC-32C of len bytes. */
 uint32_t tm_crc32c(const void *data, size_t len);
+/* A block's checksum: the CRC-32C of the CRC-32Cs of its four quarters (of
+ * the whole when len is not a multiple of 32). */
+uint32_t tm_block_checksum(const void *data, size_t len);
 
 /* ---- extent.c: block-granular extent allocator ------------------------- */
 

@@ -95,14 +95,14 @@ static void seal(struct tm_pool *p, int64_t b, const uint8_t *data)
 {
     uint32_t g = p->meta.slot[b];
     tm_tier *t = slot_tier(p, g);
-    t->csum[g - t->first_slot] = tm_crc32c(data, p->bs);
+    t->csum[g - t->first_slot] = tm_block_checksum(data, p->bs);
 }
 
 static int intact(struct tm_pool *p, int64_t b, const uint8_t *data)
 {
     uint32_t g = p->meta.slot[b];
     tm_tier *t = slot_tier(p, g);
-    return t->csum[g - t->first_slot] == tm_crc32c(data, p->bs);
+    return t->csum[g - t->first_slot] == tm_block_checksum(data, p->bs);
 }
 
 /* ---- I/O helpers ---------------------------------------------------- */
@@ -226,6 +226,8 @@ void tm_policy_access(struct tm_pool *p, int64_t b, int kind)
  * tier each should go to in dest[] (0: the engine's choice). */
 static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8_t *dest)
 {
+    if (want <= 0)
+        return 0;
     memset(dest, 0, (size_t)want);
     if (p->policy.select_victims) {
         policy_info(p);
@@ -371,8 +373,9 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
      * the other tier; a victim that cannot be written anywhere stays in DRAM
      * (the budget is overrun rather than data lost). */
     enum { TO_WRITE, WRITTEN, FAILED };
-    uint8_t state[nd ? nd : 1];
-    memset(state, err ? FAILED : TO_WRITE, sizeof state);
+    size_t nstate = nd > 0 ? (size_t)nd : 1;
+    uint8_t state[nstate];
+    memset(state, err ? FAILED : TO_WRITE, nstate);
     for (int64_t i = 0; i < nd; i++)
         if (state[i] == TO_WRITE && p->meta.slot[list[i]] != TM_NO_SLOT)
             seal(p, list[i], w->iobuf + ((size_t)i << p->bshift));

@@ -7,7 +7,7 @@ policy would (docs/policies.md)."""
 import numpy as np
 from numba import carray, cfunc
 
-from .base import (AHEAD, DRAM, F_ALLOC, F_BUSY, F_COLD, F_HOT, INFO_DRAM_BLOCKS, INFO_LEN, MISSING, NVME, PMEM,
+from .base import (AHEAD, DRAM, F_ALLOC, F_BUSY, F_COLD, F_HOT, F_REF, INFO_DRAM_BLOCKS, INFO_LEN, MISSING, NVME, PMEM,
                    PROMOTE, SELECT_VICTIMS, ON_ACCESS, Policy)
 
 # ---- fifo: demote in order of arrival in DRAM -----------------------------
@@ -76,11 +76,12 @@ class FifoPolicy(Policy):
 # number of periods since it was last counted). At each cooling a histogram
 # of the counts (bins by bit length) sets the hot threshold: the lowest power
 # of two such that the blocks at or above it fit in DRAM less its headroom.
-# Victims are cold blocks first (advised-cold ones before all), in address
-# order from a rotating hand; hot blocks only when no cold one is left. Blocks
+# Victims are cold blocks first (advised-cold ones before all; among the
+# others, those sampling found unused first), in address order from a
+# rotating hand; hot blocks only when no cold one is left. Blocks
 # with no access since the last cooling skip PMEM and go straight to NVMe.
 # Hot blocks in lower tiers are promoted ahead of need while DRAM has room.
-H_EPOCH, H_NEXT_COOL, H_THRESH, H_HAND, H_PHAND, H_HI = range(6)
+H_EPOCH, H_NEXT_COOL, H_THRESH, H_HAND, H_PHAND, H_HI, H_PERIOD = range(7)
 NBINS = 18  # bit lengths of uint16 counts, 0..16, plus a spare
 COUNT_MAX = 65535
 PROMOTE_SCAN = 4096  # blocks examined per promote call: bounds the lock hold
@@ -107,8 +108,7 @@ def _hot_on_access(state, block, kind, now):
     # Cool: a new epoch, and the threshold from the histogram of all counts.
     dram = info[INFO_DRAM_BLOCKS]
     g[H_EPOCH] += 1
-    period = dram // 2
-    g[H_NEXT_COOL] = now + (period if period > 256 else 256)
+    g[H_NEXT_COOL] = now + g[H_PERIOD]
     for k in range(NBINS):
         hist[k] = 0
     for b in range(g[H_HI]):
@@ -139,9 +139,10 @@ def _hot_select_victims(state, tier, flags, nblocks, want, out, out_tier):
     if nblocks <= 0:
         return 0
     got = 0
-    # Pass 0: advised cold; pass 1: below the threshold; pass 2: the rest but
-    # advised hot; pass 3: anything.
-    for rule in range(4):
+    # Pass 0: advised cold; then below the threshold, first those without
+    # their reference bit (not accessed since sampling last unmapped them),
+    # then the others; then the same for blocks above it; last, advised hot.
+    for rule in range(6):
         scanned = 0
         while got < want and scanned < nblocks:
             b = g[H_HAND] if g[H_HAND] < nblocks else 0
@@ -152,12 +153,19 @@ def _hot_select_victims(state, tier, flags, nblocks, want, out, out_tier):
                 continue
             a = g[H_EPOCH] - epoch_of[b]
             c = np.int64(count[b]) >> (a if a < 16 else 16)
+            plain = not (f & (F_COLD | F_HOT))
+            cold = c < g[H_THRESH]
+            fresh = (f & F_REF) == 0
             if rule == 0:
                 take = (f & F_COLD) != 0
             elif rule == 1:
-                take = c < g[H_THRESH] and not (f & (F_COLD | F_HOT))
+                take = plain and cold and fresh
             elif rule == 2:
-                take = c >= g[H_THRESH] and not (f & (F_COLD | F_HOT))
+                take = plain and cold and not fresh
+            elif rule == 3:
+                take = plain and not cold and fresh
+            elif rule == 4:
+                take = plain and not cold and not fresh
             else:
                 take = (f & F_HOT) != 0
             if take:
@@ -197,16 +205,23 @@ def _hot_promote(state, tier, flags, nblocks, max_blocks, out):
 
 
 class HotnessPolicy(Policy):
-    """Decayed access counts with a hot threshold sized to the DRAM budget."""
+    """Decayed access counts with a hot threshold sized to the DRAM budget.
+    Counts halve every `cooling` x (DRAM blocks) accesses seen."""
 
     name = "hotness"
     on_access = _hot_on_access
     select_victims = _hot_select_victims
     promote = _hot_promote
 
+    def __init__(self, cooling=8):
+        if not isinstance(cooling, (int, float)) or not cooling > 0:
+            raise ValueError(f"cooling: a positive number, got {cooling!r}")
+        self.cooling = cooling
+
     def state(self, arena_blocks, dram_blocks):
         g = np.zeros(8, np.int64)
-        g[H_NEXT_COOL] = max(dram_blocks // 2, 256)
+        g[H_PERIOD] = max(int(self.cooling * dram_blocks), 256)
+        g[H_NEXT_COOL] = g[H_PERIOD]
         g[H_THRESH] = 2
         return {"count": np.zeros(arena_blocks, np.uint16), "epoch": np.zeros(arena_blocks, np.int64), "g": g,
                 "hist": np.zeros(NBINS, np.int64)}
