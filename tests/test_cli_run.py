@@ -276,6 +276,17 @@ def test_stats_writes_json_with_the_peak_of_each_tier_and_the_faults(tmp_path):
     assert stats["exit_code"] == 0
 
 
+@pytest.mark.parametrize("policy", ["fifo", "hotness"])
+def test_policy_runs_the_program_on_that_policy(tmp_path, policy):
+    write(tmp_path / "prog.py", WORKLOAD)
+    r = tmrun(tmp_path, "--quiet", "--stats", "stats.json", "--policy", policy, "prog.py", sizes=SPILLING_POOL)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["settings"]["policy"] == policy
+    assert stats["dram"]["peak"] <= stats["dram"]["capacity"]
+    assert stats["policy_errors"] == 0
+
+
 def test_stats_are_written_when_the_program_fails(tmp_path):
     write(tmp_path / "prog.py", "raise SystemExit(5)")
     r = tmrun(tmp_path, "--quiet", "--stats", "stats.json", "prog.py")
@@ -396,8 +407,12 @@ def test_an_option_overrides_its_environment_variable(tmp_path):
     (["-m"], None),
     ([], None),
     (["--pmem", "64MiB", "--pmem-path", "missing-dir", "prog.py"], None),
+    (["--policy", "mru", "prog.py"], None),
+    (["--pmem-emulation", "optane", "prog.py"], None),
+    (["--pmem", "64MiB", "--pmem-emulation", "read_gbps=fast", "prog.py"], None),
 ], ids=["unknown-option", "bad-size", "negative-size", "bad-size-in-env", "block-size-not-power-of-two",
-        "block-size-zero", "missing-script", "dash-m-without-module", "no-program", "missing-pmem-dir"])
+        "block-size-zero", "missing-script", "dash-m-without-module", "no-program", "missing-pmem-dir",
+        "unknown-policy", "pmem-emulation-without-pmem", "bad-pmem-emulation"])
 def test_bad_input_to_run_exits_2_with_a_usage_message_without_running_the_program(tmp_path, args, env):
     write(tmp_path / "prog.py", "print('PROGRAM RAN')")
     r = tmrun(tmp_path, *args, env=env, sizes=() if env else SMALL_POOL)

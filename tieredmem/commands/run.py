@@ -17,7 +17,7 @@ import time
 import psutil
 
 from .. import numpy_alloc
-from ..pool import Pool, default_nvme_dir
+from ..pool import Pool, default_nvme_dir, parse_pmem_emulation, policy_names
 from ..sizes import format_size, parse_size
 
 NVME_MARGIN = 0.10  # of the disk kept free when the NVMe size is not given
@@ -29,14 +29,17 @@ OPTIONS = (  # option, environment variable, help
     ("--nvme-path", "TIEREDMEM_NVME_PATH", "directory for the NVMe slot file (default: ~/.cache/tieredmem)"),
     ("--threshold", "TIEREDMEM_THRESHOLD", "smallest allocation placed in the pool (default: 1MiB)"),
     ("--block-size", "TIEREDMEM_BLOCK_SIZE", "placement unit, a power of two from 4KiB to 2MiB (default: 64KiB)"),
+    ("--policy", "TIEREDMEM_POLICY", "placement policy: lru, fifo or hotness (default: lru; docs/policies.md)"),
+    ("--pmem-emulation", "TIEREDMEM_PMEM_EMULATION", "emulated PMEM speed: optane, cxl or read_ns=..,read_gbps=.."),
     ("--stats", "TIEREDMEM_STATS", "write the pool's statistics to this file as JSON at exit"),
 )
+METAVARS = {"--stats": "PATH", "--policy": "NAME", "--pmem-emulation": "SPEC"}
 SIZES = ("dram", "pmem", "nvme", "threshold", "block_size")
 
 
 def add_arguments(parser):
     for option, env, text in OPTIONS:
-        parser.add_argument(option, metavar="SIZE" if "path" not in option and option != "--stats" else "PATH",
+        parser.add_argument(option, metavar=METAVARS.get(option, "PATH" if "path" in option else "SIZE"),
                             default=os.environ.get(env), help=f"{text}; env {env}")
     parser.add_argument("--quiet", action="store_true", default=os.environ.get("TIEREDMEM_QUIET", "") not in ("", "0"),
                         help="no summary on stderr at exit; env TIEREDMEM_QUIET=1")
@@ -106,11 +109,22 @@ def pool_settings(args, parser) -> dict:
     bs = values.get("block_size", 64 << 10)
     if not (4 << 10) <= bs <= (2 << 20) or bs & (bs - 1):
         parser.error(f"--block-size: must be a power of two from 4KiB to 2MiB, got {args.block_size}")
+    policy = args.policy or "lru"
+    if policy not in policy_names():
+        parser.error(f"--policy: unknown policy {policy!r} (one of: {', '.join(policy_names())})")
+    emulation = None
+    if args.pmem_emulation:
+        try:
+            emulation = parse_pmem_emulation(args.pmem_emulation)
+        except ValueError as e:
+            parser.error(f"--pmem-emulation: {e}")
+        if not values.get("pmem"):
+            parser.error("--pmem-emulation: needs a PMEM tier (--pmem SIZE)")
     dram = values.get("dram", default_dram())
     nvme = values.get("nvme", int(shutil.disk_usage(nvme_path).free * (1 - NVME_MARGIN)))
     return dict(dram=max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
                 pmem_path=args.pmem_path, nvme_path=nvme_path, block_size=bs,
-                threshold=values.get("threshold", 1 << 20))
+                threshold=values.get("threshold", 1 << 20), policy=policy, pmem_emulation=emulation)
 
 
 def _user_traceback(exc):
