@@ -7,15 +7,14 @@ nearly every access moves blocks between the tiers. Operations: allocate
 (pool.empty, pool.zeros, np.empty under tm.use), free, realloc (ndarray.resize
 through the handler), write and read slices from Python, write and read them
 from the kernel (readinto, write), strided writes, copies between arrays and
-within one. Allocation succeeds exactly when its blocks fit in the capacity
-left. After every step the machine checks, for every live array: its
+within one, resizing the pool's DRAM budget, and advice (willneed, dontneed,
+hot, cold, sequential, random, normal) on slices. Each example's pool runs one
+of the built-in policies, with hint sampling on. Allocation succeeds exactly
+when its blocks fit in the capacity left. After every step the machine checks, for every live array: its
 placement accounts for each of its bytes, it lives in the pool exactly when
 its size is at least its handler's threshold; and the DRAM tier holds at most
 its budget (plus one block: the block being installed). At the end every array
 equals its shadow and, all freed, nothing stays allocated.
-
-Not covered yet: resizing a live pool and advising it (madvise-like hints):
-the engine has neither. Add them as rules here when it does.
 
 `make test` runs a bounded number of examples; the `slow` test runs the same
 machine for many more (`pytest -m slow tests/test_properties.py`).
@@ -57,9 +56,11 @@ class TieredPoolMachine(RuleBasedStateMachine):
     @initialize(dram=st.sampled_from([256 * KiB, 512 * KiB, 1 * MiB]),
                 pmem=st.sampled_from([0, 512 * KiB]),
                 block_size=st.sampled_from([4 * KiB, 16 * KiB, 64 * KiB]),
-                handler_threshold=st.sampled_from([0, 64 * KiB]))
-    def make_pool(self, dram, pmem, block_size, handler_threshold):
-        self.pool = tm.Pool(dram=dram, pmem=pmem, nvme="8MiB", nvme_path=self.dir, block_size=block_size)
+                handler_threshold=st.sampled_from([0, 64 * KiB]),
+                policy=st.sampled_from(tm.policy_names()))
+    def make_pool(self, dram, pmem, block_size, handler_threshold, policy):
+        self.pool = tm.Pool(dram=dram, pmem=pmem, nvme="8MiB", nvme_path=self.dir, block_size=block_size,
+                            policy=policy)
         self.handler_threshold = handler_threshold
 
     # ---- rules ------------------------------------------------------
@@ -191,6 +192,34 @@ class TieredPoolMachine(RuleBasedStateMachine):
         grown[:keep] = shadow[:keep]
         self.live[name] = (a, grown, threshold)
         assert_same(a, grown, f"array {name} after resize to {n}")
+
+    @rule(dram=st.sampled_from([128 * KiB, 256 * KiB, 512 * KiB, 1 * MiB]))
+    def resize_the_dram_budget(self, dram):
+        """Takes effect at once (shrinking demotes), unless what is allocated
+        would no longer fit: then MemoryError and nothing changes."""
+        before = self.pool.stats()
+        if dram < self.pool.block_size:
+            return
+        try:
+            self.pool.resize(dram=dram)
+        except MemoryError:
+            assert before["allocated"] > before["capacity"] - before["dram"]["capacity"] + dram - 4 * MiB, before
+            assert self.pool.stats()["dram"]["capacity"] == before["dram"]["capacity"]
+            return
+        after = self.pool.stats()
+        assert after["dram"]["capacity"] == dram
+        assert after["dram"]["used"] <= dram, after["dram"]
+        assert after["allocated"] <= after["capacity"]
+
+    @rule(name=arrays, start=st.integers(0, 2 * MiB), length=st.integers(1, 2 * MiB),
+          advice=st.sampled_from(["willneed", "dontneed", "hot", "cold", "sequential", "random", "normal"]))
+    def advise_a_slice(self, name, start, length, advice):
+        """Advice moves or marks blocks; it never changes data."""
+        a, _, _ = self.live[name]
+        if not self.pool.owns(a):
+            return
+        lo = start % a.size
+        self.pool.advise(a[lo:lo + length], advice)
 
     # ---- invariants, checked after every step -------------------------
 
