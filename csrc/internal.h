@@ -231,7 +231,7 @@ struct tm_pool {
     double hint_cost_ns;       /* smoothed cost of one hint fault */
     double zap_cost_ns;        /* smoothed cost of unmapping one block */
     double hint_ratio;         /* smoothed share of sampled blocks accessed */
-    uint64_t tick_hints, tick_sampled, tick_hint_ns;
+    uint64_t tick_hints, tick_sampled, tick_hint_ns, tick_fault_ns;
 
     int64_t *trace;            /* access trace buffer, or NULL */
     int64_t trace_cap, trace_n;

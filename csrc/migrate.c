@@ -169,12 +169,16 @@ static int read_dram_run(struct tm_pool *p, int64_t b, int64_t n, uint8_t *dst)
 
 /* ---- victims -------------------------------------------------------- */
 
-/* CLOCK over the reference bits that faults and sampled hints set. Blocks
+/* CLOCK over the reference bits that faults and sampled hints set. A block
+ * whose bit is cleared is also unmapped (a hint sample: its pages stay), so
+ * that an access before the hand comes round again sets the bit again;
+ * without it, a block in constant use but mapped would look unused. Blocks
  * advised cold go regardless of their bit; blocks advised hot only once two
  * sweeps found nothing else. */
 static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
 {
-    int64_t n = 0;
+    int64_t n = 0, run = -1, len = 0, sampled = 0;
+    uint64_t t0 = tm_os_now_ns();
     for (int64_t scanned = 0; n < want && scanned < 3 * p->scan_end; scanned++) {
         int64_t b = advance(p, &p->clock_hand);
         uint8_t f = p->meta.flags[b];
@@ -183,11 +187,27 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
         if ((f & TM_F_HOT) && scanned < 2 * p->scan_end)
             continue;
         if ((f & TM_F_REF) && !(f & TM_F_COLD)) {
-            p->meta.flags[b] &= (uint8_t)~TM_F_REF;
+            p->meta.flags[b] = (uint8_t)((f & ~TM_F_REF) | TM_F_SAMPLED);
+            if (f & TM_F_SAMPLED)
+                continue; /* already unmapped */
+            if (len && b != run + len) {
+                tm_os_zap(tm_block_addr(p, run), (size_t)len << p->bshift);
+                len = 0;
+            }
+            if (!len)
+                run = b;
+            len++;
+            sampled++;
             continue;
         }
         p->meta.flags[b] |= TM_F_BUSY;
         out[n++] = b;
+    }
+    if (len)
+        tm_os_zap(tm_block_addr(p, run), (size_t)len << p->bshift);
+    if (sampled) {
+        p->st.sampled += (uint64_t)sampled;
+        p->st.sample_ns += tm_os_now_ns() - t0;
     }
     return n;
 }

@@ -197,11 +197,15 @@ def test_kernel_write_into_a_clean_promoted_block_survives_demotion(make_pool, d
     a[:] = 5
     other = pool.zeros(2 * budget // 8, dtype=np.uint64)
     assert push_out(pool, a, other)["nvme"] == a.nbytes
-    assert int(a.sum()) == 5 * a.size  # a read: promoted clean
+    # Promoted clean by advice, and marked hot so that the background thread's
+    # demotions ahead of need leave it in DRAM while the kernel writes.
+    pool.advise(a, "hot")
     assert pool.placement(a)["dram"] == a.nbytes
+    assert int(a.sum()) == 5 * a.size
     fd = os.open(path, os.O_RDONLY)
     try:
         read_fully(fd, memoryview(a).cast("B"))
+        pool.advise(a, "normal")
     finally:
         os.close(fd)
     assert push_out(pool, a, other)["nvme"] == a.nbytes
