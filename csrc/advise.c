@@ -55,7 +55,7 @@ static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
                 w->list[n++] = b;
         if (!n)
             break;
-        int64_t got = tm_migrate_promote_ahead(w, w->list, n);
+        int64_t got = tm_migrate_promote_ahead(w, w->list, n, "advice");
         if (!got)
             break;
         for (int64_t i = 0; i < got; i++) /* so that CLOCK spares them while the rest comes in */
@@ -105,6 +105,7 @@ int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice)
         break;
     case TM_ADV_COLD:
         set_flags(p, b, e, TM_F_COLD, TM_F_HOT | TM_F_REF);
+        p->clock_hand = b; /* the built-in CLOCK comes to them next */
         break;
     case TM_ADV_SEQUENTIAL:
     case TM_ADV_RANDOM:

@@ -558,6 +558,7 @@ void tm_set_policy(tm_pool *p, const tm_policy_ops *ops)
         p->policy = *ops;
     else
         memset(&p->policy, 0, sizeof p->policy);
+    tm_policy_info(p);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -608,6 +609,7 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
         p->zero_min_blocks = zmin < batch ? zmin : batch;
         while (p->resident > p->dram_blocks && tm_migrate_demote(&p->bg, p->resident - p->dram_blocks) > 0) {
         }
+        tm_policy_info(p);
         if (p->resident > p->dram_blocks) {
             p->st.budget_overruns++;
             tm_set_error(p, "resize: %lld bytes could not be demoted; DRAM stays over its new budget until they can",

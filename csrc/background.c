@@ -60,7 +60,7 @@ static void policy_promotions(struct tm_pool *p)
         tm_set_error(p, "policy promote returned %lld for at most %lld blocks", (long long)n, (long long)max);
         return;
     }
-    p->st.policy_promotions += (uint64_t)tm_migrate_promote_ahead(&p->bg, list, n);
+    p->st.policy_promotions += (uint64_t)tm_migrate_promote_ahead(&p->bg, list, n, "promote");
 }
 
 /* Blocks to sample next tick: as many as the budget pays for at the
@@ -68,9 +68,14 @@ static void policy_promotions(struct tm_pool *p)
  * last tick cost more than the budget. */
 static void adapt(struct tm_pool *p)
 {
+    /* Pressure: blocks were demoted since the last tick. */
+    int pressure = p->st.demotions != p->tick_demotions;
     double serving = (double)(p->st.fault_ns - p->tick_fault_ns) - (double)p->tick_hint_ns;
     p->tick_fault_ns = p->st.fault_ns;
-    double budget = (double)TICK_NS * p->sample_budget_ppm / 1e6 + (serving > 0 ? PRESSURE_SHARE * serving : 0);
+    p->tick_demotions = p->st.demotions;
+    double budget = (double)TICK_NS * p->sample_budget_ppm / 1e6;
+    if (pressure && serving > 0)
+        budget += PRESSURE_SHARE * serving;
     if (p->tick_hints) {
         EWMA(p->hint_cost_ns, (double)p->tick_hint_ns / p->tick_hints + HINT_TRAP_NS);
         if (p->tick_sampled)

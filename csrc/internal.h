@@ -218,7 +218,7 @@ struct tm_pool {
     int released;              /* engine resources gone */
     int dropped;               /* the owner gave up the handle */
     int64_t scan_end;          /* end of the highest allocation ever made */
-    int64_t clock_hand, pmem_hand, steal_hand;
+    int64_t clock_hand, pmem_hand, steal_hand;  /* advise(cold) moves clock_hand to its range */
     int64_t batch_max;         /* batch_blocks at creation: buffers' size */
     tm_stream streams[TM_STREAMS];
     tm_range ranges[TM_RANGES];
@@ -231,7 +231,7 @@ struct tm_pool {
     double hint_cost_ns;       /* smoothed cost of one hint fault */
     double zap_cost_ns;        /* smoothed cost of unmapping one block */
     double hint_ratio;         /* smoothed share of sampled blocks accessed */
-    uint64_t tick_hints, tick_sampled, tick_hint_ns, tick_fault_ns;
+    uint64_t tick_hints, tick_sampled, tick_hint_ns, tick_fault_ns, tick_demotions;
 
     int64_t *trace;            /* access trace buffer, or NULL */
     int64_t trace_cap, trace_n;
@@ -291,10 +291,13 @@ int64_t tm_migrate_demote(tm_worker *w, int64_t want);
  * a batch); returns how many left DRAM. */
 int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *list, int64_t n);
 /* Bring lower-tier blocks list[0..n) (n at most a batch) into DRAM ahead of
- * need; returns how many arrived. */
-int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n);
+ * need; returns how many arrived. Invalid entries are skipped and counted as
+ * errors of `who` (a policy hook's name). */
+int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const char *who);
 /* Tell the policy of an access and keep its info[] current. */
 void tm_policy_access(struct tm_pool *p, int64_t b, int kind);
+/* Bring the policy's info[] up to date. */
+void tm_policy_info(struct tm_pool *p);
 
 /* ---- advise.c ------------------------------------------------------------ */
 

@@ -169,10 +169,11 @@ static int read_dram_run(struct tm_pool *p, int64_t b, int64_t n, uint8_t *dst)
 
 /* ---- victims -------------------------------------------------------- */
 
-/* CLOCK over the reference bits that faults and sampled hints set. A block
- * whose bit is cleared is also unmapped (a hint sample: its pages stay), so
- * that an access before the hand comes round again sets the bit again;
- * without it, a block in constant use but mapped would look unused. Blocks
+/* CLOCK over the reference bits that faults and sampled hints set. With
+ * sampling on, a block whose bit is cleared is also unmapped (a hint sample:
+ * its pages stay), so that an access before the hand comes round again sets
+ * the bit again; without it, a block in constant use but mapped would look
+ * unused. Blocks
  * advised cold go regardless of their bit; blocks advised hot only once two
  * sweeps found nothing else. */
 static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
@@ -187,9 +188,10 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
         if ((f & TM_F_HOT) && scanned < 2 * p->scan_end)
             continue;
         if ((f & TM_F_REF) && !(f & TM_F_COLD)) {
-            p->meta.flags[b] = (uint8_t)((f & ~TM_F_REF) | TM_F_SAMPLED);
-            if (f & TM_F_SAMPLED)
-                continue; /* already unmapped */
+            p->meta.flags[b] &= (uint8_t)~TM_F_REF;
+            if (!p->sample_budget_ppm || (f & TM_F_SAMPLED))
+                continue; /* sampling is off, or the block is unmapped already */
+            p->meta.flags[b] |= TM_F_SAMPLED;
             if (len && b != run + len) {
                 tm_os_zap(tm_block_addr(p, run), (size_t)len << p->bshift);
                 len = 0;
@@ -212,7 +214,7 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
     return n;
 }
 
-static void policy_info(struct tm_pool *p)
+void tm_policy_info(struct tm_pool *p)
 {
     int64_t *info = p->policy.info;
     if (!info)
@@ -236,7 +238,7 @@ void tm_policy_access(struct tm_pool *p, int64_t b, int kind)
         }
     }
     if (p->policy.on_access) {
-        policy_info(p);
+        tm_policy_info(p);
         p->policy.on_access(p->policy.state, b, kind, (int64_t)p->st.faults);
     }
 }
@@ -250,7 +252,7 @@ static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8
         return 0;
     memset(dest, 0, (size_t)want);
     if (p->policy.select_victims) {
-        policy_info(p);
+        tm_policy_info(p);
         int64_t n = p->policy.select_victims(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, want, out,
                                              dest);
         int ok = n >= 0 && n <= want;
@@ -614,8 +616,10 @@ static int64_t strided_run(struct tm_pool *p, int64_t b, int64_t stride, int64_t
 
 /* Append to list[0..n) those of cand[0..m) (which may be list + n) that
  * are allocated, in a lower tier, not busy and not listed yet; each other
- * one is a policy error. Returns how many were appended. */
-static int64_t take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int64_t *cand, int64_t m)
+ * one is an error of `who` (the hook that named it). Returns how many were
+ * appended. */
+static int64_t take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int64_t *cand, int64_t m,
+                          const char *who)
 {
     int64_t kept = n;
     for (int64_t i = 0; i < n; i++)
@@ -626,6 +630,8 @@ static int64_t take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int
                  (p->meta.tier[c] == TM_PMEM || p->meta.tier[c] == TM_NVME) && !(p->meta.flags[c] & TM_F_BUSY);
         if (!ok) {
             p->st.policy_errors++;
+            tm_set_error(p, "policy %s named block %lld, which is not an allocated lower-tier block free to "
+                         "move; skipped", who, (long long)c);
             continue;
         }
         p->meta.flags[c] |= TM_F_BUSY;
@@ -643,14 +649,14 @@ static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int6
     if (!p->policy.prefetch || room <= 0)
         return n;
     int64_t *extra = list + n;
-    policy_info(p);
+    tm_policy_info(p);
     int64_t m = p->policy.prefetch(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, b, room, extra);
     if (m < 0 || m > room) {
         p->st.policy_errors++;
         tm_set_error(p, "policy prefetch returned %lld for at most %lld blocks", (long long)m, (long long)room);
         return n;
     }
-    return n + take_lower(p, list, n, extra, m);
+    return n + take_lower(p, list, n, extra, m, "prefetch");
 }
 
 static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int err)
@@ -719,12 +725,12 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
     return n ? install(p, addr, list, n, w->iobuf, write) : 0;
 }
 
-int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n)
+int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const char *who)
 {
     struct tm_pool *p = w->pool;
     if (n > p->batch_blocks)
         n = p->batch_blocks;
-    int64_t m = take_lower(p, list, 0, list, n);
+    int64_t m = take_lower(p, list, 0, list, n, who);
     return m ? promote(w, 0, list, m, 0, 0) : 0;
 }
 

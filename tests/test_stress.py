@@ -13,11 +13,13 @@ writes and sequential scans (which grow the readahead window to its maximum)
 are mixed.
 
 Prefetch (stream readahead) is always on in the engine, so it is exercised
-here. Sampling (hint faults) is not built yet: when it is, enable it in
-make_pool below.
+here. Every run is repeated for each built-in policy (tm.policy_names()),
+with hint-fault sampling on at its default budget: the runs check that hint
+faults were taken, so the threads' accesses did race the background thread's
+unmapping and the faults it causes.
 
-The 60 s runs are marked slow (`pytest -m slow tests/test_stress.py`); a 5 s
-run of each configuration is part of make test.
+The 60 s runs are marked slow (`pytest -m slow tests/test_stress.py`); a 3 s
+run of each configuration and policy is part of make test.
 """
 import faulthandler
 import gc
@@ -109,12 +111,16 @@ class Worker:
         self.ops += 1
 
 
-def make_pool(nvme_dir, tiers):
-    return tm.Pool(dram=DRAM, nvme="256MiB", nvme_path=nvme_dir, block_size="64KiB", **TIERS[tiers])
+SAMPLING = 0.01  # the default budget, given explicitly: these runs must sample
 
 
-def run_stress(nvme_dir, tiers, seconds):
-    pool = make_pool(nvme_dir, tiers)
+def make_pool(nvme_dir, tiers, policy):
+    return tm.Pool(dram=DRAM, nvme="256MiB", nvme_path=nvme_dir, block_size="64KiB", policy=policy,
+                   sampling=SAMPLING, **TIERS[tiers])
+
+
+def run_stress(nvme_dir, tiers, policy, seconds):
+    pool = make_pool(nvme_dir, tiers, policy)
     a = pool.empty(FOOTPRINT // 8, dtype=np.uint64)
     for i in range(0, SHARED, 1 << 17):
         a[i:min(i + (1 << 17), SHARED)] = pattern(i, min(i + (1 << 17), SHARED), SHARED_SEED)
@@ -176,8 +182,8 @@ def check_everything(workers):
         workers[0].check_shared(i, min(i + (1 << 17), SHARED))
 
 
-def stress(nvme_dir, tiers, seconds):
-    pool, a, workers, errors, watch, capacity = run_stress(nvme_dir, tiers, seconds)
+def stress(nvme_dir, tiers, policy, seconds):
+    pool, a, workers, errors, watch, capacity = run_stress(nvme_dir, tiers, policy, seconds)
     try:
         assert not errors, errors
         assert all(w.ops > 0 for w in workers), [w.ops for w in workers]
@@ -192,6 +198,9 @@ def stress(nvme_dir, tiers, seconds):
         # The run did move data both ways, so the checks above mean something.
         assert s["demotions"] > 0 and s["promotions"] > 0, s
         assert s["readahead"] > 0, "the scans never started stream readahead"
+        # Sampling was on and its faults raced the threads' own.
+        assert s["sampled"] > 0 and s["hint_faults"] > 0, (s["sampled"], s["hint_faults"])
+        assert s["policy_errors"] == 0, s["last_error"]
         return s, [w.ops for w in workers], watch
     finally:
         del a
@@ -201,14 +210,16 @@ def stress(nvme_dir, tiers, seconds):
         pool.close()
 
 
+@pytest.mark.parametrize("policy", tm.policy_names())
 @pytest.mark.parametrize("tiers", list(TIERS))
-@pytest.mark.timeout(5 + 2 * STALL_SECONDS + 120, method="thread")
-def test_eight_threads_for_5_seconds_keep_progress_budget_and_data(nvme_dir, tiers):
-    stress(nvme_dir, tiers, seconds=5)
+@pytest.mark.timeout(3 + 2 * STALL_SECONDS + 120, method="thread")
+def test_eight_threads_for_3_seconds_keep_progress_budget_and_data(nvme_dir, tiers, policy):
+    stress(nvme_dir, tiers, policy, seconds=3)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("policy", tm.policy_names())
 @pytest.mark.parametrize("tiers", list(TIERS))
 @pytest.mark.timeout(60 + 2 * STALL_SECONDS + 180, method="thread")
-def test_eight_threads_for_60_seconds_keep_progress_budget_and_data(nvme_dir, tiers):
-    stress(nvme_dir, tiers, seconds=60)
+def test_eight_threads_for_60_seconds_keep_progress_budget_and_data(nvme_dir, tiers, policy):
+    stress(nvme_dir, tiers, policy, seconds=60)

@@ -1,5 +1,6 @@
 """Pool: the Python face of one engine instance (csrc/arena.c)."""
 import errno
+import mmap
 import os
 import pathlib
 import stat
@@ -220,6 +221,10 @@ class Pool:
             for h in self._handlers.values():
                 _lib.tm_np_detach(h)
             _lib.tm_np_detach_pool(self._p)
+            if self._trace is not None and not _lib.tm_pool_released(self._p):
+                # The engine may outlive this object (arrays keep it): it must
+                # not go on writing into a buffer that dies with it.
+                _lib.tm_trace_stop(self._p)
             _lib.tm_pool_close(self._p)
 
     @property
@@ -323,8 +328,9 @@ class Pool:
             raise RuntimeError("a trace is already being recorded; call stop_trace() first")
         if not isinstance(max_events, int) or max_events < 1:
             raise ValueError(f"max_events: a positive integer, got {max_events!r}")
-        buf = ffi.new("int64_t[]", max_events)  # C memory: never in a pool
-        lib.tm_trace_start(self._engine(), buf, max_events)
+        # Anonymous memory outside every pool, backed only as the trace grows.
+        buf = mmap.mmap(-1, max_events * 8)
+        lib.tm_trace_start(self._engine(), ffi.cast("int64_t *", ffi.from_buffer(buf)), max_events)
         self._trace = buf
 
     def stop_trace(self, path=None) -> np.ndarray:
@@ -333,7 +339,8 @@ class Pool:
         if self._trace is None:
             raise RuntimeError("no trace is being recorded; call start_trace() first")
         n = lib.tm_trace_stop(self._engine())
-        trace = np.frombuffer(ffi.buffer(self._trace, n * 8), dtype=np.int64).copy()
+        trace = np.frombuffer(self._trace, dtype=np.int64, count=n).copy()
+        self._trace.close()
         self._trace = None
         if path is not None:
             np.save(path, trace)
