@@ -7,7 +7,8 @@
  *    fault that records the access (REF bit, the policy's on_access) and maps
  *    the block again. The sample size adapts so that the measured cost of
  *    sampling stays within its budget: a share of the time (1% by default),
- *    plus, under memory pressure, a share of the time spent serving faults.
+ *    plus, under memory pressure and while sampled blocks are reused, a share
+ *    of the time spent serving faults.
  * Everything runs with the pool lock held, like fault service. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,6 +32,9 @@
  * serving faults: a fault from NVMe costs ~100 us, a hint ~5 us, so a better
  * choice of victims repays sampling many times over. */
 #define PRESSURE_SHARE 0.05
+/* ... but only while sampled blocks are seen again: in a scan, what sampling
+ * finds behind the stream is never touched again, and the share is waste. */
+#define REUSE_RATIO 0.1
 
 static int64_t headroom(const struct tm_pool *p)
 {
@@ -74,13 +78,12 @@ static void adapt(struct tm_pool *p)
     p->tick_fault_ns = p->st.fault_ns;
     p->tick_demotions = p->st.demotions;
     double budget = (double)TICK_NS * p->sample_budget_ppm / 1e6;
-    if (pressure && serving > 0)
+    if (pressure && serving > 0 && p->hint_ratio > REUSE_RATIO)
         budget += PRESSURE_SHARE * serving;
-    if (p->tick_hints) {
+    if (p->tick_hints)
         EWMA(p->hint_cost_ns, (double)p->tick_hint_ns / p->tick_hints + HINT_TRAP_NS);
-        if (p->tick_sampled)
-            EWMA(p->hint_ratio, (double)p->tick_hints / (double)p->tick_sampled);
-    }
+    if (p->tick_sampled) /* the hints of this tick mostly answer the last sample */
+        EWMA(p->hint_ratio, p->tick_hints < p->tick_sampled ? (double)p->tick_hints / (double)p->tick_sampled : 1.0);
     double ratio = p->hint_ratio > MIN_HINT_RATIO ? p->hint_ratio : MIN_HINT_RATIO;
     double per_block = p->zap_cost_ns + ratio * p->hint_cost_ns;
     double k = budget / per_block, last = p->sample_per_tick;
