@@ -26,6 +26,10 @@ demo: build
 bench: build
 	$(PY) -m benchmarks.bench_engine
 	$(PY) -m benchmarks.bench_allocator
+	$(PY) -m benchmarks.bench_policy_sim
+	$(PY) -m benchmarks.bench_policies
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks/micro -o addopts='' --benchmark-only
+	$(PY) -m tieredmem bench --out benchmarks/results/suite
 
 clean:
 	rm -rf $(VENV) build *.egg-info tieredmem/_engine*.so tieredmem/*.o

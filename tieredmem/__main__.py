@@ -2,9 +2,9 @@
 import argparse
 import sys
 
-from .commands import demo, run
+from .commands import bench, demo, run
 
-COMMANDS = {"demo": demo, "run": run}
+COMMANDS = {"demo": demo, "run": run, "bench": bench}
 
 
 def main(argv=None) -> int:
