@@ -20,16 +20,16 @@
 #include "internal.h"
 
 #define TICK_NS (50ull * 1000 * 1000)
-/* The faulting thread's side of a hint fault (trap, handler wake on the same
- * CPU, return), which the handler cannot time: ~3 us on these machines
- * (docs/architecture.md). */
-#define HINT_TRAP_NS 3000.0
+/* The faulting thread's side of a hint fault (trap, handler wake, return),
+ * which the handler cannot time: measured ~6.5 us on these machines (a hint
+ * costs the application ~16 us, of which the handler ~9.5 us; docs/policies.md). */
+#define HINT_TRAP_NS 6500.0
 /* Assume at least this share of sampled blocks is touched before the next
  * sample, so a quiet spell cannot grow the sample without bound. */
 #define MIN_HINT_RATIO 0.25
 #define EWMA(avg, x) ((avg) = 0.75 * (avg) + 0.25 * (x))
 /* Under memory pressure, sampling may also take this share of the time spent
- * serving faults: a fault from NVMe costs ~100 us, a hint ~5 us, so a better
+ * serving faults: a fault from NVMe costs ~130 us, a hint ~16 us, so a better
  * choice of victims repays sampling many times over. */
 #define PRESSURE_SHARE 0.05
 /* ... but only while sampled blocks are seen again: in a scan, what sampling
