@@ -860,8 +860,10 @@ static void readahead_finish(tm_worker *w)
     for (int64_t i = 0; i < n; i++)
         p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
     readahead_submit(p, list[n - 1] + 1);
-    if (!valid)
-        return; /* the blocks are read again on demand */
+    /* A readahead larger than a batch was sized before the budget shrank and
+     * might not fit: like an invalid one, its blocks are read again on demand. */
+    if (!valid || n > p->batch_blocks)
+        return;
     ensure_room(w, n);
     for (int64_t i = 0; i < n;) {
         int64_t j = i;

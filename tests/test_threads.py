@@ -20,8 +20,8 @@ pytestmark = pytest.mark.timeout(150, method="thread")
 
 
 def run_threads(target, n=NTHREADS):
-    """Run target(tid) on n threads, all joined within JOIN_TIMEOUT; return
-    (names of threads still running, errors raised)."""
+    """Run target(tid) on n threads; fail unless all finish within
+    JOIN_TIMEOUT without raising."""
     errors = []
 
     def wrap(tid):
@@ -37,7 +37,9 @@ def run_threads(target, n=NTHREADS):
     deadline = time.monotonic() + JOIN_TIMEOUT
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
-    return [t.name for t in threads if t.is_alive()], errors
+    hung = [t.name for t in threads if t.is_alive()]
+    assert not hung, f"threads still running after {JOIN_TIMEOUT}s: {hung}"
+    assert not errors, errors
 
 
 _barriers = []
@@ -83,9 +85,7 @@ def test_four_threads_writing_and_verifying_disjoint_regions_lose_nothing(pool):
                 if not np.array_equal(a[i:j], pattern(i, j, seed)):
                     mismatches.setdefault(tid, []).append((rnd, i))
 
-    hung, errors = run_threads(work)
-    assert not hung, f"threads still running after {JOIN_TIMEOUT}s: {hung}"
-    assert not errors, errors
+    run_threads(work)
     assert not mismatches, {t: m[:5] for t, m in mismatches.items()}
     s = pool.stats()
     assert s["demotions"] > 0 and s["promotions"] > 0, "no memory pressure"
@@ -125,9 +125,7 @@ def test_four_threads_writing_interleaved_slots_of_the_same_blocks_lose_nothing(
                     break
             barrier.wait()
 
-    hung, errors = run_threads(work)
-    assert not hung, f"threads still running after {JOIN_TIMEOUT}s: {hung}"
-    assert not errors, errors
+    run_threads(work)
     assert not mismatches, mismatches[:8]
     s = pool.stats()
     assert s["demotions"] > 0 and s["promotions"] > 0, "no memory pressure"
@@ -166,9 +164,7 @@ def test_threads_taking_turns_see_the_last_writer_in_every_block(pool):
                     break
             barrier.wait()
 
-    hung, errors = run_threads(work)
-    assert not hung, f"threads still running after {JOIN_TIMEOUT}s: {hung}"
-    assert not errors, errors
+    run_threads(work)
     assert not mismatches, mismatches[:8]
     del a
     gc.collect()
@@ -187,9 +183,7 @@ def test_dram_budget_holds_with_four_faulting_threads(pool):
             for i in range(lo, hi, CHUNK):
                 a[i:min(i + CHUNK, hi)] += np.uint64(rnd + 1)
 
-    hung, errors = run_threads(work)
-    assert not hung, f"threads still running after {JOIN_TIMEOUT}s: {hung}"
-    assert not errors, errors
+    run_threads(work)
     s = pool.stats()
     assert s["dram"]["peak"] <= budget + NTHREADS * pool.block_size, s["dram"]
     assert s["budget_overruns"] == 0, s
@@ -224,9 +218,7 @@ def test_four_threads_reading_a_file_into_disjoint_regions_get_exact_bytes(pool,
         finally:
             os.close(fd)
 
-    hung, errors = run_threads(work)
-    assert not hung, f"threads still running after {JOIN_TIMEOUT}s: {hung}"
-    assert not errors, errors
+    run_threads(work)
     for i in range(0, a.size, CHUNK):
         j = min(i + CHUNK, a.size)
         assert np.array_equal(a[i:j], pattern(i, j, 77)), f"wrong bytes near element {i}"
