@@ -169,6 +169,7 @@ typedef struct tm_stream {
     uint64_t used;   /* fault count when last matched: the LRU entry is reused */
 } tm_stream;
 #define TM_STREAMS 8
+#define TM_RECENT 4
 
 /* Advice on a range of blocks that is kept (sequential / random). */
 typedef struct tm_range { int64_t start, end; int advice; } tm_range;
@@ -221,6 +222,11 @@ struct tm_pool {
     int64_t clock_hand, pmem_hand, steal_hand;  /* advise(cold) moves clock_hand to its range */
     int64_t batch_max;         /* batch_blocks at creation: buffers' size */
     tm_stream streams[TM_STREAMS];
+    /* Blocks of the latest faults: CLOCK takes them last, so that one
+     * instruction touching several blocks (a memcpy) can have them all in DRAM
+     * at once even when advice pins the rest. */
+    int64_t recent[TM_RECENT];
+    int recent_i;
     tm_range ranges[TM_RANGES];
     int nranges;
 

@@ -175,15 +175,27 @@ static int read_dram_run(struct tm_pool *p, int64_t b, int64_t n, uint8_t *dst)
  * the bit again; without it, a block in constant use but mapped would look
  * unused. Blocks
  * advised cold go regardless of their bit; blocks advised hot only once two
- * sweeps found nothing else. */
+ * sweeps found nothing else, the blocks of the latest faults only after four
+ * (else two blocks that one instruction needs could evict each other
+ * forever). Each gets two sweeps: the first may only clear its bit. */
+static int recent(const struct tm_pool *p, int64_t b)
+{
+    for (int i = 0; i < TM_RECENT; i++)
+        if (p->recent[i] == b)
+            return 1;
+    return 0;
+}
+
 static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
 {
     int64_t n = 0, run = -1, len = 0, sampled = 0;
     uint64_t t0 = tm_os_now_ns();
-    for (int64_t scanned = 0; n < want && scanned < 3 * p->scan_end; scanned++) {
+    for (int64_t scanned = 0; n < want && scanned < 6 * p->scan_end; scanned++) {
         int64_t b = advance(p, &p->clock_hand);
         uint8_t f = p->meta.flags[b];
         if (p->meta.tier[b] != TM_DRAM || (f & TM_F_BUSY))
+            continue;
+        if (scanned < 4 * p->scan_end && recent(p, b))
             continue;
         if ((f & TM_F_HOT) && scanned < 2 * p->scan_end)
             continue;
@@ -778,6 +790,8 @@ static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, in
 int tm_migrate_init(struct tm_pool *p)
 {
     size_t len = (size_t)p->batch_blocks << p->bshift;
+    for (int i = 0; i < TM_RECENT; i++)
+        p->recent[i] = -1;
     for (int k = 0; k < 2; k++) {
         uint8_t *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         p->ra.buf[k] = buf == MAP_FAILED ? NULL : buf;
@@ -937,6 +951,8 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         }
         return;
     }
+    p->recent[p->recent_i] = b;
+    p->recent_i = (p->recent_i + 1) % TM_RECENT;
     if (p->meta.access_count[b] < UINT8_MAX)
         p->meta.access_count[b]++;
     p->meta.last_access[b] = (uint16_t)(p->st.faults >> 8);

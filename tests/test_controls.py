@@ -6,6 +6,8 @@ Pools live in a per-test directory (conftest.make_pool); every test deletes
 its arrays before its pool is closed.
 """
 import gc
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -200,6 +202,34 @@ def test_advise_hot_keeps_an_array_resident_under_pressure(make_pool, policy):
     assert digest(hot) == written
     del hot, stream
     gc.collect()
+
+
+COPY_PAST_A_HOT_BLOCK = """
+import sys
+import numpy as np
+import tieredmem as tm
+pool = tm.Pool(dram="128KiB", nvme="64MiB", nvme_path=sys.argv[1], block_size="64KiB", threshold=0)
+with tm.use(pool):
+    hot = np.ones(64 * 1024, dtype=np.uint8)  # one of the two DRAM blocks, pinned
+    pool.advise(hot, "hot")
+    a = np.full(600_000, 5, dtype=np.uint8)
+    b = np.full(600_000, 6, dtype=np.uint8)  # pushes a out
+    a.resize(700_000, refcheck=False)  # memcpy: one instruction touches a block of each
+assert (a[:600_000] == 5).all() and (b == 6).all()
+assert pool.stats()["budget_overruns"] == 0, pool.stats()["last_error"]
+"""
+
+
+def test_a_copy_between_two_blocks_completes_when_advice_pins_the_rest_of_dram(nvme_dir):
+    """With one DRAM block left free by hot advice, the two blocks of a copy
+    used to evict each other forever; the blocks of the latest faults are now
+    taken last. Run in a child, so that a livelock fails instead of hanging."""
+    try:
+        res = subprocess.run([sys.executable, "-c", COPY_PAST_A_HOT_BLOCK, str(nvme_dir)], capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the copy made no progress in 60 s: its two blocks evict each other")
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_advise_normal_forgets_hot(make_pool):
