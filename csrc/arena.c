@@ -1,20 +1,19 @@
-/* arena.c: the pool. Creates the arena (a memfd mapped shared over a reserved
- * range: the DRAM tier), the block metadata and the lower tiers; allocates
- * and frees extents of blocks; reports statistics and placement. */
+/* arena.c: the pool. Creates the arena (anonymous memory: the DRAM tier) and
+ * its shadow, the block metadata and the lower tiers; allocates and frees
+ * extents of blocks; reports statistics and placement. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <linux/userfaultfd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "internal.h"
 
+#define PAGE_BYTES 4096u
 #define MIN_BLOCK (4u << 10)
 #define MAX_BLOCK (2u << 20)
 
@@ -49,9 +48,8 @@ const char *tm_last_error(tm_pool *p, char *buf, size_t len)
 }
 
 /* ---- fork ------------------------------------------------------------
- * A forked child shares the parent's memfd and tier files but has neither
- * its arena (MADV_DONTFORK) nor its handler threads: in the child, pools are
- * inert. Allocation fails (the numpy handler then uses the C library), and
+ * A forked child shares the parent's tier files but has neither its arena
+ * (MADV_DONTFORK) nor its handler threads: in the child, pools are inert. Allocation fails (the numpy handler then uses the C library), and
  * frees and releases do nothing, so the child can never punch the parent's
  * data out. */
 static volatile int forked_child;
@@ -127,7 +125,7 @@ tm_pool *tm_pool_of(const void *ptr)
 /* Metadata arrays in one anonymous mapping; untouched parts cost nothing. */
 static size_t meta_bytes(int64_t nblocks)
 {
-    return (size_t)nblocks * (3 * sizeof(uint8_t) + sizeof(uint16_t) + 2 * sizeof(uint32_t));
+    return (size_t)nblocks * (4 * sizeof(uint8_t) + sizeof(uint16_t) + 2 * sizeof(uint32_t));
 }
 
 static int meta_init(struct tm_pool *p)
@@ -144,6 +142,7 @@ static int meta_init(struct tm_pool *p)
     p->meta.tier = (uint8_t *)(p->meta.last_access + n);
     p->meta.flags = p->meta.tier + n;
     p->meta.access_count = p->meta.flags + n;
+    p->xflags = p->meta.access_count + n;
     p->alloc_len = alloc_len;
     return 0;
 }
@@ -207,7 +206,7 @@ tm_pool *tm_pool_create(const tm_config *cfg)
     pthread_mutex_init(&p->lock, NULL);
     p->bs = bs;
     p->bshift = __builtin_ctzll(bs);
-    p->memfd = p->uffd = p->stop_fd = -1;
+    p->uffd = p->stop_fd = -1;
     p->dram_blocks = (int64_t)(cfg->dram_bytes / bs);
     p->batch_blocks = (int64_t)(TM_BATCH_BYTES / bs);
     if (p->batch_blocks > p->dram_blocks / 4)
@@ -236,21 +235,15 @@ tm_pool *tm_pool_create(const tm_config *cfg)
         snprintf(err, sizeof err, "cannot allocate block metadata: %s", strerror(-r));
         goto fail;
     }
-    p->memfd = tm_os_memfd("tieredmem-dram", p->arena_size);
-    if (p->memfd < 0) {
-        r = p->memfd;
-        snprintf(err, sizeof err, "cannot create the DRAM memfd: %s", strerror(-r));
-        goto fail;
-    }
-    p->base = tm_os_map_aligned(p->memfd, p->arena_size, bs);
-    if (!p->base) {
+    p->base = tm_os_reserve(p->arena_size, bs);
+    p->shadow = tm_os_reserve(p->arena_size, bs);
+    p->zeros = tm_os_reserve((size_t)p->batch_max << p->bshift, PAGE_BYTES);
+    if (!p->base || !p->shadow || !p->zeros) {
         r = -errno;
-        snprintf(err, sizeof err, "cannot map the arena (%zu bytes): %s", p->arena_size, strerror(errno));
+        snprintf(err, sizeof err, "cannot reserve the arena (2 x %zu bytes of address space): %s", p->arena_size,
+                 strerror(errno));
         goto fail;
     }
-    /* A forked child must not see the arena: without our fault handler its
-     * accesses would fill holes with zeros in the shared memfd. */
-    madvise(p->base, p->arena_size, MADV_DONTFORK);
     if ((r = tm_migrate_init(p)) < 0) {
         snprintf(err, sizeof err, "cannot allocate the readahead buffer: %s", strerror(-r));
         goto fail;
@@ -289,8 +282,8 @@ static void release_engine(struct tm_pool *p)
     tm_fault_stop(p);
     tm_migrate_fini(p);
     tm_os_unmap(p->base, p->arena_size);
-    if (p->memfd >= 0)
-        close(p->memfd);
+    tm_os_unmap(p->shadow, p->arena_size);
+    tm_os_unmap(p->zeros, (size_t)p->batch_max << p->bshift);
     tm_tier_close(&p->pmem);
     tm_tier_close(&p->nvme);
     if (p->meta.slot)
@@ -435,22 +428,10 @@ void *tm_alloc(tm_pool *p, size_t size)
 }
 
 /* A poisoned page keeps answering SIGBUS until its page table entry is
- * replaced: map the file there afresh and register it again. */
+ * cleared. */
 static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
 {
-    void *addr = tm_block_addr(p, b);
-    size_t len = (size_t)n << p->bshift;
-    if (mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, p->memfd,
-             (off_t)((size_t)b << p->bshift)) == MAP_FAILED) {
-        tm_set_error(p, "cannot remap poisoned blocks: %s", strerror(errno));
-        return;
-    }
-    madvise(addr, len, MADV_DONTFORK);
-    struct uffdio_register reg = {{(uint64_t)(uintptr_t)addr, len},
-                                  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
-                                      (p->dirty_tracking ? UFFDIO_REGISTER_MODE_WP : 0), 0};
-    if (ioctl(p->uffd, UFFDIO_REGISTER, &reg) < 0)
-        tm_set_error(p, "cannot re-register remapped blocks: %s", strerror(errno));
+    tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
     for (int64_t i = b; i < b + n; i++)
         p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
 }

@@ -2,10 +2,10 @@
  *  - keeps DRAM headroom: when more is allocated than DRAM holds, it demotes
  *    ahead of need so that faults find free room (TPP's free watermark);
  *  - lets the policy promote lower-tier blocks it expects to be used;
- *  - samples accesses by hint faults: it unmaps a run of resident blocks
- *    (their pages stay in the memfd) and the next access to one is a minor
- *    fault that records the access (REF bit, the policy's on_access) and maps
- *    the block again. The sample size adapts so that the measured cost of
+ *  - samples accesses by hint faults: it parks a run of resident blocks
+ *    (moves their pages to the shadow) and the next access to one is a fault
+ *    that records the access (REF bit, the policy's on_access) and moves the
+ *    block back. The sample size adapts so that the measured cost of
  *    sampling stays within its budget: a share of the time (1% by default),
  *    plus, under memory pressure and while sampled blocks are reused, a share
  *    of the time spent serving faults.
@@ -97,29 +97,15 @@ static void adapt(struct tm_pool *p)
     p->tick_hints = p->tick_hint_ns = 0;
 }
 
-/* Unmap the runs of list[0..n); returns the time it took. */
-static uint64_t zap_runs(struct tm_pool *p, const int64_t *list, int64_t n)
-{
-    uint64_t t0 = tm_os_now_ns();
-    for (int64_t i = 0; i < n;) {
-        int64_t j = i + 1;
-        while (j < n && list[j] == list[j - 1] + 1)
-            j++;
-        tm_os_zap(tm_block_addr(p, list[i]), (size_t)(j - i) << p->bshift);
-        i = j;
-    }
-    return tm_os_now_ns() - t0;
-}
-
 /* Sample up to sample_per_tick resident blocks (at most a quarter of DRAM
  * per tick), in chunks of the background worker's list. */
 static void sample(struct tm_pool *p)
 {
-    int64_t want = (int64_t)p->sample_per_tick, chunk = 3 * p->batch_max, n = 0;
+    int64_t want = (int64_t)p->sample_per_tick, chunk = 3 * p->batch_max, n = 0, parked = 0;
     if (want > p->dram_blocks / 4 + 1)
         want = p->dram_blocks / 4 + 1;
     int64_t *list = p->bg.list, k = 0;
-    uint64_t ns = 0;
+    uint64_t t0 = tm_os_now_ns();
     for (int64_t scanned = 0; n < want && scanned < p->scan_end; scanned++) {
         int64_t b = p->sample_hand < p->scan_end ? p->sample_hand : 0;
         p->sample_hand = b + 1;
@@ -129,15 +115,16 @@ static void sample(struct tm_pool *p)
         list[k++] = b;
         n++;
         if (k == chunk) {
-            ns += zap_runs(p, list, k);
+            parked += tm_migrate_park(p, list, k);
             k = 0;
         }
     }
-    ns += zap_runs(p, list, k);
-    if (n)
-        EWMA(p->zap_cost_ns, (double)ns / n);
-    p->tick_sampled = (uint64_t)n;
-    p->st.sampled += (uint64_t)n;
+    parked += tm_migrate_park(p, list, k);
+    uint64_t ns = tm_os_now_ns() - t0;
+    if (parked)
+        EWMA(p->zap_cost_ns, (double)ns / parked);
+    p->tick_sampled = (uint64_t)parked;
+    p->st.sampled += (uint64_t)parked;
     p->st.sample_ns += ns;
 }
 

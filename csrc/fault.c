@@ -1,8 +1,9 @@
 /* fault.c: the userfaultfd side of the engine. Opens and registers the arena,
  * runs the handler threads (one pinned per CPU, so the faulting thread's own
  * CPU always has one to wake: a wake-up on the other vCPU costs ~35 us on
- * these VMs) and wraps the ioctls that resolve faults. What a fault means
- * for placement is decided in migrate.c. */
+ * these VMs) and wraps the ioctls that resolve faults and move blocks
+ * between the arena and its shadow. What a fault means for placement is
+ * decided in migrate.c. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/userfaultfd.h>
@@ -18,10 +19,7 @@
 
 #include "internal.h"
 
-/* Newer than some distributions' headers (Linux 6.4 / 6.6). */
-#ifndef UFFDIO_CONTINUE_MODE_WP
-#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
-#endif
+/* Newer than some distributions' headers (Linux 6.6 / 6.8). */
 #ifndef UFFD_FEATURE_POISON
 #define UFFD_FEATURE_POISON (1 << 14)
 struct uffdio_poison {
@@ -31,6 +29,18 @@ struct uffdio_poison {
 };
 #define _UFFDIO_POISON (0x08)
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+struct uffdio_move {
+    __u64 dst, src, len;
+    __u64 mode;
+    __s64 move;
+};
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ((__u64)1 << 1)
+#define _UFFDIO_MOVE (0x05)
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
 #endif
 
 #define PAGE 4096ul
@@ -69,34 +79,42 @@ int tm_fault_init(struct tm_pool *p, int force_denied)
         api_handshake(probe, 0, &offered);
         close(probe);
     }
-    uint64_t need = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM;
+    /* UFFDIO_MOVE takes blocks out of the arena atomically, and refuses
+     * pages the kernel has pinned for I/O (an O_DIRECT read in flight into
+     * them): that is what makes demotion safe against such reads. */
+    uint64_t need = UFFD_FEATURE_MOVE | UFFD_FEATURE_POISON;
     if ((offered & need) != need) {
         close(fd);
-        tm_set_create_error("this kernel's userfaultfd lacks missing or minor faults on shared memory "
-                            "(features 0x%llx; Linux 5.13 or newer is needed)", (unsigned long long)offered);
+        tm_set_create_error("this kernel's userfaultfd lacks UFFDIO_MOVE or UFFDIO_POISON (features 0x%llx; "
+                            "Linux 6.8 or newer is needed)", (unsigned long long)offered);
         return -ENOTSUP;
     }
-    uint64_t want = need | (offered & (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_POISON));
     uint64_t got = 0;
-    int r = api_handshake(fd, want, &got);
+    int r = api_handshake(fd, need, &got);
     if (r < 0) {
         close(fd);
         tm_set_create_error("UFFDIO_API failed: %s", strerror(-r));
         return r;
     }
+    /* The arena: missing faults, and write-protect faults so that clean
+     * blocks are known. The shadow only needs registering because UFFDIO_MOVE
+     * moves into registered ranges; WP alone leaves its page faults to the
+     * kernel, so the engine's own I/O into it never waits for a handler. */
     struct uffdio_register reg = {
         .range = {(uint64_t)(uintptr_t)p->base, p->arena_size},
-        .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR,
+        .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
     };
-    int wp = (got & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) != 0;
-    if (wp)
-        reg.mode |= UFFDIO_REGISTER_MODE_WP;
-    if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0) {
+    struct uffdio_register shadow = {
+        .range = {(uint64_t)(uintptr_t)p->shadow, p->arena_size},
+        .mode = UFFDIO_REGISTER_MODE_WP,
+    };
+    if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0 || ioctl(fd, UFFDIO_REGISTER, &shadow) < 0) {
         int e = errno;
         close(fd);
         tm_set_create_error("UFFDIO_REGISTER of the arena failed: %s", strerror(e));
         return -e;
     }
+    int wp = 1;
     p->uffd = fd;
     p->dirty_tracking = wp;
     p->st.dirty_tracking = wp;
@@ -112,7 +130,7 @@ static void serve_batch(tm_worker *w, const struct uffd_msg *msgs, int n)
         if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
             continue;
         uint64_t fl = msgs[i].arg.pagefault.flags;
-        int kind = (fl & UFFD_PAGEFAULT_FLAG_WP) ? 2 : (fl & UFFD_PAGEFAULT_FLAG_MINOR) ? 1 : 0;
+        int kind = (fl & UFFD_PAGEFAULT_FLAG_WP) ? TM_ACCESS_WP : TM_ACCESS_MISSING;
         tm_migrate_fault(w, msgs[i].arg.pagefault.address, kind, (fl & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
     }
     p->st.fault_ns += tm_os_now_ns() - t0;
@@ -164,9 +182,9 @@ int tm_fault_start(struct tm_pool *p)
         tm_worker *w = &p->workers[i];
         w->pool = p;
         w->cpu = cpus[i];
-        size_t bufsize = p->batch_blocks * p->bs;
+        size_t bufsize = (size_t)p->batch_max << p->bshift;
         w->iobuf = mmap(NULL, bufsize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        w->list = calloc((size_t)p->batch_blocks * 3, sizeof(int64_t));
+        w->list = calloc((size_t)p->batch_max * 3, sizeof(int64_t));
         if (w->iobuf == MAP_FAILED || !w->list) {
             w->iobuf = w->iobuf == MAP_FAILED ? NULL : w->iobuf;
             err = -ENOMEM;
@@ -192,7 +210,7 @@ void tm_fault_stop(struct tm_pool *p)
     for (int i = 0; i < TM_MAX_HANDLERS; i++) {
         tm_worker *w = &p->workers[i];
         if (w->iobuf)
-            munmap(w->iobuf, p->batch_blocks * p->bs);
+            munmap(w->iobuf, (size_t)p->batch_max << p->bshift);
         free(w->list);
         w->iobuf = NULL;
         w->list = NULL;
@@ -211,26 +229,59 @@ int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n)
     return ioctl(p->uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
 }
 
-int tm_fault_map_resident(struct tm_pool *p, int64_t b, int64_t n, int wp)
+/* UFFDIO_MOVE of len bytes from src to dst without waking; returns the
+ * bytes moved, or -errno if the first page could not be. */
+static int64_t move(struct tm_pool *p, uint8_t *dst, uint8_t *src, uint64_t len, uint64_t mode)
 {
-    /* Pages already mapped (another thread's fault got there first) answer
-     * EEXIST: skip them, then wake the whole range once. */
-    uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
-    uint64_t end = addr + ((uint64_t)n << p->bshift);
-    while (addr < end) {
-        struct uffdio_continue c = {{addr, end - addr}, UFFDIO_CONTINUE_MODE_DONTWAKE, 0};
-        if (wp)
-            c.mode |= UFFDIO_CONTINUE_MODE_WP;
-        if (ioctl(p->uffd, UFFDIO_CONTINUE, &c) == 0)
-            break;
-        if (errno == EAGAIN && c.mapped > 0)
-            addr += (uint64_t)c.mapped;
-        else if (errno == EEXIST)
-            addr += PAGE;
+    uint64_t done = 0;
+    while (done < len) {
+        struct uffdio_move m = {(uint64_t)(uintptr_t)(dst + done), (uint64_t)(uintptr_t)(src + done), len - done,
+                                UFFDIO_MOVE_MODE_DONTWAKE | mode, 0};
+        if (ioctl(p->uffd, UFFDIO_MOVE, &m) == 0)
+            return (int64_t)len;
+        if (m.move > 0)
+            done += (uint64_t)m.move;
         else if (errno != EAGAIN)
-            return -errno;
+            return done ? (int64_t)done : -errno;
     }
-    return tm_fault_wake(p, b, n);
+    return (int64_t)done;
+}
+
+int64_t tm_fault_park(struct tm_pool *p, int64_t b, int64_t n)
+{
+    size_t off = (size_t)b << p->bshift, len = (size_t)n << p->bshift;
+    int64_t r = move(p, p->shadow + off, p->base + off, len, 0);
+    if (r == (int64_t)len)
+        return n;
+    /* A page the kernel pins for I/O stops the move: put back the part of
+     * its block already moved, so that every block is whole on one side. */
+    int64_t moved = r > 0 ? r : 0, whole = moved >> p->bshift;
+    size_t part = (size_t)moved - ((size_t)whole << p->bshift);
+    if (part) {
+        size_t at = off + ((size_t)whole << p->bshift);
+        move(p, p->base + at, p->shadow + at, part, 0);
+    }
+    return whole;
+}
+
+int tm_fault_unpark(struct tm_pool *p, int64_t b, int64_t n)
+{
+    /* Pages that reached the arena already (a racing fault's block, mapped
+     * since) stay: the move skips what is missing from the shadow. */
+    size_t off = (size_t)b << p->bshift, len = (size_t)n << p->bshift;
+    for (size_t done = 0; done < len;) {
+        int64_t r = move(p, p->base + off + done, p->shadow + off + done, len - done,
+                         UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+        if (r == -EEXIST) { /* this page is mapped already */
+            done += PAGE;
+            continue;
+        }
+        if (r < 0)
+            return (int)r;
+        done += (size_t)r;
+    }
+    tm_os_zap(p->shadow + off, len); /* nothing of these blocks stays behind */
+    return 0;
 }
 
 int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp)
@@ -252,23 +303,22 @@ int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, i
 
 int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n)
 {
-    uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
-    uint64_t len = (uint64_t)n << p->bshift, done = 0;
-    while (done < len) {
-        struct uffdio_zeropage z = {{addr + done, len - done}, UFFDIO_ZEROPAGE_MODE_DONTWAKE, 0};
-        if (ioctl(p->uffd, UFFDIO_ZEROPAGE, &z) == 0)
-            return 0;
-        if (errno == EAGAIN && z.zeropage > 0)
-            done += (uint64_t)z.zeropage;
-        else if (errno != EAGAIN)
-            return -errno;
-    }
-    return 0;
+    /* Pages of their own at once, copied from a range that reads as zero:
+     * the shared zero page would cost a copy-on-write fault per page at the
+     * first write. */
+    return tm_fault_install(p, b, n, p->zeros, 0);
 }
 
 int tm_fault_poison(struct tm_pool *p, uint64_t addr)
 {
+    /* The thread waiting there is only woken by the poison: if an entry is
+     * in the way (the block is below DRAM, so it holds nothing), clear it. */
     struct uffdio_poison q = {{addr & ~(PAGE - 1), PAGE}, 0, 0};
+    if (ioctl(p->uffd, UFFDIO_POISON, &q) == 0)
+        return 0;
+    if (errno != EEXIST)
+        return -errno;
+    tm_os_zap((void *)(uintptr_t)q.range.start, PAGE);
     return ioctl(p->uffd, UFFDIO_POISON, &q) < 0 ? -errno : 0;
 }
 

@@ -3,7 +3,8 @@
  * Locking: one mutex (tm_pool.lock) guards all metadata, the extent
  * allocator, the slot maps and the counters. Fault service holds it from
  * start to end, I/O included; whoever holds it must never touch arena memory
- * (that would fault into a handler that waits for the same lock).
+ * (that would fault into a handler that waits for the same lock). The
+ * shadow (below) is engine memory: touching it never waits for a handler.
  */
 #ifndef TIEREDMEM_INTERNAL_H
 #define TIEREDMEM_INTERNAL_H
@@ -21,18 +22,25 @@
 #define TM_ZERO_MIN_BYTES (256u << 10) /* smallest zero fill of fresh memory */
 #define TM_ERRLEN 512
 
+/* Engine-private block flags (tm_pool.xflags). */
+enum {
+    /* Mapped writable without write protection (moved back from the shadow):
+     * whether it is clean is decided by its checksum when it is demoted. */
+    TM_X_VERIFY = 1 << 0,
+};
+
 /* ---- os.c: the OS layer --------------------------------------------- */
 
-/* Map `size` bytes of `fd` (from offset 0) shared, at an address aligned to
- * `align` (a power of two >= page size). Returns NULL and sets errno. */
-void *tm_os_map_aligned(int fd, size_t size, size_t align);
+/* An anonymous private range of `size` bytes at an address aligned to
+ * `align` (a power of two >= page size), reserved but not backed, not
+ * inherited by fork, never made of huge pages. NULL and errno on failure. */
+void *tm_os_reserve(size_t size, size_t align);
 void tm_os_unmap(void *addr, size_t size);
-/* An anonymous memory file of `size` bytes, sparse, close-on-exec. */
-int tm_os_memfd(const char *name, size_t size);
 /* Free the file pages in [off, off+len); both block aligned. Also removes
  * them from every mapping of the file. */
 int tm_os_punch(int fd, uint64_t off, uint64_t len);
-/* Drop page table entries of [addr, addr+len) keeping the file's pages. */
+/* Free the pages of [addr, addr+len) of an anonymous range (it reads as
+ * zero, or faults, afterwards); also clears poison entries. */
 int tm_os_zap(void *addr, size_t len);
 /* A userfaultfd, non-blocking and close-on-exec; -errno if denied. */
 int tm_os_userfaultfd(void);
@@ -186,10 +194,16 @@ typedef struct tm_worker {
 struct tm_pool {
     size_t bs;
     int bshift;
+    /* DRAM: anonymous memory. A resident block's pages are mapped in the
+     * arena (base) or, while unmapped (parked by sampling, or on their way
+     * down), at the same offset in the shadow, where the engine reads and
+     * writes them directly. Blocks move between the two with UFFDIO_MOVE. */
     uint8_t *base;
+    uint8_t *shadow;
+    uint8_t *zeros;       /* batch_max blocks that read as zero: source of zero fills */
     size_t arena_size;
     int64_t nblocks;
-    int memfd;
+    uint8_t *xflags;      /* engine-private per-block flags (TM_X_*) */
 
     int uffd;
     int stop_fd;          /* eventfd: tells handler threads to exit */
@@ -274,13 +288,18 @@ void tm_set_create_error(const char *fmt, ...) __attribute__((format(printf, 1, 
 int tm_fault_init(struct tm_pool *p, int force_denied);
 int tm_fault_start(struct tm_pool *p);
 void tm_fault_stop(struct tm_pool *p);
-/* Map the block range [b, b+n) from the memfd's pages already present,
- * write-protected when `wp`. */
-int tm_fault_map_resident(struct tm_pool *p, int64_t b, int64_t n, int wp);
+/* Move blocks [b, b+n) from the arena to the shadow, in order, stopping at
+ * a block with a page the kernel pins for I/O (which stays whole in the
+ * arena). Returns how many blocks moved. Threads are not woken. */
+int64_t tm_fault_park(struct tm_pool *p, int64_t b, int64_t n);
+/* Move blocks [b, b+n) back from the shadow to the arena, writable, without
+ * waking; 0 or -errno. */
+int tm_fault_unpark(struct tm_pool *p, int64_t b, int64_t n);
 /* Fill [b, b+n) from buf, or with zeros, and map it without waking the
  * threads waiting there: the caller updates the metadata, then wakes them
  * with tm_fault_wake, so a thread never runs ahead of its block's state. */
 int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp);
+/* Map [b, b+n) (at most batch_max blocks) as zeros without waking. */
 int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n);
 /* Answer a fault at addr with SIGBUS. */
 int tm_fault_poison(struct tm_pool *p, uint64_t addr);
@@ -300,6 +319,9 @@ int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *list, int64_t n);
  * need; returns how many arrived. Invalid entries are skipped and counted as
  * errors of `who` (a policy hook's name). */
 int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const char *who);
+/* Park the runs of list[0..n) (resident blocks flagged SAMPLED) for hint
+ * sampling; returns how many were parked (pinned ones lose the flag). */
+int64_t tm_migrate_park(struct tm_pool *p, const int64_t *list, int64_t n);
 /* Tell the policy of an access and keep its info[] current. */
 void tm_policy_access(struct tm_pool *p, int64_t b, int kind);
 /* Bring the policy's info[] up to date. */

@@ -107,12 +107,13 @@ static int intact(struct tm_pool *p, int64_t b, const uint8_t *data)
 
 /* ---- I/O helpers ---------------------------------------------------- */
 
-/* Requests for blocks list[0..n) whose data sits in iobuf in list order,
- * merging runs of adjacent slots up to io_max_blocks (several requests of a
- * batch in flight read faster than one large one on virtio disks). Only
- * blocks whose slot is in tier t and, if skip is given, whose skip[i] is 0. */
-static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t n, uint8_t *iobuf, tm_io *ios,
-                     const uint8_t *skip)
+/* Requests for blocks list[0..n), merging runs of adjacent slots up to
+ * io_max_blocks (several requests of a batch in flight read faster than one
+ * large one on virtio disks). Block list[i]'s data is at buf + i blocks, or,
+ * when `in_shadow`, at its own place in the shadow. Only blocks whose slot is
+ * in tier t and, if skip is given, whose skip[i] is 0. */
+static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t n, uint8_t *buf, int in_shadow,
+                     tm_io *ios, const uint8_t *skip)
 {
     int k = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -120,15 +121,30 @@ static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t
         if (g == TM_NO_SLOT || slot_tier(p, g) != t || (skip && skip[i]))
             continue;
         uint64_t s = g - t->first_slot;
-        uint8_t *buf = iobuf + ((size_t)i << p->bshift);
+        uint8_t *at = in_shadow ? p->shadow + ((size_t)list[i] << p->bshift) : buf + ((size_t)i << p->bshift);
         if (k > 0 && ios[k - 1].slot + ios[k - 1].nblocks == s && ios[k - 1].nblocks < p->io_max_blocks &&
-            (uint8_t *)ios[k - 1].buf + ((size_t)ios[k - 1].nblocks << p->bshift) == buf) {
+            (uint8_t *)ios[k - 1].buf + ((size_t)ios[k - 1].nblocks << p->bshift) == at) {
             ios[k - 1].nblocks++;
         } else {
-            ios[k++] = (tm_io){s, buf, 1};
+            ios[k++] = (tm_io){s, at, 1};
         }
     }
     return k;
+}
+
+static uint8_t *shadow_of(const struct tm_pool *p, int64_t b)
+{
+    return p->shadow + ((size_t)b << p->bshift);
+}
+
+static void sort_ids(int64_t *a, int64_t n)
+{
+    for (int64_t i = 1; i < n; i++) {
+        int64_t v = a[i], j = i;
+        for (; j > 0 && a[j - 1] > v; j--)
+            a[j] = a[j - 1];
+        a[j] = v;
+    }
 }
 
 /* Apply fn to maximal runs of consecutive block ids in list[0..n). */
@@ -143,28 +159,41 @@ static void for_runs(struct tm_pool *p, const int64_t *list, int64_t n, int (*fn
     }
 }
 
-static int zap_run(struct tm_pool *p, int64_t b, int64_t n)
+static int free_shadow_run(struct tm_pool *p, int64_t b, int64_t n)
 {
-    return tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
+    return tm_os_zap(shadow_of(p, b), (size_t)n << p->bshift);
 }
 
-static int punch_run(struct tm_pool *p, int64_t b, int64_t n)
+/* Park blocks [b, b+n) for hint sampling (flagged SAMPLED by the caller). A
+ * block the kernel has pinned for I/O stays mapped and loses its flag.
+ * Returns how many were parked. */
+static int64_t park_for_sampling(struct tm_pool *p, int64_t b, int64_t n)
 {
-    return tm_os_punch(p->memfd, (uint64_t)b << p->bshift, (uint64_t)n << p->bshift);
-}
-
-static int read_dram_run(struct tm_pool *p, int64_t b, int64_t n, uint8_t *dst)
-{
-    size_t len = (size_t)n << p->bshift, done = 0;
-    while (done < len) {
-        ssize_t r = pread(p->memfd, dst + done, len - done, (off_t)(((size_t)b << p->bshift) + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return r < 0 ? -errno : -EIO;
-        done += (size_t)r;
+    int64_t parked = 0;
+    while (n > 0) {
+        int64_t k = tm_fault_park(p, b, n);
+        parked += k;
+        if (k == n)
+            break;
+        p->meta.flags[b + k] &= (uint8_t)~TM_F_SAMPLED;
+        p->st.pinned_skips++;
+        b += k + 1;
+        n -= k + 1;
     }
-    return 0;
+    return parked;
+}
+
+int64_t tm_migrate_park(struct tm_pool *p, const int64_t *list, int64_t n)
+{
+    int64_t parked = 0;
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && list[j] == list[j - 1] + 1)
+            j++;
+        parked += park_for_sampling(p, list[i], j - i);
+        i = j;
+    }
+    return parked;
 }
 
 /* ---- victims -------------------------------------------------------- */
@@ -202,23 +231,22 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
         if ((f & TM_F_REF) && !(f & TM_F_COLD)) {
             p->meta.flags[b] &= (uint8_t)~TM_F_REF;
             if (!p->sample_budget_ppm || (f & TM_F_SAMPLED))
-                continue; /* sampling is off, or the block is unmapped already */
+                continue; /* sampling is off, or the block is parked already */
             p->meta.flags[b] |= TM_F_SAMPLED;
             if (len && b != run + len) {
-                tm_os_zap(tm_block_addr(p, run), (size_t)len << p->bshift);
+                sampled += park_for_sampling(p, run, len);
                 len = 0;
             }
             if (!len)
                 run = b;
             len++;
-            sampled++;
             continue;
         }
         p->meta.flags[b] |= TM_F_BUSY;
         out[n++] = b;
     }
     if (len)
-        tm_os_zap(tm_block_addr(p, run), (size_t)len << p->bshift);
+        sampled += park_for_sampling(p, run, len);
     if (sampled) {
         p->st.sampled += (uint64_t)sampled;
         p->st.sample_ns += tm_os_now_ns() - t0;
@@ -278,8 +306,22 @@ static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8
                 marked++;
             }
         }
-        if (ok && n > 0)
-            return n;
+        /* The blocks of the latest faults are never a policy's victims: one
+         * instruction may need them all at once, and a policy that keeps
+         * naming them would have them evict each other forever. */
+        int64_t kept = 0;
+        for (int64_t i = 0; ok && i < n; i++) {
+            if (recent(p, out[i])) {
+                p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
+                continue;
+            }
+            out[kept] = out[i];
+            dest[kept++] = dest[i];
+        }
+        if (ok && kept > 0)
+            return kept;
+        if (ok)
+            marked = 0; /* unmarked above */
         for (int64_t i = 0; i < marked; i++)
             p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
         if (!ok) {
@@ -308,7 +350,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
     if (!n)
         return;
     tm_io ios[n];
-    int k = build_ios(p, &p->pmem, list, n, w->iobuf, ios, NULL);
+    int k = build_ios(p, &p->pmem, list, n, w->iobuf, 0, ios, NULL);
     int r = tm_tier_readv(&p->pmem, ios, k);
     if (r < 0) {
         p->st.io_errors++;
@@ -342,7 +384,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
         }
         p->nvme.csum[p->meta.slot[list[moved]] - p->nvme.first_slot] = p->pmem.csum[old[moved] - p->pmem.first_slot];
     }
-    k = build_ios(p, &p->nvme, list, moved, w->iobuf, ios, NULL);
+    k = build_ios(p, &p->nvme, list, moved, w->iobuf, 0, ios, NULL);
     r = k ? tm_tier_writev(&p->nvme, ios, k) : 0;
     for (int64_t i = 0; i < moved; i++) {
         int64_t b = list[i];
@@ -365,29 +407,73 @@ static void cascade_pmem(tm_worker *w, int64_t want)
 
 /* ---- demotion ------------------------------------------------------- */
 
+/* Take victims list[0..n) (DRAM blocks marked BUSY) out of the arena into
+ * the shadow; parked ones are there already. From then on an access faults
+ * and waits for the lock, so no writer races the copy-out. A victim with a
+ * page the kernel pins for I/O (an O_DIRECT read in flight into it) cannot
+ * be moved: it stays, unmarked, and is dropped from the list, which is
+ * compacted with dest[]. Returns how many remain. */
+static int64_t unmap_victims(struct tm_pool *p, int64_t *list, int64_t n, uint8_t *dest)
+{
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        int parked = (p->meta.flags[list[i]] & TM_F_SAMPLED) != 0;
+        while (j < n && list[j] == list[j - 1] + 1 && ((p->meta.flags[list[j]] & TM_F_SAMPLED) != 0) == parked)
+            j++;
+        int64_t moved = parked ? j - i : tm_fault_park(p, list[i], j - i);
+        for (int64_t k = i; k < j; k++) {
+            if (k == i + moved) { /* pinned */
+                p->meta.flags[list[k]] &= (uint8_t)~TM_F_BUSY;
+                p->st.pinned_skips++;
+                moved += tm_fault_park(p, list[k] + 1, j - k - 1) + 1;
+                continue;
+            }
+            list[kept] = list[k];
+            dest[kept++] = dest[k];
+        }
+        i = j;
+    }
+    return kept;
+}
+
+static int unpark_run(struct tm_pool *p, int64_t b, int64_t n)
+{
+    int r = tm_fault_unpark(p, b, n);
+    if (r < 0)
+        tm_set_error(p, "cannot map blocks %lld..%lld back after a failed demotion: %s", (long long)b,
+                     (long long)(b + n - 1), strerror(-r));
+    tm_fault_wake(p, b, n);
+    return r;
+}
+
+/* Whether victim b's copy in the shadow equals its slot's: no write needed. */
+static int clean(struct tm_pool *p, int64_t b)
+{
+    if (p->meta.slot[b] == TM_NO_SLOT || (p->meta.flags[b] & TM_F_DIRTY))
+        return 0;
+    return !(p->xflags[b] & TM_X_VERIFY) || intact(p, b, shadow_of(p, b));
+}
+
 /* Demote list[0..n) (DRAM blocks marked BUSY; dest[i]: the tier wanted for
  * block i, 0 for the engine's choice). Returns how many left DRAM. */
 static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest)
 {
     struct tm_pool *p = w->pool;
+    n = unmap_victims(p, list, n, dest);
     if (!n)
         return 0;
-    int64_t nd = 0; /* dirty victims, moved to the front of the list */
+    int64_t nd = 0; /* victims to write, moved to the front of the list */
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
         uint8_t d = dest[i];
-        if (p->meta.slot[b] != TM_NO_SLOT && !(p->meta.flags[b] & TM_F_DIRTY))
+        if (clean(p, b))
             continue;
         list[i] = list[nd];
         dest[i] = dest[nd];
         list[nd] = b;
         dest[nd++] = d;
     }
-    /* Unmap the dirty ones first: from here on an access faults and waits for
-     * the lock, so the copy below is not raced by a writer. Clean ones are
-     * mapped write-protected: a write to them already waits for the lock, and
-     * the hole punch below unmaps them. */
-    for_runs(p, list, nd, zap_run);
     for (int64_t i = 0; i < nd; i++) {
         int64_t b = list[i];
         tm_tier *first = dest[i] == TM_NVME ? &p->nvme : &p->pmem;
@@ -395,31 +481,24 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
         if (p->meta.slot[b] == TM_NO_SLOT && slot_take(p, first, b) < 0 && slot_take(p, second, b) < 0)
             tm_set_error(p, "no lower-tier slot for block %lld", (long long)b);
     }
-    int err = 0;
-    for (int64_t i = 0; i < nd && !err; i++) {
-        int64_t j = i + 1;
-        while (j < nd && list[j] == list[j - 1] + 1)
-            j++;
-        err = read_dram_run(p, list[i], j - i, w->iobuf + ((size_t)i << p->bshift));
-        i = j - 1;
-    }
-    /* Write each tier's share. A tier that fails has its victims retried on
-     * the other tier; a victim that cannot be written anywhere stays in DRAM
-     * (the budget is overrun rather than data lost). */
+    /* Write each tier's share, straight from the shadow. A tier that fails
+     * has its victims retried on the other tier; a victim that cannot be
+     * written anywhere stays in DRAM (the budget is overrun rather than data
+     * lost). */
     enum { TO_WRITE, WRITTEN, FAILED };
     size_t nstate = nd > 0 ? (size_t)nd : 1;
     uint8_t state[nstate];
-    memset(state, err ? FAILED : TO_WRITE, nstate);
+    memset(state, TO_WRITE, nstate);
     for (int64_t i = 0; i < nd; i++)
-        if (state[i] == TO_WRITE && p->meta.slot[list[i]] != TM_NO_SLOT)
-            seal(p, list[i], w->iobuf + ((size_t)i << p->bshift));
+        if (p->meta.slot[list[i]] != TM_NO_SLOT)
+            seal(p, list[i], shadow_of(p, list[i]));
         else
             state[i] = FAILED;
     tm_io ios[nd ? nd : 1];
     for (int attempt = 0; attempt < 2; attempt++) {
         for (int id = TM_PMEM; id <= TM_NVME; id++) {
             tm_tier *t = tier_by_id(p, id), *other = tier_by_id(p, id == TM_PMEM ? TM_NVME : TM_PMEM);
-            int k = t->nslots ? build_ios(p, t, list, nd, w->iobuf, ios, state) : 0;
+            int k = t->nslots ? build_ios(p, t, list, nd, NULL, 1, ios, state) : 0;
             if (!k)
                 continue;
             int r = tm_tier_writev(t, ios, k);
@@ -441,7 +520,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
                     if (s != UINT64_MAX)
                         p->meta.slot[b] = t->first_slot + (uint32_t)s;
                     if (s != UINT64_MAX || slot_take(p, other, b) == 0)
-                        seal(p, b, w->iobuf + ((size_t)i << p->bshift));
+                        seal(p, b, shadow_of(p, b));
                     else
                         state[i] = FAILED;
                 } else {
@@ -450,34 +529,34 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
             }
         }
     }
+    /* Those that left give their pages back; the others are mapped again,
+     * dirty. Each set is sorted into address order so that runs coalesce. */
+    int64_t nleft = 0;
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
-        p->meta.flags[b] &= (uint8_t)~TM_F_BUSY;
-        if ((i < nd && state[i] != WRITTEN) || p->meta.slot[b] == TM_NO_SLOT)
-            continue; /* stays in DRAM, dirty */
+        p->meta.flags[b] &= (uint8_t)~(TM_F_BUSY | TM_F_SAMPLED);
+        if ((i < nd && state[i] != WRITTEN) || p->meta.slot[b] == TM_NO_SLOT) {
+            p->meta.flags[b] |= TM_F_DIRTY;
+            p->xflags[b] = 0;
+            continue;
+        }
         p->meta.tier[b] = (uint8_t)slot_tier(p, p->meta.slot[b])->id;
-        p->meta.flags[b] &= (uint8_t)~(TM_F_DIRTY | TM_F_REF | TM_F_SAMPLED);
+        p->meta.flags[b] &= (uint8_t)~(TM_F_DIRTY | TM_F_REF);
+        p->xflags[b] = 0;
         p->resident--;
         p->st.demotions++;
         if (i < nd)
             p->st.bytes_written += p->bs;
         else
             p->st.clean_drops++;
+        list[i] = list[nleft];
+        list[nleft++] = b;
     }
-    /* Give the DRAM pages back of those that left, sorted back into address
-     * order so runs coalesce. */
-    int64_t moved = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (p->meta.tier[list[i]] != TM_DRAM)
-            list[moved++] = list[i];
-    for (int64_t i = 1; i < moved; i++) {
-        int64_t v = list[i], j = i;
-        for (; j > 0 && list[j - 1] > v; j--)
-            list[j] = list[j - 1];
-        list[j] = v;
-    }
-    for_runs(p, list, moved, punch_run);
-    return moved;
+    sort_ids(list, nleft);
+    for_runs(p, list, nleft, free_shadow_run);
+    sort_ids(list + nleft, n - nleft);
+    for_runs(p, list + nleft, n - nleft, unpark_run);
+    return nleft;
 }
 
 /* New slots go to PMEM first; when it is full, its coldest blocks move to
@@ -604,7 +683,7 @@ static int64_t sequential_run(struct tm_pool *p, int64_t b, int64_t max, int64_t
     while (n < max && b + n < p->nblocks) {
         int64_t c = b + n;
         uint8_t t = p->meta.tier[c];
-        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & TM_F_BUSY) ||
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & (TM_F_BUSY | TM_F_POISON)) ||
             (unbacked ? t != TM_UNBACKED : (t != TM_PMEM && t != TM_NVME)))
             break;
         list[n++] = c;
@@ -619,7 +698,8 @@ static int64_t strided_run(struct tm_pool *p, int64_t b, int64_t stride, int64_t
     list[0] = b;
     for (int64_t c = b + stride; n < max && c < p->scan_end; c += stride) {
         uint8_t t = p->meta.tier[c];
-        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & TM_F_BUSY) || (t != TM_PMEM && t != TM_NVME))
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & (TM_F_BUSY | TM_F_POISON)) ||
+            (t != TM_PMEM && t != TM_NVME))
             break;
         list[n++] = c;
     }
@@ -646,6 +726,8 @@ static int64_t take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int
                          "move; skipped", who, (long long)c);
             continue;
         }
+        if (p->meta.flags[c] & TM_F_POISON)
+            continue; /* known unreadable: only a fault on it reads it again */
         p->meta.flags[c] |= TM_F_BUSY;
         list[kept++] = c;
     }
@@ -671,15 +753,24 @@ static int64_t policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int6
     return n + take_lower(p, list, n, extra, m, "prefetch");
 }
 
+/* Answer the fault at addr with SIGBUS (EFAULT for a kernel-mode access).
+ * The block is flagged: nothing reads it ahead of need any more. */
 static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int err)
 {
     p->st.io_errors++;
-    tm_set_error(p, "%s for the fault at %#llx: %s; the faulting thread got SIGBUS", what,
-                 (unsigned long long)addr, strerror(-err));
-    if (tm_fault_poison(p, addr) == 0) {
+    p->meta.flags[tm_block_of(p, (void *)(uintptr_t)addr)] |= TM_F_POISON;
+    int r = tm_fault_poison(p, addr);
+    if (r == 0) {
         p->st.sigbus_sent++;
-        p->meta.flags[tm_block_of(p, (void *)(uintptr_t)addr)] |= TM_F_POISON;
+        tm_set_error(p, "%s for the fault at %#llx: %s; the faulting thread got SIGBUS", what,
+                     (unsigned long long)addr, strerror(-err));
+        return;
     }
+    /* Never leave the thread waiting: woken, it faults again and is
+     * answered again. */
+    tm_set_error(p, "%s for the fault at %#llx: %s; UFFDIO_POISON failed (%s), the thread will retry", what,
+                 (unsigned long long)addr, strerror(-err), strerror(-r));
+    tm_fault_wake(p, tm_block_of(p, (void *)(uintptr_t)addr), 1);
 }
 
 static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write);
@@ -698,7 +789,7 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
     int err = 0;
     for (int id = TM_PMEM; id <= TM_NVME; id++) {
         tm_tier *t = tier_by_id(p, id);
-        int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, ios, NULL) : 0;
+        int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, 0, ios, NULL) : 0;
         int r = k ? tm_tier_readv(t, ios, k) : 0;
         if (r < 0) {
             err = r;
@@ -730,6 +821,7 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
             return 0;
         }
         tm_set_error(p, "block %lld failed its checksum on promotion ahead of need", (long long)list[i]);
+        p->meta.flags[list[i]] |= TM_F_POISON;
         n = i;
     }
     if (stream && n) /* a stream: read ahead of it while this is mapped */
@@ -770,6 +862,7 @@ static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, in
         for (int64_t k = i; k < j; k++) {
             int64_t c = list[k];
             p->meta.tier[c] = TM_DRAM;
+            p->xflags[c] = 0;
             if (!wp_i)
                 p->meta.flags[c] |= TM_F_DIRTY;
             if (c != b)
@@ -789,14 +882,14 @@ static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, in
 
 int tm_migrate_init(struct tm_pool *p)
 {
-    size_t len = (size_t)p->batch_blocks << p->bshift;
+    size_t len = (size_t)p->batch_max << p->bshift;
     for (int i = 0; i < TM_RECENT; i++)
         p->recent[i] = -1;
     for (int k = 0; k < 2; k++) {
         uint8_t *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         p->ra.buf[k] = buf == MAP_FAILED ? NULL : buf;
-        p->ra.slots[k] = calloc((size_t)p->batch_blocks, sizeof(uint32_t));
-        p->ra.blocks[k] = calloc((size_t)p->batch_blocks, sizeof(int64_t));
+        p->ra.slots[k] = calloc((size_t)p->batch_max, sizeof(uint32_t));
+        p->ra.blocks[k] = calloc((size_t)p->batch_max, sizeof(int64_t));
         if (!p->ra.buf[k] || !p->ra.slots[k] || !p->ra.blocks[k])
             return -ENOMEM;
     }
@@ -810,7 +903,7 @@ void tm_migrate_fini(struct tm_pool *p)
     p->ra.n = 0;
     for (int k = 0; k < 2; k++) {
         if (p->ra.buf[k])
-            munmap(p->ra.buf[k], (size_t)p->batch_blocks << p->bshift);
+            munmap(p->ra.buf[k], (size_t)p->batch_max << p->bshift);
         free(p->ra.slots[k]);
         free(p->ra.blocks[k]);
         p->ra.buf[k] = NULL;
@@ -831,7 +924,8 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
     int64_t *list = p->ra.blocks[k], n = 0;
     for (int64_t c = start; c < p->nblocks && c < start + 2 * p->batch_blocks && n < p->batch_blocks; c++) {
         uint8_t t = p->meta.tier[c];
-        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & TM_F_BUSY) || (t != TM_NVME && t != TM_DRAM))
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & (TM_F_BUSY | TM_F_POISON)) ||
+            (t != TM_NVME && t != TM_DRAM))
             break;
         if (t == TM_NVME)
             list[n++] = c;
@@ -839,7 +933,7 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
     if (!n)
         return;
     tm_io ios[n];
-    int nio = build_ios(p, &p->nvme, list, n, p->ra.buf[k], ios, NULL);
+    int nio = build_ios(p, &p->nvme, list, n, p->ra.buf[k], 0, ios, NULL);
     if (tm_tier_submit_readv(&p->nvme, ios, nio) < 0)
         return; /* no readahead: the fault path reads synchronously */
     for (int64_t i = 0; i < n; i++) {
@@ -896,12 +990,13 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
     ensure_room(w, n);
     int r = tm_fault_zero_fill(p, list[0], n);
     if (r < 0) {
-        fail_fault(p, addr, "UFFDIO_ZEROPAGE failed", r);
+        fail_fault(p, addr, "zero fill (UFFDIO_COPY) failed", r);
         return;
     }
     for (int64_t i = 0; i < n; i++) {
         p->meta.tier[list[i]] = TM_DRAM;
         p->meta.flags[list[i]] |= TM_F_DIRTY; /* no lower copy exists */
+        p->xflags[list[i]] = 0;
         if (i)
             tm_policy_access(p, list[i], TM_ACCESS_AHEAD);
     }
@@ -910,27 +1005,35 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
     p->st.zero_fills += (uint64_t)n;
 }
 
-/* A fault on a DRAM block: a first write to a clean block, an access after a
- * sampling unmap (a hint), or after an unmap that kept the block (a
- * demotion that failed, a race). Returns the kind of access it was. */
+/* A fault on a DRAM block: a first write to a clean block, an access to a
+ * block parked by sampling (a hint), or a fault that raced the one that
+ * mapped the block. Returns the kind of access it was. */
 static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
 {
     if (kind == TM_ACCESS_WP) {
         p->st.wp_faults++;
         p->meta.flags[b] |= TM_F_DIRTY;
+        p->xflags[b] = 0;
         tm_fault_unprotect(p, b, 1);
         return kind;
     }
+    if (!(p->meta.flags[b] & TM_F_SAMPLED)) {
+        p->st.minor_faults++;
+        tm_fault_wake(p, b, 1);
+        return TM_ACCESS_MINOR;
+    }
     uint64_t t0 = tm_os_now_ns();
-    int hint = (p->meta.flags[b] & TM_F_SAMPLED) != 0;
     p->meta.flags[b] &= (uint8_t)~TM_F_SAMPLED;
     if (write)
         p->meta.flags[b] |= TM_F_DIRTY;
-    tm_fault_map_resident(p, b, 1, p->dirty_tracking && !(p->meta.flags[b] & TM_F_DIRTY));
-    if (!hint) {
-        p->st.minor_faults++;
-        return kind;
-    }
+    /* Moved back writable: a clean block's checksum decides at demotion
+     * whether it was written since. */
+    else if (!(p->meta.flags[b] & TM_F_DIRTY))
+        p->xflags[b] |= TM_X_VERIFY;
+    int r = tm_fault_unpark(p, b, 1);
+    if (r < 0)
+        tm_set_error(p, "cannot map sampled block %lld back: %s", (long long)b, strerror(-r));
+    tm_fault_wake(p, b, 1);
     tm_background_hint(p, tm_os_now_ns() - t0);
     return TM_ACCESS_HINT;
 }
@@ -1025,9 +1128,11 @@ void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
         if (p->meta.tier[i] == TM_DRAM)
             p->resident--;
         p->meta.tier[i] = TM_UNBACKED;
-        p->meta.flags[i] &= TM_F_POISON; /* arena.c clears poison by remapping */
+        p->meta.flags[i] &= TM_F_POISON; /* arena.c clears poison */
+        p->xflags[i] = 0;
         p->meta.access_count[i] = 0;
         p->meta.last_access[i] = 0;
     }
-    tm_os_punch(p->memfd, (uint64_t)b << p->bshift, (uint64_t)n << p->bshift);
+    tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
+    tm_os_zap(shadow_of(p, b), (size_t)n << p->bshift); /* blocks parked by sampling */
 }

@@ -18,47 +18,32 @@
 
 #include "internal.h"
 
-void *tm_os_map_aligned(int fd, size_t size, size_t align)
+void *tm_os_reserve(size_t size, size_t align)
 {
-    /* Reserve size + align of address space, then place the file mapping at
-     * the first aligned address inside it and give back the slack. */
+    /* Reserve size + align of address space, then keep the first aligned
+     * `size` bytes of it and give back the slack. */
     size_t span = size + align;
-    uint8_t *r = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    uint8_t *r = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED)
         return NULL;
     uintptr_t a = ((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1);
-    void *m = mmap((void *)a, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
-    if (m == MAP_FAILED) {
-        int e = errno;
-        munmap(r, span);
-        errno = e;
-        return NULL;
-    }
     if (a > (uintptr_t)r)
         munmap(r, a - (uintptr_t)r);
     size_t tail = (uintptr_t)r + span - (a + size);
     if (tail)
         munmap((void *)(a + size), tail);
-    return m;
+    /* A forked child has no fault handler: it must not inherit the range.
+     * Transparent huge pages would make blocks unmovable (UFFDIO_MOVE moves
+     * small pages only). */
+    madvise((void *)a, size, MADV_DONTFORK);
+    madvise((void *)a, size, MADV_NOHUGEPAGE);
+    return (void *)a;
 }
 
 void tm_os_unmap(void *addr, size_t size)
 {
     if (addr)
         munmap(addr, size);
-}
-
-int tm_os_memfd(const char *name, size_t size)
-{
-    int fd = memfd_create(name, MFD_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    if (ftruncate(fd, (off_t)size) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
 }
 
 int tm_os_punch(int fd, uint64_t off, uint64_t len)

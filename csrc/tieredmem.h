@@ -1,8 +1,8 @@
 /* tieredmem.h: the engine's public C API.
  *
  * A pool is a reserved virtual range (the arena) whose bytes the application
- * reads and writes as ordinary memory. Resident blocks live in a memfd mapped
- * over the arena (the DRAM tier, kept under a hard budget); the others live in
+ * reads and writes as ordinary memory. Resident blocks are anonymous memory
+ * mapped in the arena (the DRAM tier, kept under a hard budget); the others live in
  * lower tiers (PMEM, NVMe) and are brought back by the engine's userfaultfd
  * handler threads when touched. Nothing here needs Python or the GIL.
  *
@@ -38,7 +38,7 @@ enum {
 /* What an access the engine saw was (tm_policy_ops.on_access). */
 enum tm_access_kind {
     TM_ACCESS_MISSING = 0, /* first touch, or the block was in a lower tier */
-    TM_ACCESS_MINOR = 1,   /* in DRAM but unmapped (not by sampling) */
+    TM_ACCESS_MINOR = 1,   /* in DRAM but unmapped (not by sampling): a fault that raced another */
     TM_ACCESS_WP = 2,      /* first write to a clean block */
     TM_ACCESS_HINT = 3,    /* the access that followed a sampling unmap */
     TM_ACCESS_AHEAD = 4,   /* not an access: the block entered DRAM ahead of need
@@ -156,6 +156,7 @@ typedef struct tm_stats {
     uint64_t sigbus_sent;      /* faults answered with SIGBUS */
     uint64_t policy_errors;    /* invalid policy results rejected */
     uint64_t budget_overruns;  /* times resident bytes exceeded the budget */
+    uint64_t pinned_skips;     /* victims kept in DRAM: the kernel had pages of theirs pinned for I/O */
     uint64_t hint_faults;      /* accesses seen by sampling */
     uint64_t sampled;          /* blocks unmapped by sampling */
     uint64_t sample_ns;        /* time spent sampling and serving hint faults */
