@@ -55,6 +55,39 @@ def test_parse_size_names_the_argument_it_is_given():
         tm.parse_size("lots", "my_limit")
 
 
+@pytest.mark.parametrize("arg", SIZE_ARGS + ("threshold",))
+@pytest.mark.parametrize("huge", [2**70, 2**64, "99999999999999999999GiB"])
+def test_size_too_large_for_64_bits_raises_valueerror_naming_the_argument_and_the_limit(pool, arg, huge):
+    with pytest.raises(ValueError) as exc:
+        pool(**{arg: huge})
+    msg = str(exc.value)
+    assert msg.startswith(f"{arg}:"), msg
+    assert "too large" in msg and "2**64-1" in msg, msg
+
+
+def test_largest_64_bit_size_is_parsed():
+    assert tm.parse_size(2**64 - 1, "dram") == 2**64 - 1
+
+
+def test_resize_beyond_64_bits_raises_valueerror_naming_dram(pool):
+    p = pool()
+    with pytest.raises(ValueError, match=r"^dram: .*too large.*2\*\*64-1"):
+        p.resize(2**70)
+
+
+@pytest.mark.parametrize("sizes", [
+    {"dram": 2**63, "nvme": 2**63},
+    {"pmem": 2**63, "nvme": 2**63},
+    {"dram": 2**64 - 1, "pmem": 2**64 - 1, "nvme": 2**64 - 1},
+], ids=["dram+nvme", "pmem+nvme", "all at the limit"])
+def test_tiers_summing_beyond_64_bits_raise_valueerror_or_memoryerror(pool, sizes):
+    # Each fits a uint64; their sum does not, nor does it fit the engine's
+    # block counts or memory: refused with a message, never an OverflowError.
+    with pytest.raises((ValueError, MemoryError)) as exc:
+        pool(**sizes)
+    assert str(exc.value), exc.value
+
+
 @pytest.mark.parametrize("bs", [65537, 3 * 4096, "48KiB", "100KB"])
 def test_block_size_not_a_power_of_two_raises_valueerror(pool, bs):
     with pytest.raises(ValueError, match=r"^block_size: must be a power of two from 4KiB to 2MiB"):

@@ -14,13 +14,17 @@
   every fault and hint.
 - pool.policy_state() exposes the policy's arrays (and "info") as writable
   views of what the hooks use.
+- fifo follows advice: blocks advised cold go first, blocks advised hot only
+  when no other block can, and it names victims even when every DRAM block
+  is advised hot.
 - hotness keeps a small hot set in DRAM while a large cold array streams
-  through it; fifo, by design, loses it.
+  through it; fifo, by design, loses it unless it is advised hot.
 
 The test policies are numba cfuncs compiled once at import (cache=True).
 Pools live in a per-test directory (conftest.make_pool); every test deletes
 its arrays before its pool is closed.
 """
+import ctypes
 import gc
 import time
 
@@ -32,8 +36,9 @@ from patterns import MiB, digest, fill, first_mismatch, pattern
 
 import tieredmem as tm
 from tieredmem.policy import ON_ACCESS, PREFETCH, PROMOTE, SELECT_VICTIMS
-from tieredmem.policy.base import (AHEAD, DRAM, F_ALLOC, F_BUSY, HINT, INFO_ARENA_BLOCKS, INFO_BLOCK_SIZE,
-                                   INFO_DRAM_BLOCKS, INFO_LEN, MINOR, MISSING, NVME, PMEM, WP)
+from tieredmem.policy.base import (AHEAD, DRAM, F_ALLOC, F_BUSY, F_COLD, F_HOT, HINT, INFO_ARENA_BLOCKS,
+                                   INFO_BLOCK_SIZE, INFO_DRAM_BLOCKS, INFO_LEN, MINOR, MISSING, NVME, PMEM, WP)
+from tieredmem.policy.builtin import FifoPolicy
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
@@ -604,17 +609,63 @@ def test_policy_state_of_a_closed_pool_raises_valueerror(make_pool):
         pool.policy_state()
 
 
+# ---- fifo and advice, its hooks called directly ----------------------------------
+
+def fifo_victims(want, hot=(), cold=(), arrived=8):
+    """Victims fifo's select_victims names, `want` asked, after blocks
+    0..arrived-1 entered DRAM in that order; `hot` and `cold` are advised."""
+    policy = FifoPolicy()
+    info = np.zeros(INFO_LEN, np.int64)
+    info[INFO_ARENA_BLOCKS] = arrived
+    arrays = [info, *policy.state(arrived, arrived).values()]
+    state = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
+    for b in range(arrived):
+        policy.on_access.ctypes(state, b, MISSING, b)
+    tier = np.full(arrived, DRAM, np.uint8)
+    flags = np.full(arrived, F_ALLOC, np.uint8)
+    flags[list(hot)] |= F_HOT
+    flags[list(cold)] |= F_COLD
+    out, out_tier = np.zeros(want, np.int64), np.zeros(want, np.uint8)
+    u8p, i64p = ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_int64)
+    got = policy.select_victims.ctypes(state, tier.ctypes.data_as(u8p), flags.ctypes.data_as(u8p), arrived, want,
+                                       out.ctypes.data_as(i64p), out_tier.ctypes.data_as(u8p))
+    return out[:got].tolist()
+
+
+def test_fifo_without_advice_names_victims_in_order_of_arrival():
+    assert fifo_victims(3) == [0, 1, 2]
+
+
+def test_fifo_takes_hot_advised_blocks_only_when_no_other_block_is_left():
+    assert fifo_victims(6, hot=[0, 1, 2, 3]) == [4, 5, 6, 7, 0, 1]
+
+
+def test_fifo_names_victims_when_every_dram_block_is_advised_hot():
+    # The engine must always make progress: hot advice only orders victims.
+    assert fifo_victims(3, hot=range(8)) == [0, 1, 2]
+
+
+def test_fifo_takes_cold_advised_blocks_first():
+    assert fifo_victims(3, cold=[5]) == [5, 0, 1]
+
+
+def test_fifo_names_a_cold_advised_block_once():
+    assert fifo_victims(8, cold=[0, 5]) == [0, 5, 1, 2, 3, 4, 6, 7]
+
+
 # ---- hotness keeps a hot set that fifo loses --------------------------------------
 
-def hot_set_residency(make_pool, policy):
-    """Share of a 2 MiB hot set found in DRAM while a 4x DRAM cold array is
-    written through a 16 MiB DRAM, a DRAM-full of it between two rounds of
-    touches of the hot set; averaged over the rounds."""
+def hot_set_residency(make_pool, policy, advice=None):
+    """Share of a 2 MiB hot set (given `advice`, if any) found in DRAM while
+    a 4x DRAM cold array is written through a 16 MiB DRAM, a DRAM-full of it
+    between two rounds of touches of the hot set; averaged over the rounds."""
     dram = 16 * MiB
     pool = make_pool(dram=dram, nvme="256MiB", policy=policy)
     per = pool.block_size // 8
     hot = pool.empty(2 * MiB // 8, dtype=np.uint64)
     hot[:] = 9
+    if advice is not None:
+        pool.advise(hot, advice)
     for _ in range(10):  # ~0.5 s of touches: sampling sees them as hint faults
         for _ in range(50):
             hot[::per].sum()
@@ -640,8 +691,13 @@ def test_hotness_keeps_a_hot_set_in_dram_while_a_cold_array_streams_through(make
     assert share >= 0.75, f"hotness kept only {share:.0%} of the hot set in DRAM (per round: {seen})"
 
 
-def test_fifo_loses_the_hot_set_to_a_cold_array_streaming_through(make_pool):
-    # The counterpart of the test above: the scenario does evict an
-    # unprotected hot set, so hotness keeping it is the policy's doing.
+def test_fifo_without_advice_loses_the_hot_set_to_a_cold_array_streaming_through(make_pool):
+    # The counterpart of the tests around it: the scenario does evict an
+    # unprotected hot set, so keeping it is the policy's (or the advice's) doing.
     share, seen = hot_set_residency(make_pool, "fifo")
     assert share <= 0.25, f"fifo kept {share:.0%} of the hot set in DRAM (per round: {seen})"
+
+
+def test_fifo_keeps_a_hot_advised_set_in_dram_while_a_cold_array_streams_through(make_pool):
+    share, seen = hot_set_residency(make_pool, "fifo", advice="hot")
+    assert share >= 0.9, f"fifo kept only {share:.0%} of the hot-advised set in DRAM (per round: {seen})"

@@ -451,6 +451,44 @@ def test_close_with_a_live_array_refuses_new_allocations(pool, make):
     del a
 
 
+@pytest.mark.parametrize("control", [
+    lambda p, a: p.resize("16MiB"),
+    lambda p, a: p.advise(a, "hot"),
+    lambda p, a: p.advise(a, "dontneed"),
+    lambda p, a: p.start_trace(),
+], ids=["resize", "advise hot", "advise dontneed", "start_trace"])
+def test_close_with_a_live_array_refuses_controls(pool, control):
+    p = pool()
+    a = p.full(3 * BLOCK // 8, 1.0)
+    p.close()
+    with pytest.raises(ValueError, match="the pool is closed"):
+        control(p, a)
+    assert p.stats()["dram"]["capacity"] == 8 * MiB  # resize did not happen
+    assert (a == 1.0).all()
+    del a
+
+
+def test_close_with_a_live_array_still_allows_inspection(pool):
+    p = pool()
+    a = p.full(3 * BLOCK // 8, 1.0)
+    p.close()
+    assert p.owns(a)
+    assert p.placement(a)["dram"] == a.nbytes
+    assert p.stats()["allocated"] >= a.nbytes
+    assert isinstance(p.last_error(), str)
+    del a
+
+
+def test_stop_trace_after_close_returns_what_was_recorded(pool):
+    p = pool()
+    p.start_trace()
+    a = p.full(3 * BLOCK // 8, 1.0)
+    p.close()
+    trace = p.stop_trace()
+    assert trace.size == p.stats()["trace_events"] > 0
+    del a
+
+
 def test_closed_pool_is_released_when_its_last_array_goes(pool):
     p = pool()
     a, b = p.zeros(10), p.zeros(10)

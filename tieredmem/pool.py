@@ -178,6 +178,7 @@ class Pool:
         self._closed = False
         self._handlers = {}  # threshold -> tm_np_handler (never freed, see numpy_handler.c)
         self._trace = None
+        self._trace_len = 0  # events recorded when close() stopped the trace
         try:
             self.policy = self._bind_policy(policy)
         except BaseException:
@@ -215,8 +216,20 @@ class Pool:
             raise ValueError("the pool is closed and released")
         return self._p
 
+    def _open_engine(self):
+        """The engine handle for what close() refuses; ValueError once closed."""
+        if self._closed:
+            raise ValueError("the pool is closed")
+        return self._engine()
+
     def close(self, _lib=lib):
-        """Stop allocating; release the engine now or when the last array goes."""
+        """Stop allocating; release the engine now or when the last array goes.
+
+        While arrays keep a closed pool's engine alive, what only reads it
+        stays allowed (stats, placement, owns, last_error, and stop_trace,
+        which returns what was recorded up to close); what would change it or
+        pin it longer raises ValueError: allocating, resize, advise,
+        start_trace, metadata and policy_state."""
         if not self._closed:  # (_lib: still bound when called from __del__ at exit)
             self._closed = True
             for h in self._handlers.values():
@@ -225,7 +238,7 @@ class Pool:
             if self._trace is not None and not _lib.tm_pool_released(self._p):
                 # The engine may outlive this object (arrays keep it): it must
                 # not go on writing into a buffer that dies with it.
-                _lib.tm_trace_stop(self._p)
+                self._trace_len = _lib.tm_trace_stop(self._p)
             _lib.tm_pool_close(self._p)
 
     @property
@@ -251,12 +264,11 @@ class Pool:
             self._p = None
 
     def _handler(self, threshold: int):
-        if self._closed:
-            raise ValueError("the pool is closed")
+        engine = self._open_engine()
         h = self._handlers.get(threshold)
         if h is None:
             _init()
-            h = lib.tm_np_handler_new(self._engine(), threshold)
+            h = lib.tm_np_handler_new(engine, threshold)
             if h == ffi.NULL:
                 raise MemoryError("cannot create a numpy memory handler")
             self._handlers[threshold] = h
@@ -297,7 +309,7 @@ class Pool:
     def resize(self, dram) -> None:
         """Change the DRAM budget while running; shrinking demotes at once."""
         nbytes = parse_size(dram, "dram")
-        r = lib.tm_pool_resize(self._engine(), nbytes)
+        r = lib.tm_pool_resize(self._open_engine(), nbytes)
         if r == -errno.ENOSPC:
             raise MemoryError(self.last_error())
         if r < 0:
@@ -316,7 +328,7 @@ class Pool:
         if code is None:
             raise ValueError(f"advise(): unknown advice {advice!r} (one of: {', '.join(ADVICE)})")
         lo, n = self._span(a)
-        engine = self._engine()
+        engine = self._open_engine()
         if n and not lib.tm_contains(engine, ffi.cast("void *", lo), n):
             raise ValueError("advise(): the array's memory is not in this pool")
         lib.tm_advise(engine, ffi.cast("void *", lo), n, code)
@@ -325,21 +337,23 @@ class Pool:
         """Record the block id of every access the engine sees (faults and
         sampled hints) from now on, up to max_events (then counted as
         stats()["trace_dropped"])."""
+        engine = self._open_engine()
         if self._trace is not None:
             raise RuntimeError("a trace is already being recorded; call stop_trace() first")
         if not isinstance(max_events, int) or max_events < 1:
             raise ValueError(f"max_events: a positive integer, got {max_events!r}")
         # Anonymous memory outside every pool, backed only as the trace grows.
         buf = mmap.mmap(-1, max_events * 8)
-        lib.tm_trace_start(self._engine(), ffi.cast("int64_t *", ffi.from_buffer(buf)), max_events)
+        lib.tm_trace_start(engine, ffi.cast("int64_t *", ffi.from_buffer(buf)), max_events)
         self._trace = buf
 
     def stop_trace(self, path=None) -> np.ndarray:
         """Stop recording; the trace as a 1-D int64 array of block ids in
-        access order, also saved with numpy.save to `path` if given."""
+        access order, also saved with numpy.save to `path` if given. After
+        close(), the trace up to the close."""
         if self._trace is None:
             raise RuntimeError("no trace is being recorded; call start_trace() first")
-        n = lib.tm_trace_stop(self._engine())
+        n = self._trace_len if self._closed else lib.tm_trace_stop(self._engine())
         trace = np.frombuffer(self._trace, dtype=np.int64, count=n).copy()
         self._trace.close()
         self._trace = None
@@ -352,9 +366,7 @@ class Pool:
         (writable; the engine's threads update them concurrently), with the
         info array as "info". Empty for "lru". The views keep the pool from
         being released while they live."""
-        if self._closed:
-            raise ValueError("the pool is closed")
-        engine = self._engine()
+        engine = self._open_engine()
         lib.tm_pool_pin(engine)
         token = _Token()
         weakref.finalize(token, lib.tm_pool_unpin, engine)
@@ -428,9 +440,7 @@ class Pool:
         """Per-block metadata as read-only numpy views (no copy), one entry per
         arena block: tier, flags, access_count, last_access, slot. The views
         keep the pool from being released while they live."""
-        if self._closed:
-            raise ValueError("the pool is closed")
-        engine = self._engine()
+        engine = self._open_engine()
         lib.tm_pool_pin(engine)
         token = _Token()
         weakref.finalize(token, lib.tm_pool_unpin, engine)

@@ -13,25 +13,32 @@ _UNITS = {
     "T": 2**40, "TIB": 2**40, "TB": 10**12,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+MAX_SIZE = 2**64 - 1  # what the engine's uint64 size fields hold
 
 
 def parse_size(value, name: str) -> int:
-    """Bytes in `value`; ValueError naming argument `name` if it is not a size."""
+    """Bytes in `value`; ValueError naming argument `name` if it is not a
+    size or is beyond MAX_SIZE."""
     if isinstance(value, bool):
         raise ValueError(f"{name}: expected a size, got {value!r}")
+    n = None
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{name}: size must not be negative, got {value}")
-        return value
-    if isinstance(value, str):
+        n = value
+    elif isinstance(value, str):
         m = _SIZE.match(value)
         unit = m and _UNITS.get(m.group(2).upper())
         if m and unit:
-            return int(Decimal(m.group(1)) * unit)
-    raise ValueError(
-        f"{name}: cannot parse size {value!r} (expected bytes as an int or a string "
-        f"like '512MiB', '4G', '1.5GiB')"
-    )
+            n = int(Decimal(m.group(1)) * unit)
+    if n is None:
+        raise ValueError(
+            f"{name}: cannot parse size {value!r} (expected bytes as an int or a string "
+            f"like '512MiB', '4G', '1.5GiB')"
+        )
+    if n > MAX_SIZE:
+        raise ValueError(f"{name}: {n} bytes is too large (at most 2**64-1)")
+    return n
 
 
 def format_size(n: int) -> str:

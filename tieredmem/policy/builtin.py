@@ -13,8 +13,14 @@ from .base import (AHEAD, DRAM, F_ALLOC, F_BUSY, F_COLD, F_HOT, F_REF, INFO_DRAM
 # ---- fifo: demote in order of arrival in DRAM -----------------------------
 # State: ring of (block, arrival number) in arrival order; arrival[b] is the
 # number of b's latest arrival, so entries of earlier stays are recognised
-# as stale. g: head, count, next arrival number.
-G_HEAD, G_COUNT, G_SEQ = 0, 1, 2
+# as stale. g: head, count, next arrival number, hand of the cold search.
+# Advice as the engine's CLOCK takes it: blocks advised cold go first (the
+# hand looks at a bounded stretch of blocks per call, to keep the lock hold
+# short); blocks advised hot are passed over, back to the tail of the ring,
+# and go only when no other block in the ring can: the engine must always
+# get a victim while DRAM holds blocks.
+G_HEAD, G_COUNT, G_SEQ, G_COLD_HAND = range(4)
+COLD_SCAN = 4096  # blocks the cold hand examines per call
 
 
 @cfunc(ON_ACCESS, cache=True)
@@ -47,19 +53,47 @@ def _fifo_select_victims(state, tier, flags, nblocks, want, out, out_tier):
     arrival = carray(state[3], n, np.int64)
     g = carray(state[4], 4, np.int64)
     got = 0
-    while got < want and g[G_COUNT] > 0:
-        b = ring_b[g[G_HEAD]]
-        s = ring_s[g[G_HEAD]]
-        g[G_HEAD] = (g[G_HEAD] + 1) % n
-        g[G_COUNT] -= 1
-        if b < nblocks and arrival[b] == s and tier[b] == DRAM and not (flags[b] & F_BUSY):
+    scanned = 0
+    while got < want and scanned < COLD_SCAN and scanned < nblocks:
+        b = g[G_COLD_HAND] if g[G_COLD_HAND] < nblocks else 0
+        g[G_COLD_HAND] = b + 1
+        scanned += 1
+        if tier[b] == DRAM and (flags[b] & (F_COLD | F_BUSY)) == F_COLD:
             out[got] = b
             got += 1
+    by_hand = got
+    # Then the ring from its head, each entry once per pass: the first pass
+    # puts hot blocks back at the tail, the second takes them.
+    for take_hot in range(2):
+        left = g[G_COUNT]
+        while got < want and left > 0:
+            left -= 1
+            b = ring_b[g[G_HEAD]]
+            s = ring_s[g[G_HEAD]]
+            g[G_HEAD] = (g[G_HEAD] + 1) % n
+            g[G_COUNT] -= 1
+            if b >= nblocks or arrival[b] != s or tier[b] != DRAM or (flags[b] & F_BUSY):
+                continue  # the block left DRAM since this arrival, or is leaving it
+            if (flags[b] & F_HOT) and not take_hot:
+                tail = (g[G_HEAD] + g[G_COUNT]) % n
+                ring_b[tail] = b
+                ring_s[tail] = s
+                g[G_COUNT] += 1
+                continue
+            named = False
+            if flags[b] & F_COLD:  # the cold hand may have named it above
+                for i in range(by_hand):
+                    if out[i] == b:
+                        named = True
+            if not named:
+                out[got] = b
+                got += 1
     return got
 
 
 class FifoPolicy(Policy):
-    """Demote blocks in the order they entered DRAM; accesses do not reorder."""
+    """Demote blocks in the order they entered DRAM; accesses do not reorder.
+    Blocks advised cold go first, blocks advised hot last."""
 
     name = "fifo"
     on_access = _fifo_on_access
