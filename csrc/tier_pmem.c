@@ -1,8 +1,10 @@
-/* tier_pmem.c: the persistent-memory tier. A file mapped shared; blocks are
- * copied in and out with memcpy. The file is on a DAX filesystem when the user
- * names one or one is mounted, else emulated in /dev/shm. */
+/* tier_pmem.c: the persistent-memory tier. A file on a DAX filesystem when
+ * the user names one or one is mounted, else emulated in /dev/shm. On DAX the
+ * file is allocated in full and mapped, and blocks are copied with memcpy;
+ * elsewhere it stays sparse and blocks move with pread/pwrite. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -17,21 +19,60 @@
 #define MAP_SYNC 0x80000
 #endif
 
-static int pmem_readv(tm_tier *t, const tm_io *ios, int n)
+/* DAX: loads and stores straight to the media. The file was fully allocated
+ * at open, so no store can meet an unbacked page. */
+static int dax_readv(tm_tier *t, const tm_io *ios, int n)
 {
     for (int i = 0; i < n; i++)
         memcpy(ios[i].buf, t->map + ios[i].slot * t->bs, ios[i].nblocks * t->bs);
     return 0;
 }
 
-static int pmem_writev(tm_tier *t, const tm_io *ios, int n)
+static int dax_writev(tm_tier *t, const tm_io *ios, int n)
 {
     for (int i = 0; i < n; i++)
         memcpy(t->map + ios[i].slot * t->bs, ios[i].buf, ios[i].nblocks * t->bs);
     return 0;
 }
 
-static void pmem_discard(tm_tier *t, uint64_t slot, uint64_t n)
+/* Not DAX: the file is sparse, so a write may find its filesystem full. A
+ * store through a mapping would get SIGBUS there; pwrite returns ENOSPC,
+ * which the demotion retries on the other tier. */
+static int file_io(tm_tier *t, const tm_io *ios, int n, int write)
+{
+    for (int i = 0; i < n; i++) {
+        size_t len = ios[i].nblocks * t->bs, done = 0;
+        off_t off = (off_t)(ios[i].slot * t->bs);
+        while (done < len) {
+            ssize_t r = write ? pwrite(t->fd, (char *)ios[i].buf + done, len - done, off + (off_t)done)
+                              : pread(t->fd, (char *)ios[i].buf + done, len - done, off + (off_t)done);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                return r < 0 ? -errno : -EIO;
+            done += (size_t)r;
+        }
+    }
+    return 0;
+}
+
+static int file_readv(tm_tier *t, const tm_io *ios, int n)
+{
+    return file_io(t, ios, n, 0);
+}
+
+static int file_writev(tm_tier *t, const tm_io *ios, int n)
+{
+    return file_io(t, ios, n, 1);
+}
+
+/* Zeroed, not punched: a hole would unreserve the space a later store needs. */
+static void dax_discard(tm_tier *t, uint64_t slot, uint64_t n)
+{
+    memset(t->map + slot * t->bs, 0, n * t->bs);
+}
+
+static void file_discard(tm_tier *t, uint64_t slot, uint64_t n)
 {
     tm_os_punch(t->fd, slot * t->bs, n * t->bs);
 }
@@ -45,7 +86,29 @@ static void pmem_close(tm_tier *t)
     t->fd = -1;
 }
 
-static const tm_tier_ops pmem_ops = {pmem_readv, pmem_writev, NULL, NULL, pmem_discard, pmem_close};
+static const tm_tier_ops dax_ops = {dax_readv, dax_writev, NULL, NULL, dax_discard, pmem_close};
+static const tm_tier_ops file_ops = {file_readv, file_writev, NULL, NULL, file_discard, pmem_close};
+
+/* Allocate the whole DAX file and map it with MAP_SYNC. */
+static int map_dax(tm_tier *t, int fd, size_t size, const char *dir, char *err)
+{
+    if (fallocate(fd, 0, 0, (off_t)size) < 0) {
+        int e = errno;
+        snprintf(err, TM_ERRLEN, "pmem_path %s: cannot allocate the PMEM file (%zu bytes): %s", dir, size, strerror(e));
+        return -e;
+    }
+    /* MAP_SYNC keeps stores durable without fsync on real PMEM. */
+    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+    if (m == MAP_FAILED) /* not every DAX filesystem has MAP_SYNC */
+        m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        int e = errno;
+        snprintf(err, TM_ERRLEN, "pmem_path %s: cannot map the PMEM file: %s", dir, strerror(e));
+        return -e;
+    }
+    t->map = m;
+    return 0;
+}
 
 int tm_tier_pmem_open(tm_tier *t, const char *dir, char *err)
 {
@@ -76,20 +139,13 @@ int tm_tier_pmem_open(tm_tier *t, const char *dir, char *err)
         return -e;
     }
     t->dax = tm_os_is_dax(dir);
-    void *m = MAP_FAILED;
-    if (t->dax) /* MAP_SYNC keeps stores durable without fsync on real PMEM */
-        m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
-    if (m == MAP_FAILED)
-        m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-    if (m == MAP_FAILED) {
-        int e = errno;
+    int r = t->dax ? map_dax(t, fd, size, dir, err) : 0;
+    if (r < 0) {
         close(fd);
-        snprintf(err, TM_ERRLEN, "pmem_path %s: cannot map the PMEM file: %s", dir, strerror(e));
-        return -e;
+        return r;
     }
     t->fd = fd;
-    t->map = m;
-    t->ops = &pmem_ops;
+    t->ops = t->dax ? &dax_ops : &file_ops;
     t->name = "pmem";
     return 0;
 }
