@@ -107,7 +107,7 @@ struct tm_tier {
     uint64_t cursor;       /* next-fit: sequential demotions get adjacent slots */
     uint64_t peak;
     int fd;
-    uint8_t *map;          /* PMEM on DAX: the mapped file; else NULL */
+    uint8_t *map;          /* PMEM: the mapped file (read-only unless on DAX) */
     int direct;            /* NVMe: O_DIRECT */
     int dax;               /* PMEM: on a DAX filesystem */
     tm_inject inject_read, inject_write;

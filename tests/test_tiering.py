@@ -157,9 +157,13 @@ def test_write_after_read_survives_the_next_demotion(make_pool, stride):
     n = 2 * MiB // 8
     region = a[:n]
     assert push_out(pool, region, other)["nvme"] == region.nbytes
-    assert int(region.sum()) == int(pattern(0, n, 7).sum())  # a read: promoted clean
-    # The background thread keeps DRAM headroom and may already have demoted
-    # a few of the just-read blocks again; the rest are clean in DRAM.
+    # A read promotes clean. The background thread keeps DRAM headroom (here
+    # as much as the region) and may demote the just-read blocks again at
+    # once: read until most of them are in DRAM.
+    for _ in range(10):
+        assert int(region.sum()) == int(pattern(0, n, 7).sum())
+        if pool.placement(region)["dram"] >= region.nbytes // 2:
+            break
     assert pool.placement(region)["dram"] >= region.nbytes // 2
     idx = np.arange(0, n, stride)
     region[::stride] = pattern(0, n, 8)[::stride]  # written after the read
