@@ -30,6 +30,11 @@ class Child:
             if line.startswith(RESULT):
                 self.result = json.loads(line[len(RESULT):])
 
+    def hung(self):
+        """Killed by the run_child timeout, or by the child's watchdog
+        (watchdog(): "STILL BLOCKED", or faulthandler's GIL-free backstop)."""
+        return self.timed_out or "STILL BLOCKED" in self.stdout or "Timeout (" in self.stderr
+
     def how(self):
         """How the child ended, for assertion messages."""
         if self.timed_out:
