@@ -576,7 +576,13 @@ int64_t tm_migrate_demote(tm_worker *w, int64_t want)
     int64_t *list = w->list + p->batch_blocks;
     uint8_t dest[want > 0 ? want : 1];
     pmem_room(w, want);
-    return demote_list(w, list, pick_victims(p, want, list, dest), dest);
+    int64_t moved = demote_list(w, list, pick_victims(p, want, list, dest), dest);
+    if (moved || !p->policy.select_victims)
+        return moved;
+    /* The policy's victims were all pinned for I/O (or none was valid), and
+     * it would name them again: CLOCK's hand moves on past them. */
+    memset(dest, 0, (size_t)want);
+    return demote_list(w, list, clock_victims(p, want, list), dest);
 }
 
 int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *blocks, int64_t n)
