@@ -46,7 +46,7 @@ static void keep_range(struct tm_pool *p, int64_t b, int64_t e, int advice)
  * as the budget allows without demoting what was brought in. */
 static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
 {
-    tm_worker *w = &p->bg;
+    tm_worker *w = &p->ctl;
     int64_t room = p->dram_blocks - p->batch_blocks;
     while (b < e && room > 0) {
         int64_t n = 0, max = p->batch_blocks < room ? p->batch_blocks : room;
@@ -66,7 +66,7 @@ static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
 
 static void send_out(struct tm_pool *p, int64_t b, int64_t e)
 {
-    tm_worker *w = &p->bg;
+    tm_worker *w = &p->ctl;
     while (b < e) {
         int64_t n = 0;
         for (; b < e && n < p->batch_blocks; b++)

@@ -373,8 +373,11 @@ int tm_pool_released(tm_pool *p)
  * that then fails keeps its block in DRAM.) */
 static int nvme_room_for(struct tm_pool *p, int64_t n, uint64_t *free_bytes)
 {
-    /* DRAM may hold a batch less than its budget: demotion works in batches. */
-    int64_t spill = p->reserved + n - (p->dram_blocks - p->batch_blocks) - (int64_t)p->pmem.nslots;
+    /* DRAM may hold less than its budget by the free memory the background
+     * keeps ahead of faults, and by a fault's batch demoted while the
+     * background's writeback was in flight. */
+    int64_t spill = p->reserved + n - (p->dram_blocks - tm_background_high_watermark(p) - p->batch_blocks) -
+                    (int64_t)p->pmem.nslots;
     struct statvfs s;
     if (!p->nvme.nslots || spill <= 0 || fstatvfs(p->nvme.fd, &s) < 0)
         return 1;
@@ -436,6 +439,16 @@ static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
         p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
 }
 
+static int in_writeback(const struct tm_pool *p, int64_t b, int64_t n)
+{
+    if (!p->writeback_blocks)
+        return 0;
+    for (int64_t i = b; i < b + n; i++)
+        if (p->meta.tier[i] == TM_DRAM && (p->meta.flags[i] & TM_F_BUSY))
+            return 1;
+    return 0;
+}
+
 void tm_free(tm_pool *p, void *ptr)
 {
     if (forked_child)
@@ -448,6 +461,10 @@ void tm_free(tm_pool *p, void *ptr)
         pthread_mutex_unlock(&p->lock);
         return;
     }
+    /* A background writeback of some of its blocks still reads their pages
+     * and writes their slots: let it finish. */
+    while (in_writeback(p, b, n))
+        pthread_cond_wait(&p->io_cond, &p->lock);
     tm_migrate_release(p, b, n);
     for (int64_t i = b; i < b + n; i++) {
         if (p->meta.flags[i] & TM_F_POISON) {
@@ -588,7 +605,13 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
         p->cap_blocks = cap;
         int64_t zmin = TM_ZERO_MIN_BYTES / p->bs ? (int64_t)(TM_ZERO_MIN_BYTES / p->bs) : 1;
         p->zero_min_blocks = zmin < batch ? zmin : batch;
-        while (p->resident > p->dram_blocks && tm_migrate_demote(&p->bg, p->resident - p->dram_blocks) > 0) {
+        while (p->resident > p->dram_blocks) {
+            if (p->writeback_blocks) { /* its victims leave DRAM when it is done */
+                pthread_cond_wait(&p->io_cond, &p->lock);
+                continue;
+            }
+            if (tm_migrate_demote(&p->ctl, p->resident - p->dram_blocks) == 0)
+                break;
         }
         tm_policy_info(p);
         if (p->resident > p->dram_blocks) {

@@ -36,19 +36,51 @@
  * finds behind the stream is never touched again, and the share is waste. */
 #define REUSE_RATIO 0.1
 
-static int64_t headroom(const struct tm_pool *p)
+/* Free DRAM the background keeps ahead of faults, as the kernel's kswapd
+ * does between its watermarks: woken below `low`, it demotes until `high`
+ * is free, writing outside the lock, so that faults find room without
+ * writing anything themselves. */
+static int64_t low_watermark(const struct tm_pool *p)
 {
     int64_t wm = p->batch_blocks;
     return wm < p->dram_blocks / 8 ? wm : p->dram_blocks / 8;
 }
 
+int64_t tm_background_high_watermark(const struct tm_pool *p)
+{
+    int64_t wm = 2 * p->batch_blocks;
+    return wm < p->dram_blocks / 4 ? wm : p->dram_blocks / 4;
+}
+
+static int64_t headroom(const struct tm_pool *p)
+{
+    return low_watermark(p);
+}
+
+static int spilling(const struct tm_pool *p)
+{
+    return p->reserved > p->dram_blocks; /* else everything fits: nothing to make room for */
+}
+
+void tm_background_used(struct tm_pool *p)
+{
+    if (spilling(p) && !p->bg_kick && p->dram_blocks - p->resident < low_watermark(p)) {
+        p->bg_kick = 1;
+        pthread_cond_signal(&p->bg_cond);
+    }
+}
+
 static void keep_headroom(struct tm_pool *p)
 {
-    if (p->reserved <= p->dram_blocks) /* everything fits: nothing to make room for */
-        return;
-    int64_t excess = p->resident - (p->dram_blocks - headroom(p));
-    if (excess > 0)
-        p->st.background_demotions += (uint64_t)tm_migrate_demote(&p->bg, excess);
+    while (!p->bg_stop && spilling(p)) {
+        int64_t want = tm_background_high_watermark(p) - (p->dram_blocks - p->resident);
+        if (want <= 0)
+            break;
+        int64_t moved = tm_migrate_demote(&p->bg, want);
+        if (!moved)
+            break;
+        p->st.background_demotions += (uint64_t)moved;
+    }
 }
 
 static void policy_promotions(struct tm_pool *p)
@@ -146,20 +178,34 @@ static void tick(struct tm_pool *p)
     }
 }
 
+static void next_tick(struct timespec *t)
+{
+    uint64_t ns = (uint64_t)t->tv_nsec + TICK_NS;
+    t->tv_sec += (time_t)(ns / 1000000000ull);
+    t->tv_nsec = (long)(ns % 1000000000ull);
+}
+
 static void *bg_main(void *arg)
 {
     struct tm_pool *p = arg;
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
+    next_tick(&next);
     pthread_mutex_lock(&p->lock);
     while (!p->bg_stop) {
-        uint64_t ns = (uint64_t)next.tv_nsec + TICK_NS;
-        next.tv_sec += (time_t)(ns / 1000000000ull);
-        next.tv_nsec = (long)(ns % 1000000000ull);
-        while (!p->bg_stop && pthread_cond_timedwait(&p->bg_cond, &p->lock, &next) != ETIMEDOUT) {
+        int timed_out = 0;
+        while (!p->bg_stop && !p->bg_kick && !timed_out)
+            timed_out = pthread_cond_timedwait(&p->bg_cond, &p->lock, &next) == ETIMEDOUT;
+        if (p->bg_stop)
+            break;
+        if (p->bg_kick) { /* a fault took DRAM below the low watermark */
+            p->bg_kick = 0;
+            keep_headroom(p);
         }
-        if (!p->bg_stop)
+        if (timed_out) {
             tick(p);
+            next_tick(&next);
+        }
     }
     pthread_mutex_unlock(&p->lock);
     return NULL;
@@ -176,19 +222,16 @@ int tm_background_start(struct tm_pool *p)
     p->hint_cost_ns = 5000;
     p->zap_cost_ns = 4000;
     p->hint_ratio = 0.5;
-    p->bg.pool = p;
-    p->bg.iobuf = mmap(NULL, (size_t)p->batch_max << p->bshift, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    p->bg.list = calloc((size_t)p->batch_max * 3, sizeof(int64_t));
-    if (p->bg.iobuf == MAP_FAILED || !p->bg.list) {
-        p->bg.iobuf = p->bg.iobuf == MAP_FAILED ? NULL : p->bg.iobuf;
-        return -ENOMEM;
-    }
+    int r = tm_worker_init(p, &p->bg);
+    if (r < 0 || (r = tm_worker_init(p, &p->ctl)) < 0)
+        return r;
+    p->bg.unlocked_io = 1;
+    pthread_cond_init(&p->io_cond, NULL);
     /* Signals belong to the application's threads. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int r = pthread_create(&p->bg.thread, NULL, bg_main, p);
+    r = pthread_create(&p->bg.thread, NULL, bg_main, p);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r)
         return -r;
@@ -206,9 +249,6 @@ void tm_background_stop(struct tm_pool *p)
         pthread_join(p->bg.thread, NULL);
         p->bg_started = 0;
     }
-    if (p->bg.iobuf)
-        munmap(p->bg.iobuf, (size_t)p->batch_max << p->bshift);
-    free(p->bg.list);
-    p->bg.iobuf = NULL;
-    p->bg.list = NULL;
+    tm_worker_fini(&p->bg);
+    tm_worker_fini(&p->ctl);
 }

@@ -180,16 +180,9 @@ int tm_fault_start(struct tm_pool *p)
     int err = 0;
     for (int i = 0; i < n; i++) {
         tm_worker *w = &p->workers[i];
-        w->pool = p;
         w->cpu = cpus[i];
-        size_t bufsize = (size_t)p->batch_max << p->bshift;
-        w->iobuf = mmap(NULL, bufsize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        w->list = calloc((size_t)p->batch_max * 3, sizeof(int64_t));
-        if (w->iobuf == MAP_FAILED || !w->list) {
-            w->iobuf = w->iobuf == MAP_FAILED ? NULL : w->iobuf;
-            err = -ENOMEM;
+        if ((err = tm_worker_init(p, w)) < 0)
             break;
-        }
         if ((err = -pthread_create(&w->thread, NULL, handler_main, w)) < 0)
             break;
         p->nworkers++;
@@ -207,14 +200,8 @@ void tm_fault_stop(struct tm_pool *p)
     }
     for (int i = 0; i < p->nworkers; i++)
         pthread_join(p->workers[i].thread, NULL);
-    for (int i = 0; i < TM_MAX_HANDLERS; i++) {
-        tm_worker *w = &p->workers[i];
-        if (w->iobuf)
-            munmap(w->iobuf, (size_t)p->batch_max << p->bshift);
-        free(w->list);
-        w->iobuf = NULL;
-        w->list = NULL;
-    }
+    for (int i = 0; i < TM_MAX_HANDLERS; i++)
+        tm_worker_fini(&p->workers[i]);
     p->nworkers = 0;
     if (p->stop_fd >= 0)
         close(p->stop_fd);

@@ -75,14 +75,21 @@ typedef struct tm_emulation {
     uint64_t read_mbps, write_mbps;  /* 10^6 bytes per second */
 } tm_emulation;
 
+/* A thread's queue of NVMe requests in flight (tier_nvme.c): each thread that
+ * does tier I/O owns one, so threads do I/O at once, outside the pool lock.
+ * NULL (no native AIO here) means synchronous requests. */
+typedef struct tm_ioq tm_ioq;
+tm_ioq *tm_ioq_create(void);
+void tm_ioq_destroy(tm_ioq *q);
+
 typedef struct tm_tier_ops {
     /* Transfer every request; return 0 or -errno of the first failure. */
-    int (*readv)(tm_tier *t, const tm_io *ios, int n);
-    int (*writev)(tm_tier *t, const tm_io *ios, int n);
-    /* Optional: start reads without waiting (one batch in flight at most),
-     * and wait for them; both return 0 or -errno. */
-    int (*submit_readv)(tm_tier *t, const tm_io *ios, int n);
-    int (*wait_reads)(tm_tier *t);
+    int (*readv)(tm_tier *t, tm_ioq *q, const tm_io *ios, int n);
+    int (*writev)(tm_tier *t, tm_ioq *q, const tm_io *ios, int n);
+    /* Optional: start reads on q without waiting (one batch in flight per
+     * queue), and wait for them; both return 0 or -errno. */
+    int (*submit_readv)(tm_tier *t, tm_ioq *q, const tm_io *ios, int n);
+    int (*wait_reads)(tm_tier *t, tm_ioq *q);
     /* Forget the contents of n slots (hole punch), best effort. */
     void (*discard)(tm_tier *t, uint64_t slot, uint64_t n);
     void (*close)(tm_tier *t);
@@ -91,6 +98,7 @@ typedef struct tm_tier_ops {
 typedef struct tm_inject {
     int err;          /* errno to fail with; 0 = none */
     int short_io;     /* fail as a short transfer */
+    uint64_t delay_ns; /* succeed, but only after this long (a slow device) */
     uint64_t skip;    /* let this many operations succeed first */
 } tm_inject;
 
@@ -112,8 +120,7 @@ struct tm_tier {
     int dax;               /* PMEM: on a DAX filesystem */
     tm_inject inject_read, inject_write;
     tm_emulation emu;
-    uint64_t nreads, nwrites;
-    void *impl;            /* backend-private state */
+    uint64_t nreads, nwrites;  /* operations, for injection (atomic: threads race) */
 };
 
 int tm_tier_pmem_open(tm_tier *t, const char *dir, char *err);
@@ -124,12 +131,13 @@ void tm_tier_close(tm_tier *t);
 /* Slot allocation near `hint`; returns the slot or UINT64_MAX when full. */
 uint64_t tm_tier_slot_alloc(tm_tier *t, uint64_t hint);
 void tm_tier_slot_free(tm_tier *t, uint64_t slot);
-/* I/O through the injection layer. */
-int tm_tier_readv(tm_tier *t, const tm_io *ios, int n);
-int tm_tier_writev(tm_tier *t, const tm_io *ios, int n);
+/* I/O through the injection layer, on the caller's queue. Safe from several
+ * threads at once on different queues and different slots. */
+int tm_tier_readv(tm_tier *t, tm_ioq *q, const tm_io *ios, int n);
+int tm_tier_writev(tm_tier *t, tm_ioq *q, const tm_io *ios, int n);
 /* Asynchronous reads where the backend has them: -ENOTSUP otherwise. */
-int tm_tier_submit_readv(tm_tier *t, const tm_io *ios, int n);
-int tm_tier_wait_reads(tm_tier *t);
+int tm_tier_submit_readv(tm_tier *t, tm_ioq *q, const tm_io *ios, int n);
+int tm_tier_wait_reads(tm_tier *t, tm_ioq *q);
 int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err);
 
 /* ---- checksum.c --------------------------------------------------------- */
@@ -167,6 +175,8 @@ typedef struct tm_readahead {
     uint32_t *slots[2];    /* their slots when submitted */
     uint8_t *buf[2];       /* TM_BATCH_BYTES each, page aligned */
     uint64_t generation;   /* pool's release generation when submitted */
+    tm_ioq *q;             /* the readahead's own queue: a batch waited for on a
+                              worker's queue never reaps a readahead's events */
 } tm_readahead;
 
 /* A detected access stream: faults at `next` or up to `window` blocks past
@@ -187,6 +197,8 @@ typedef struct tm_worker {
     struct tm_pool *pool;
     pthread_t thread;
     int cpu;
+    tm_ioq *ioq;         /* its NVMe requests in flight */
+    int unlocked_io;     /* demotes with the lock released during its writes */
     uint8_t *iobuf;      /* TM_BATCH_BYTES or one block, page aligned */
     int64_t *list;       /* 3 batches of block ids: the fault's, its victims', PMEM cascade's */
 } tm_worker;
@@ -211,8 +223,11 @@ struct tm_pool {
     tm_worker workers[TM_MAX_HANDLERS];
     int nworkers;
     tm_worker bg;              /* the background thread (background.c) */
-    pthread_cond_t bg_cond;    /* wakes it early: stop, resize */
-    int bg_started, bg_stop;
+    tm_worker ctl;             /* advice and resize, on the application's threads */
+    pthread_cond_t bg_cond;    /* wakes it early: stop, the low watermark */
+    int bg_started, bg_stop, bg_kick;
+    pthread_cond_t io_cond;    /* broadcast when an unlocked writeback is done */
+    int64_t writeback_blocks;  /* victims of unlocked writebacks in flight */
 
     pthread_mutex_t lock;
     tm_meta meta;
@@ -340,10 +355,19 @@ void tm_advice_forget(struct tm_pool *p, int64_t b, int64_t n);
  * keep DRAM headroom, and the policy's promotions. */
 int tm_background_start(struct tm_pool *p);
 void tm_background_stop(struct tm_pool *p);
+/* Blocks of DRAM the background keeps free (the high watermark): DRAM
+ * holds that much less than its budget when the pool spills. */
+int64_t tm_background_high_watermark(const struct tm_pool *p);
+/* DRAM use grew (lock held): wake the background below the low watermark. */
+void tm_background_used(struct tm_pool *p);
 /* Serve a hint fault on block b (lock held): account for it. */
 void tm_background_hint(struct tm_pool *p, uint64_t service_ns);
 /* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
+/* What a thread needs to move blocks: buffer, lists, I/O queue. fini is
+ * safe on a worker never initialised (all zero). */
+int tm_worker_init(struct tm_pool *p, tm_worker *w);
+void tm_worker_fini(tm_worker *w);
 /* Readahead buffers: set up at creation; finish and free at release. */
 int tm_migrate_init(struct tm_pool *p);
 void tm_migrate_fini(struct tm_pool *p);

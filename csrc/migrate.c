@@ -351,7 +351,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
         return;
     tm_io ios[n];
     int k = build_ios(p, &p->pmem, list, n, w->iobuf, 0, ios, NULL);
-    int r = tm_tier_readv(&p->pmem, ios, k);
+    int r = tm_tier_readv(&p->pmem, w->ioq, ios, k);
     if (r < 0) {
         p->st.io_errors++;
         tm_set_error(p, "pmem read while moving blocks to nvme: %s", strerror(-r));
@@ -385,7 +385,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
         p->nvme.csum[p->meta.slot[list[moved]] - p->nvme.first_slot] = p->pmem.csum[old[moved] - p->pmem.first_slot];
     }
     k = build_ios(p, &p->nvme, list, moved, w->iobuf, 0, ios, NULL);
-    r = k ? tm_tier_writev(&p->nvme, ios, k) : 0;
+    r = k ? tm_tier_writev(&p->nvme, w->ioq, ios, k) : 0;
     for (int64_t i = 0; i < moved; i++) {
         int64_t b = list[i];
         if (r < 0) { /* stays in PMEM */
@@ -484,24 +484,48 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     /* Write each tier's share, straight from the shadow. A tier that fails
      * has its victims retried on the other tier; a victim that cannot be
      * written anywhere stays in DRAM (the budget is overrun rather than data
-     * lost). */
+     * lost). The first writes, the bulk of the work, run outside the lock on
+     * an unlocked worker (the background's): the victims are busy and in the
+     * shadow, so no one else reads or changes them or their slots, and a
+     * fault on one waits until they are woken below. */
     enum { TO_WRITE, WRITTEN, FAILED };
     size_t nstate = nd > 0 ? (size_t)nd : 1;
     uint8_t state[nstate];
     memset(state, TO_WRITE, nstate);
     for (int64_t i = 0; i < nd; i++)
-        if (p->meta.slot[list[i]] != TM_NO_SLOT)
-            seal(p, list[i], shadow_of(p, list[i]));
-        else
+        if (p->meta.slot[list[i]] == TM_NO_SLOT)
             state[i] = FAILED;
     tm_io ios[nd ? nd : 1];
+    int first[2] = {0, 0}; /* the first write's result, PMEM and NVMe */
+    if (w->unlocked_io) {
+        p->writeback_blocks += n;
+        pthread_mutex_unlock(&p->lock);
+    }
+    uint8_t sent[nstate]; /* the tier each victim's first write went to */
+    for (int64_t i = 0; i < nd; i++) {
+        sent[i] = state[i] == TO_WRITE ? (uint8_t)slot_tier(p, p->meta.slot[list[i]])->id : 0;
+        if (sent[i])
+            seal(p, list[i], shadow_of(p, list[i]));
+    }
+    for (int id = TM_PMEM; id <= TM_NVME; id++) {
+        tm_tier *t = tier_by_id(p, id);
+        int k = t->nslots ? build_ios(p, t, list, nd, NULL, 1, ios, state) : 0;
+        first[id - TM_PMEM] = k ? tm_tier_writev(t, w->ioq, ios, k) : 0;
+    }
+    if (w->unlocked_io) {
+        pthread_mutex_lock(&p->lock);
+        p->writeback_blocks -= n;
+    }
     for (int attempt = 0; attempt < 2; attempt++) {
         for (int id = TM_PMEM; id <= TM_NVME; id++) {
             tm_tier *t = tier_by_id(p, id), *other = tier_by_id(p, id == TM_PMEM ? TM_NVME : TM_PMEM);
-            int k = t->nslots ? build_ios(p, t, list, nd, NULL, 1, ios, state) : 0;
-            if (!k)
-                continue;
-            int r = tm_tier_writev(t, ios, k);
+            int r = first[id - TM_PMEM];
+            if (attempt > 0) {
+                int k = t->nslots ? build_ios(p, t, list, nd, NULL, 1, ios, state) : 0;
+                if (!k)
+                    continue;
+                r = tm_tier_writev(t, w->ioq, ios, k);
+            }
             if (r < 0) {
                 p->st.io_errors++;
                 tm_set_error(p, "%s write during demotion: %s", t->name, strerror(-r));
@@ -510,6 +534,8 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
                 int64_t b = list[i];
                 if (state[i] != TO_WRITE || slot_tier(p, p->meta.slot[b]) != t)
                     continue;
+                if (attempt == 0 && sent[i] != id)
+                    continue; /* moved here after the first writes: written next */
                 if (r == 0) {
                     state[i] = WRITTEN;
                 } else if (attempt == 0) { /* elsewhere, next */
@@ -536,6 +562,12 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
         int64_t b = list[i];
         p->meta.flags[b] &= (uint8_t)~(TM_F_BUSY | TM_F_SAMPLED);
         if ((i < nd && state[i] != WRITTEN) || p->meta.slot[b] == TM_NO_SLOT) {
+            uint32_t g = p->meta.slot[b];
+            if (g != TM_NO_SLOT) { /* a failed write left nothing valid there */
+                tm_tier *t = slot_tier(p, g);
+                t->ops->discard(t, g - t->first_slot, 1);
+                slot_release(p, b);
+            }
             p->meta.flags[b] |= TM_F_DIRTY;
             p->xflags[b] = 0;
             continue;
@@ -554,6 +586,10 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     }
     sort_ids(list, nleft);
     for_runs(p, list, nleft, free_shadow_run);
+    if (w->unlocked_io) { /* threads that faulted on them meanwhile */
+        for_runs(p, list, nleft, tm_fault_wake);
+        pthread_cond_broadcast(&p->io_cond);
+    }
     sort_ids(list + nleft, n - nleft);
     for_runs(p, list + nleft, n - nleft, unpark_run);
     return nleft;
@@ -627,6 +663,7 @@ static void note_resident(struct tm_pool *p, int64_t n)
     uint64_t used = (uint64_t)p->resident << p->bshift;
     if (used > p->st.dram.peak)
         p->st.dram.peak = used;
+    tm_background_used(p);
 }
 
 /* ---- promotion ------------------------------------------------------ */
@@ -796,7 +833,7 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
     for (int id = TM_PMEM; id <= TM_NVME; id++) {
         tm_tier *t = tier_by_id(p, id);
         int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, 0, ios, NULL) : 0;
-        int r = k ? tm_tier_readv(t, ios, k) : 0;
+        int r = k ? tm_tier_readv(t, w->ioq, ios, k) : 0;
         if (r < 0) {
             err = r;
             tm_set_error(p, "%s read during promotion: %s", t->name, strerror(-r));
@@ -810,7 +847,7 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
         n = 1;
         tm_tier *t = slot_tier(p, p->meta.slot[b]);
         tm_io one = {slot_local(p, p->meta.slot[b]), w->iobuf, 1};
-        err = tm_tier_readv(t, &one, 1);
+        err = tm_tier_readv(t, w->ioq, &one, 1);
     }
     if (err < 0) {
         fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
@@ -886,6 +923,28 @@ static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, in
 
 /* ---- stream readahead ------------------------------------------------ */
 
+int tm_worker_init(struct tm_pool *p, tm_worker *w)
+{
+    w->pool = p;
+    uint8_t *buf = mmap(NULL, (size_t)p->batch_max << p->bshift, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    w->iobuf = buf == MAP_FAILED ? NULL : buf;
+    w->list = calloc((size_t)p->batch_max * 3, sizeof(int64_t));
+    w->ioq = tm_ioq_create(); /* NULL: synchronous requests */
+    return w->iobuf && w->list ? 0 : -ENOMEM;
+}
+
+void tm_worker_fini(tm_worker *w)
+{
+    if (w->iobuf)
+        munmap(w->iobuf, (size_t)w->pool->batch_max << w->pool->bshift);
+    free(w->list);
+    tm_ioq_destroy(w->ioq);
+    w->iobuf = NULL;
+    w->list = NULL;
+    w->ioq = NULL;
+}
+
 int tm_migrate_init(struct tm_pool *p)
 {
     size_t len = (size_t)p->batch_max << p->bshift;
@@ -899,14 +958,17 @@ int tm_migrate_init(struct tm_pool *p)
         if (!p->ra.buf[k] || !p->ra.slots[k] || !p->ra.blocks[k])
             return -ENOMEM;
     }
+    p->ra.q = tm_ioq_create(); /* NULL: no readahead */
     return 0;
 }
 
 void tm_migrate_fini(struct tm_pool *p)
 {
     if (p->ra.n)
-        tm_tier_wait_reads(&p->nvme);
+        tm_tier_wait_reads(&p->nvme, p->ra.q);
     p->ra.n = 0;
+    tm_ioq_destroy(p->ra.q);
+    p->ra.q = NULL;
     for (int k = 0; k < 2; k++) {
         if (p->ra.buf[k])
             munmap(p->ra.buf[k], (size_t)p->batch_max << p->bshift);
@@ -940,7 +1002,7 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
         return;
     tm_io ios[n];
     int nio = build_ios(p, &p->nvme, list, n, p->ra.buf[k], 0, ios, NULL);
-    if (tm_tier_submit_readv(&p->nvme, ios, nio) < 0)
+    if (tm_tier_submit_readv(&p->nvme, p->ra.q, ios, nio) < 0)
         return; /* no readahead: the fault path reads synchronously */
     for (int64_t i = 0; i < n; i++) {
         p->ra.slots[k][i] = p->meta.slot[list[i]];
@@ -967,7 +1029,7 @@ static void readahead_finish(tm_worker *w)
     const int64_t *list = p->ra.blocks[k];
     const uint32_t *slots = p->ra.slots[k];
     int64_t n = p->ra.n;
-    int r = tm_tier_wait_reads(&p->nvme);
+    int r = tm_tier_wait_reads(&p->nvme, p->ra.q);
     int valid = r >= 0 && p->ra.generation == p->generation;
     p->ra.n = 0;
     p->ra.cur ^= 1;
@@ -1016,6 +1078,12 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
  * mapped the block. Returns the kind of access it was. */
 static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
 {
+    if (p->meta.flags[b] & TM_F_BUSY) {
+        /* Being written back outside the lock: its thread is woken when the
+         * write is done, and faults again. */
+        p->st.writeback_waits++;
+        return TM_ACCESS_MINOR;
+    }
     if (kind == TM_ACCESS_WP) {
         p->st.wp_faults++;
         p->meta.flags[b] |= TM_F_DIRTY;
@@ -1051,6 +1119,14 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
     if (a < p->base || a >= p->base + p->arena_size)
         return;
     int64_t b = tm_block_of(p, a);
+    /* A fault that needs room while the background's writeback in flight
+     * will free enough waits for it rather than write on the fault path.
+     * Before anything is planned: the lock is released meanwhile. */
+    while (p->meta.tier[b] != TM_DRAM && p->writeback_blocks && p->resident + p->batch_blocks > p->dram_blocks &&
+           p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
+        p->st.writeback_waits++;
+        pthread_cond_wait(&p->io_cond, &p->lock);
+    }
     p->st.faults++;
     if (!(p->meta.flags[b] & TM_F_ALLOC)) {
         tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS", (void *)a);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -70,11 +71,19 @@ void tm_tier_slot_free(tm_tier *t, uint64_t slot)
     t->used--;
 }
 
-/* 1 if this operation must fail as injected; counts operations. */
+/* 1 if this operation must fail as injected (after sleeping, if it is to be
+ * slow); counts operations. */
 static int injected(tm_inject *in, uint64_t *count)
 {
-    uint64_t n = (*count)++;
-    return (in->err || in->short_io) && n >= in->skip;
+    uint64_t n = __atomic_fetch_add(count, 1, __ATOMIC_RELAXED);
+    if (n < in->skip)
+        return 0;
+    if (in->delay_ns) {
+        struct timespec ts = {(time_t)(in->delay_ns / 1000000000ull), (long)(in->delay_ns % 1000000000ull)};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+        }
+    }
+    return in->err || in->short_io;
 }
 
 /* Emulated speed: stretch a transfer that started at t0 to its latency per
@@ -92,37 +101,37 @@ static void emulate(const tm_tier *t, const tm_io *ios, int n, uint64_t ns_per_r
     }
 }
 
-int tm_tier_readv(tm_tier *t, const tm_io *ios, int n)
+int tm_tier_readv(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
 {
     if (injected(&t->inject_read, &t->nreads))
         return t->inject_read.short_io ? -EIO : -t->inject_read.err;
     uint64_t t0 = tm_os_now_ns();
-    int r = t->ops->readv(t, ios, n);
+    int r = t->ops->readv(t, q, ios, n);
     emulate(t, ios, n, t->emu.read_ns, t->emu.read_mbps, t0);
     return r;
 }
 
-int tm_tier_writev(tm_tier *t, const tm_io *ios, int n)
+int tm_tier_writev(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
 {
     if (injected(&t->inject_write, &t->nwrites))
         return t->inject_write.short_io ? -EIO : -t->inject_write.err;
     uint64_t t0 = tm_os_now_ns();
-    int r = t->ops->writev(t, ios, n);
+    int r = t->ops->writev(t, q, ios, n);
     emulate(t, ios, n, t->emu.write_ns, t->emu.write_mbps, t0);
     return r;
 }
 
-int tm_tier_submit_readv(tm_tier *t, const tm_io *ios, int n)
+int tm_tier_submit_readv(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
 {
-    /* With injected read faults the synchronous path must see every read. */
-    if (!t->ops->submit_readv || t->inject_read.err || t->inject_read.short_io)
+    /* With injected read faults or delays the synchronous path must see every read. */
+    if (!t->ops->submit_readv || t->inject_read.err || t->inject_read.short_io || t->inject_read.delay_ns)
         return -ENOTSUP;
-    return t->ops->submit_readv(t, ios, n);
+    return t->ops->submit_readv(t, q, ios, n);
 }
 
-int tm_tier_wait_reads(tm_tier *t)
+int tm_tier_wait_reads(tm_tier *t, tm_ioq *q)
 {
-    return t->ops->wait_reads ? t->ops->wait_reads(t) : 0;
+    return t->ops->wait_reads ? t->ops->wait_reads(t, q) : 0;
 }
 
 static int errno_named(const char *s, size_t len)
@@ -137,8 +146,9 @@ static int errno_named(const char *s, size_t len)
 }
 
 /* spec: comma-separated "TIER_OP:WHAT[@SKIP]", TIER pmem|nvme, OP read|write,
- * WHAT an errno name (EIO, ENOSPC, ...) or "short"; SKIP operations succeed
- * first. Example: "nvme_read:EIO@10,pmem_write:ENOSPC". */
+ * WHAT an errno name (EIO, ENOSPC, ...), "short", or "delayNms" (succeed N
+ * milliseconds late); SKIP operations are left alone first. Example:
+ * "nvme_read:EIO@10,pmem_write:ENOSPC,nvme_write:delay200ms". */
 int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err)
 {
     const char *s = spec;
@@ -158,10 +168,16 @@ int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err)
         const char *what = colon + 1;
         const char *at = memchr(what, '@', len - klen - 1);
         size_t wlen = at ? (size_t)(at - what) : len - klen - 1;
-        if (wlen == 5 && !strncmp(what, "short", 5))
+        char *end_ms;
+        if (wlen == 5 && !strncmp(what, "short", 5)) {
             in->short_io = 1;
-        else if (!(in->err = errno_named(what, wlen)))
+        } else if (wlen > 7 && !strncmp(what, "delay", 5) && what[5] >= '0' && what[5] <= '9') {
+            in->delay_ns = strtoull(what + 5, &end_ms, 10) * 1000000ull;
+            if (end_ms != what + wlen - 2 || strncmp(end_ms, "ms", 2))
+                goto bad;
+        } else if (!(in->err = errno_named(what, wlen))) {
             goto bad;
+        }
         if (at) {
             char *stop;
             in->skip = strtoull(at + 1, &stop, 10);
@@ -173,6 +189,6 @@ int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err)
     return 0;
 bad:
     snprintf(err, TM_ERRLEN, "bad TIEREDMEM_INJECT entry near '%s': expected "
-             "{pmem,nvme}_{read,write}:{EIO,ENOSPC,EFAULT,ENOMEM,EROFS,short}[@N]", s);
+             "{pmem,nvme}_{read,write}:{EIO,ENOSPC,EFAULT,ENOMEM,EROFS,short,delayNms}[@N]", s);
     return -EINVAL;
 }

@@ -22,14 +22,14 @@
 
 /* DAX: loads and stores straight to the media. The file was fully allocated
  * at open, so no store can meet an unbacked page. */
-static int map_readv(tm_tier *t, const tm_io *ios, int n)
+static int map_readv(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
 {
     for (int i = 0; i < n; i++)
         memcpy(ios[i].buf, t->map + ios[i].slot * t->bs, ios[i].nblocks * t->bs);
     return 0;
 }
 
-static int dax_writev(tm_tier *t, const tm_io *ios, int n)
+static int dax_writev(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
 {
     for (int i = 0; i < n; i++)
         memcpy(t->map + ios[i].slot * t->bs, ios[i].buf, ios[i].nblocks * t->bs);
@@ -41,7 +41,7 @@ static int dax_writev(tm_tier *t, const tm_io *ios, int n)
  * which the demotion retries on the other tier. Reads only ever name slots
  * written before, whose pages exist: they load through a read-only mapping,
  * 2-3x faster than pread here. */
-static int file_writev(tm_tier *t, const tm_io *ios, int n)
+static int file_writev(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
 {
     for (int i = 0; i < n; i++) {
         size_t len = ios[i].nblocks * t->bs, done = 0;

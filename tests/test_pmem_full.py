@@ -113,7 +113,9 @@ def test_block_that_no_tier_can_take_stays_in_dram_when_pmem_filesystem_is_full(
     assert st["io_errors"] >= 1
     assert os.strerror(errno.ENOSPC) in st["last_error"]
     assert st["budget_overruns"] >= 1
-    assert st["pmem"]["used"] <= 32 * MiB
+    # Slots of a background writeback still in flight count as used before
+    # their write meets the full filesystem: at most a batch (4 MiB) more.
+    assert st["pmem"]["used"] <= (32 + 4) * MiB
     # over the budget by what the filesystem could not hold, within two batches
     assert st["dram"]["capacity"] < st["dram"]["peak"] <= (56 - 32 + 8) * MiB
 
