@@ -145,6 +145,17 @@ static int errno_named(const char *s, size_t len)
     return 0;
 }
 
+/* A decimal count at s (digits only: strtoull would take a sign and wrap
+ * overflow silently); 0 or -1. *end is set past it. */
+static int parse_count(const char *s, char **end, uint64_t *out)
+{
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    *out = strtoull(s, end, 10);
+    return errno == ERANGE ? -1 : 0;
+}
+
 /* spec: comma-separated "TIER_OP:WHAT[@SKIP]", TIER pmem|nvme, OP read|write,
  * WHAT an errno name (EIO, ENOSPC, ...), "short", or "delayNms" (succeed N
  * milliseconds late); SKIP operations are left alone first. Example:
@@ -172,16 +183,17 @@ int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err)
         if (wlen == 5 && !strncmp(what, "short", 5)) {
             in->short_io = 1;
         } else if (wlen > 7 && !strncmp(what, "delay", 5) && what[5] >= '0' && what[5] <= '9') {
-            in->delay_ns = strtoull(what + 5, &end_ms, 10) * 1000000ull;
-            if (end_ms != what + wlen - 2 || strncmp(end_ms, "ms", 2))
+            uint64_t ms;
+            if (parse_count(what + 5, &end_ms, &ms) < 0 || ms > UINT64_MAX / 1000000ull ||
+                end_ms != what + wlen - 2 || strncmp(end_ms, "ms", 2))
                 goto bad;
+            in->delay_ns = ms * 1000000ull;
         } else if (!(in->err = errno_named(what, wlen))) {
             goto bad;
         }
         if (at) {
             char *stop;
-            in->skip = strtoull(at + 1, &stop, 10);
-            if (stop != s + len || stop == at + 1)
+            if (parse_count(at + 1, &stop, &in->skip) < 0 || stop != s + len)
                 goto bad;
         }
         s = end ? end + 1 : NULL;
