@@ -222,8 +222,8 @@ int tm_background_start(struct tm_pool *p)
     p->hint_cost_ns = 5000;
     p->zap_cost_ns = 4000;
     p->hint_ratio = 0.5;
-    int r = tm_worker_init(p, &p->bg);
-    if (r < 0 || (r = tm_worker_init(p, &p->ctl)) < 0)
+    int r = tm_worker_init(p, &p->bg, 0);
+    if (r < 0 || (r = tm_worker_init(p, &p->ctl, 0)) < 0)
         return r;
     p->bg.unlocked_io = p->bg.unlocked_loads = 1; /* advice and resize (ctl) share one worker: locked */
     pthread_cond_init(&p->io_cond, NULL);

@@ -181,7 +181,7 @@ int tm_fault_start(struct tm_pool *p)
     for (int i = 0; i < n; i++) {
         tm_worker *w = &p->workers[i];
         w->cpu = cpus[i];
-        if ((err = tm_worker_init(p, w)) < 0)
+        if ((err = tm_worker_init(p, w, 1)) < 0)
             break;
         w->unlocked_loads = 1;
         if ((err = -pthread_create(&w->thread, NULL, handler_main, w)) < 0)

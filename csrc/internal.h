@@ -370,9 +370,11 @@ void tm_background_used(struct tm_pool *p);
 void tm_background_hint(struct tm_pool *p, uint64_t service_ns);
 /* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
-/* What a thread needs to move blocks: buffer, lists, I/O queue. fini is
- * safe on a worker never initialised (all zero). */
-int tm_worker_init(struct tm_pool *p, tm_worker *w);
+/* What a thread needs to move blocks: buffer, lists, I/O queue. The buffer
+ * is memory outside the DRAM budget: `populate` it only where its page
+ * faults must stay off the fault path (handlers). fini is safe on a worker
+ * never initialised (all zero). */
+int tm_worker_init(struct tm_pool *p, tm_worker *w, int populate);
 void tm_worker_fini(tm_worker *w);
 /* Readahead buffers: set up at creation; finish and free at release. */
 int tm_migrate_init(struct tm_pool *p);

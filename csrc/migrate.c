@@ -1005,11 +1005,11 @@ static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, in
 
 /* ---- stream readahead ------------------------------------------------ */
 
-int tm_worker_init(struct tm_pool *p, tm_worker *w)
+int tm_worker_init(struct tm_pool *p, tm_worker *w, int populate)
 {
     w->pool = p;
     uint8_t *buf = mmap(NULL, (size_t)p->batch_max << p->bshift, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+                        MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
     w->iobuf = buf == MAP_FAILED ? NULL : buf;
     w->list = calloc((size_t)p->batch_max * 3, sizeof(int64_t));
     w->ioq = tm_ioq_create(); /* NULL: synchronous requests */
