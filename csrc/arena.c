@@ -439,14 +439,12 @@ static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
         p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
 }
 
-/* Whether a block of [b, b+n) is being written back or loaded outside the
- * lock (a readahead's busy blocks are not: a release makes it stale). */
-static int in_flight(const struct tm_pool *p, int64_t b, int64_t n)
+static int in_writeback(const struct tm_pool *p, int64_t b, int64_t n)
 {
-    if (!p->writeback_blocks && !p->loading_blocks)
+    if (!p->writeback_blocks)
         return 0;
     for (int64_t i = b; i < b + n; i++)
-        if ((p->meta.tier[i] == TM_DRAM && (p->meta.flags[i] & TM_F_BUSY)) || (p->xflags[i] & TM_X_LOADING))
+        if (p->meta.tier[i] == TM_DRAM && (p->meta.flags[i] & TM_F_BUSY))
             return 1;
     return 0;
 }
@@ -463,9 +461,9 @@ void tm_free(tm_pool *p, void *ptr)
         pthread_mutex_unlock(&p->lock);
         return;
     }
-    /* A writeback or load of some of its blocks still uses their pages and
-     * slots: let it finish. */
-    while (in_flight(p, b, n))
+    /* A background writeback of some of its blocks still reads their pages
+     * and writes their slots: let it finish. */
+    while (in_writeback(p, b, n))
         pthread_cond_wait(&p->io_cond, &p->lock);
     tm_migrate_release(p, b, n);
     for (int64_t i = b; i < b + n; i++) {
@@ -608,7 +606,7 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
         int64_t zmin = TM_ZERO_MIN_BYTES / p->bs ? (int64_t)(TM_ZERO_MIN_BYTES / p->bs) : 1;
         p->zero_min_blocks = zmin < batch ? zmin : batch;
         while (p->resident > p->dram_blocks) {
-            if (p->writeback_blocks || p->loading_blocks) { /* DRAM use settles when they are done */
+            if (p->writeback_blocks) { /* its victims leave DRAM when it is done */
                 pthread_cond_wait(&p->io_cond, &p->lock);
                 continue;
             }

@@ -225,7 +225,7 @@ int tm_background_start(struct tm_pool *p)
     int r = tm_worker_init(p, &p->bg, 0);
     if (r < 0 || (r = tm_worker_init(p, &p->ctl, 0)) < 0)
         return r;
-    p->bg.unlocked_io = p->bg.unlocked_loads = 1; /* advice and resize (ctl) share one worker: locked */
+    p->bg.unlocked_io = 1;
     pthread_cond_init(&p->io_cond, NULL);
     /* Signals belong to the application's threads. */
     sigset_t all, old;

@@ -27,10 +27,6 @@ enum {
     /* Mapped writable without write protection (moved back from the shadow):
      * whether it is clean is decided by its checksum when it is demoted. */
     TM_X_VERIFY = 1 << 0,
-    /* Being read in from a lower tier outside the lock (also TM_F_BUSY). */
-    TM_X_LOADING = 1 << 1,
-    /* Named by the policy's answer being checked (finds duplicates). */
-    TM_X_NAMED = 1 << 2,
 };
 
 /* ---- os.c: the OS layer --------------------------------------------- */
@@ -203,7 +199,6 @@ typedef struct tm_worker {
     int cpu;
     tm_ioq *ioq;         /* its NVMe requests in flight */
     int unlocked_io;     /* demotes with the lock released during its writes */
-    int unlocked_loads;  /* promotes with the lock released during its reads and copies */
     uint8_t *iobuf;      /* TM_BATCH_BYTES or one block, page aligned */
     int64_t *list;       /* 3 batches of block ids: the fault's, its victims', PMEM cascade's */
 } tm_worker;
@@ -231,9 +226,8 @@ struct tm_pool {
     tm_worker ctl;             /* advice and resize, on the application's threads */
     pthread_cond_t bg_cond;    /* wakes it early: stop, the low watermark */
     int bg_started, bg_stop, bg_kick;
-    pthread_cond_t io_cond;    /* broadcast when an unlocked writeback or load is done */
+    pthread_cond_t io_cond;    /* broadcast when an unlocked writeback is done */
     int64_t writeback_blocks;  /* victims of unlocked writebacks in flight */
-    int64_t loading_blocks;    /* blocks of unlocked promotions in flight (counted resident) */
 
     pthread_mutex_t lock;
     tm_meta meta;

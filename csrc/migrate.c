@@ -296,31 +296,34 @@ static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8
         int64_t n = p->policy.select_victims(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, want, out,
                                              dest);
         int ok = n >= 0 && n <= want;
-        int64_t named = 0;
-        for (; ok && named < n; named++) {
-            int64_t b = out[named];
-            ok = b >= 0 && b < p->scan_end && p->meta.tier[b] == TM_DRAM && !(p->xflags[b] & TM_X_NAMED) &&
-                 (dest[named] == 0 || dest[named] == TM_PMEM || dest[named] == TM_NVME);
-            if (ok)
-                p->xflags[b] |= TM_X_NAMED; /* a block named twice is an error */
-        }
-        for (int64_t i = 0; i < named; i++)
-            p->xflags[out[i]] &= (uint8_t)~TM_X_NAMED;
-        /* Valid, but not taken: blocks in flight (being written back or
-         * loaded: busy), and the blocks of the latest faults, since one
-         * instruction may need them all at once and a policy that kept naming
-         * them would have them evict each other forever. */
-        int64_t kept = 0;
+        int64_t marked = 0;
         for (int64_t i = 0; ok && i < n; i++) {
             int64_t b = out[i];
-            if ((p->meta.flags[b] & TM_F_BUSY) || recent(p, b))
+            ok = b >= 0 && b < p->scan_end && p->meta.tier[b] == TM_DRAM && !(p->meta.flags[b] & TM_F_BUSY) &&
+                 (dest[i] == 0 || dest[i] == TM_PMEM || dest[i] == TM_NVME);
+            if (ok) {
+                p->meta.flags[b] |= TM_F_BUSY; /* also catches a block named twice */
+                marked++;
+            }
+        }
+        /* The blocks of the latest faults are never a policy's victims: one
+         * instruction may need them all at once, and a policy that keeps
+         * naming them would have them evict each other forever. */
+        int64_t kept = 0;
+        for (int64_t i = 0; ok && i < n; i++) {
+            if (recent(p, out[i])) {
+                p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
                 continue;
-            p->meta.flags[b] |= TM_F_BUSY;
-            out[kept] = b;
+            }
+            out[kept] = out[i];
             dest[kept++] = dest[i];
         }
-        if (kept > 0)
+        if (ok && kept > 0)
             return kept;
+        if (ok)
+            marked = 0; /* unmarked above */
+        for (int64_t i = 0; i < marked; i++)
+            p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
         if (!ok) {
             p->st.policy_errors++;
             tm_set_error(p, "policy select_victims returned an invalid answer (%lld blocks for %lld asked); "
@@ -341,7 +344,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
     int64_t n = 0;
     for (int64_t scanned = 0; n < want && scanned < p->scan_end; scanned++) {
         int64_t b = advance(p, &p->pmem_hand);
-        if (p->meta.tier[b] == TM_PMEM && !(p->meta.flags[b] & TM_F_BUSY)) /* busy: being loaded */
+        if (p->meta.tier[b] == TM_PMEM)
             list[n++] = b;
     }
     if (!n)
@@ -814,118 +817,59 @@ static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int e
 }
 
 static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write);
-static int64_t map_in(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write,
-                      int *err);
-static int64_t mapped(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t done, int write, int err);
 static void readahead_submit(struct tm_pool *p, int64_t start);
 
-/* Read list[0..n) (in lower tiers) into w's buffer, verify and copy in what
- * arrived intact, without the lock: sets *err and *what on a failure, and
- * *damaged to the index of the first block that failed its checksum (n if
- * none). Returns how many, from the first, are mapped. */
-static int64_t load(tm_worker *w, uint64_t addr, const int64_t *list, int64_t n, int write, int *err,
-                    const char **what, int64_t *damaged, int *copy_err)
+/* Bring list[0..n) into DRAM from lower tiers: list[0] faulted at addr, or
+ * addr is 0 when nobody waits (ahead of need). With `stream`, read the
+ * blocks after the last one ahead, asynchronously. Returns how many arrived. */
+static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write, int stream)
 {
     struct tm_pool *p = w->pool;
+    int64_t b = list[0];
+    ensure_room(w, n); /* victims are DRAM blocks: never one of list */
+
     tm_io ios[n];
-    *err = *copy_err = 0;
-    *damaged = n;
+    int err = 0;
     for (int id = TM_PMEM; id <= TM_NVME; id++) {
         tm_tier *t = tier_by_id(p, id);
         int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, 0, ios, NULL) : 0;
         int r = k ? tm_tier_readv(t, w->ioq, ios, k) : 0;
         if (r < 0) {
-            *err = r;
-            *what = t->name;
+            err = r;
+            tm_set_error(p, "%s read during promotion: %s", t->name, strerror(-r));
         }
     }
-    if (*err < 0 && n > 1 && addr) { /* retry the block the thread waits for on its own */
-        n = 1;
-        tm_tier *t = slot_tier(p, p->meta.slot[list[0]]);
-        tm_io one = {slot_local(p, p->meta.slot[list[0]]), w->iobuf, 1};
-        if (tm_tier_readv(t, w->ioq, &one, 1) == 0)
-            *err = -EAGAIN; /* the batch failed, this block did not */
-    }
-    if (*err < 0 && *err != -EAGAIN)
-        return 0;
-    /* Map only what arrives intact: blocks after a damaged one stay below. */
-    for (int64_t i = 0; i < n; i++)
-        if (!intact(p, list[i], w->iobuf + ((size_t)i << p->bshift))) {
-            *damaged = i;
-            n = i;
-        }
-    return map_in(p, addr, list, n, w->iobuf, write, copy_err);
-}
-
-/* Account for a load (lock held): its errors, then the blocks mapped.
- * Returns how many arrived. */
-static int64_t settle_load(struct tm_pool *p, uint64_t addr, int64_t *list, int64_t n, int write, int err,
-                           const char *what, int64_t damaged, int64_t done, int copy_err)
-{
-    const char *tier = slot_tier(p, p->meta.slot[list[0]])->id == TM_PMEM ? "pmem" : "nvme";
-    if (err < 0 && err != -EAGAIN && addr) {
-        fail_fault(p, addr, !strcmp(tier, "pmem") ? "pmem read failed" : "nvme read failed", err);
-        return 0;
-    }
-    if (err < 0) { /* ahead of need the blocks stay below and fail when touched */
+    if (err < 0 && (n > 1 || !addr)) {
         p->st.io_errors++;
-        tm_set_error(p, "%s read during promotion failed%s", what,
-                     err == -EAGAIN ? "; the faulting block alone was read again" : "");
-        if (err != -EAGAIN)
-            return 0;
+        if (!addr)
+            return 0; /* ahead of need: the blocks stay below and fail when touched */
+        /* Retry the block the thread waits for on its own. */
+        n = 1;
+        tm_tier *t = slot_tier(p, p->meta.slot[b]);
+        tm_io one = {slot_local(p, p->meta.slot[b]), w->iobuf, 1};
+        err = tm_tier_readv(t, w->ioq, &one, 1);
     }
-    if (damaged < n) {
+    if (err < 0) {
+        fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
+        return 0;
+    }
+    /* Map only what arrives intact: blocks after a damaged one stay below. */
+    for (int64_t i = 0; i < n; i++) {
+        if (intact(p, list[i], w->iobuf + ((size_t)i << p->bshift)))
+            continue;
         p->st.checksum_errors++;
-        if (damaged == 0 && addr) {
-            fail_fault(p, addr, !strcmp(tier, "pmem") ? "pmem block failed its checksum" :
-                       "nvme block failed its checksum", -EBADMSG);
+        if (i == 0 && addr) {
+            fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ?
+                       "pmem block failed its checksum" : "nvme block failed its checksum", -EBADMSG);
             return 0;
         }
-        tm_set_error(p, "block %lld failed its checksum on promotion ahead of need", (long long)list[damaged]);
-        p->meta.flags[list[damaged]] |= TM_F_POISON;
+        tm_set_error(p, "block %lld failed its checksum on promotion ahead of need", (long long)list[i]);
+        p->meta.flags[list[i]] |= TM_F_POISON;
+        n = i;
     }
-    return mapped(p, addr, list, done, write, copy_err);
-}
-
-/* Bring list[0..n) into DRAM from lower tiers: list[0] faulted at addr, or
- * addr is 0 when nobody waits (ahead of need). With `stream`, read the
- * blocks after the last one ahead, asynchronously. Returns how many arrived.
- * On a worker with unlocked loads the reads, checksums and copies run with
- * the lock released: the blocks are busy (a fault on one waits for the wake
- * below), their room is reserved, and nothing moves them or their slots. */
-static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write, int stream)
-{
-    struct tm_pool *p = w->pool;
-    ensure_room(w, n); /* victims are DRAM blocks: never one of list */
-    for (int64_t i = 0; i < n; i++) {
-        p->meta.flags[list[i]] |= TM_F_BUSY;
-        p->xflags[list[i]] |= TM_X_LOADING;
-    }
-    p->resident += n;
-    p->loading_blocks += n;
-    if (stream) /* a stream: read ahead of it while this is read and mapped */
+    if (stream && n) /* a stream: read ahead of it while this is mapped */
         readahead_submit(p, list[n - 1] + 1);
-    int err, copy_err;
-    int64_t damaged;
-    const char *what = "";
-    if (w->unlocked_loads)
-        pthread_mutex_unlock(&p->lock);
-    int64_t done = load(w, addr, list, n, write, &err, &what, &damaged, &copy_err);
-    if (w->unlocked_loads)
-        pthread_mutex_lock(&p->lock);
-    p->resident -= n;
-    p->loading_blocks -= n;
-    for (int64_t i = 0; i < n; i++) {
-        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
-        p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
-    }
-    if (w->unlocked_loads)
-        pthread_cond_broadcast(&p->io_cond);
-    int64_t got = settle_load(p, addr, list, n, write, err, what, damaged, done, copy_err);
-    /* Threads that faulted on the blocks that did not arrive wait too:
-     * woken, they fault again and are answered. */
-    for_runs(p, list + got, n - got, tm_fault_wake);
-    return got;
+    return n ? install(p, addr, list, n, w->iobuf, write) : 0;
 }
 
 int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const char *who)
@@ -942,65 +886,39 @@ int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const c
  * adjacent blocks take one UFFDIO_COPY each. A block read back unmodified
  * keeps its slot and is mapped write-protected, so its first write is seen
  * and it can later be dropped instead of rewritten. */
-/* Whether block list[k] is mapped write-protected (clean, tracked): all but
- * the one a write faulted on. */
-static int installed_wp(const struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t k, int write)
+static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write)
 {
-    return p->dirty_tracking && !(write && addr && k == 0);
-}
-
-/* Copy list[0..n) in from buf (list[k]'s data at block k), a run of
- * adjacent blocks per UFFDIO_COPY, without waking anyone. Needs no lock when
- * the blocks are busy. Returns how many, from the first, are mapped; *err
- * is the failure that stopped it. */
-static int64_t map_in(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write,
-                      int *err)
-{
-    int64_t done = 0;
-    *err = 0;
+    int64_t b = addr ? list[0] : -1, done = 0;
     while (done < n) {
         int64_t i = done, j = i + 1;
-        int wp = installed_wp(p, addr, list, i, write);
-        while (j < n && list[j] == list[j - 1] + 1 && installed_wp(p, addr, list, j, write) == wp)
+        int wp_i = p->dirty_tracking && !(write && list[i] == b);
+        while (j < n && list[j] == list[j - 1] + 1 && (p->dirty_tracking && !(write && list[j] == b)) == wp_i)
             j++;
-        if ((*err = tm_fault_install(p, list[i], j - i, buf + ((size_t)i << p->bshift), wp)) < 0)
+        int r = tm_fault_install(p, list[i], j - i, buf + ((size_t)i << p->bshift), wp_i);
+        if (r < 0) {
+            if (i == 0 && addr)
+                fail_fault(p, addr, "UFFDIO_COPY failed", r);
+            else
+                tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-r));
             break;
+        }
+        for (int64_t k = i; k < j; k++) {
+            int64_t c = list[k];
+            p->meta.tier[c] = TM_DRAM;
+            p->xflags[c] = 0;
+            if (!wp_i)
+                p->meta.flags[c] |= TM_F_DIRTY;
+            if (c != b)
+                tm_policy_access(p, c, TM_ACCESS_AHEAD);
+        }
+        note_resident(p, j - i);
+        tm_fault_wake(p, list[i], j - i);
         done = j;
     }
-    return done;
-}
-
-/* Account for list[0..done) mapped by map_in (lock held) and wake the
- * threads waiting on them; report a failure that stopped it at `done`. */
-static int64_t mapped(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t done, int write, int err)
-{
-    int64_t b = addr ? list[0] : -1;
-    if (err < 0 && done == 0 && addr)
-        fail_fault(p, addr, "UFFDIO_COPY failed", err);
-    else if (err < 0)
-        tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-err));
-    for (int64_t k = 0; k < done; k++) {
-        int64_t c = list[k];
-        p->meta.tier[c] = TM_DRAM;
-        p->xflags[c] = 0;
-        if (!installed_wp(p, addr, list, k, write))
-            p->meta.flags[c] |= TM_F_DIRTY;
-        if (c != b)
-            tm_policy_access(p, c, TM_ACCESS_AHEAD);
-    }
-    note_resident(p, done);
-    for_runs(p, list, done, tm_fault_wake);
     p->st.promotions += (uint64_t)done;
     p->st.prefetched += (uint64_t)(addr && done ? done - 1 : done);
     p->st.bytes_read += (uint64_t)done << p->bshift;
     return done;
-}
-
-static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write)
-{
-    int err;
-    int64_t done = map_in(p, addr, list, n, buf, write, &err);
-    return mapped(p, addr, list, done, write, err);
 }
 
 /* ---- stream readahead ------------------------------------------------ */
@@ -1163,7 +1081,7 @@ static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
     if (p->meta.flags[b] & TM_F_BUSY) {
         /* Being written back outside the lock: its thread is woken when the
          * write is done, and faults again. */
-        p->st.busy_waits++;
+        p->st.writeback_waits++;
         return TM_ACCESS_MINOR;
     }
     if (kind == TM_ACCESS_WP) {
@@ -1201,22 +1119,13 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
     if (a < p->base || a >= p->base + p->arena_size)
         return;
     int64_t b = tm_block_of(p, a);
-    /* Room first, before anything is planned, since the lock is released
-     * meanwhile: a fault that needs room waits for the background's
-     * writeback in flight if that frees enough, else demotes a batch itself,
-     * also writing outside the lock, so other faults go on. */
-    while ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC && p->meta.tier[b] != TM_DRAM &&
-           p->resident + p->batch_blocks > p->dram_blocks) {
-        if (p->writeback_blocks && p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
-            p->st.writeback_waits++;
-            pthread_cond_wait(&p->io_cond, &p->lock);
-            continue;
-        }
-        w->unlocked_io = 1;
-        int64_t moved = tm_migrate_demote(w, p->batch_blocks);
-        w->unlocked_io = 0;
-        if (!moved)
-            break; /* nothing could go: the plan's own room check decides */
+    /* A fault that needs room while the background's writeback in flight
+     * will free enough waits for it rather than write on the fault path.
+     * Before anything is planned: the lock is released meanwhile. */
+    while (p->meta.tier[b] != TM_DRAM && p->writeback_blocks && p->resident + p->batch_blocks > p->dram_blocks &&
+           p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
+        p->st.writeback_waits++;
+        pthread_cond_wait(&p->io_cond, &p->lock);
     }
     p->st.faults++;
     if (!(p->meta.flags[b] & TM_F_ALLOC)) {
@@ -1250,11 +1159,6 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         break;
     }
     default: {
-        if ((p->meta.flags[b] & TM_F_BUSY) && !in_readahead(p, b)) {
-            /* Another thread loads it outside the lock: woken once mapped. */
-            p->st.busy_waits++;
-            break;
-        }
         tm_policy_access(p, b, TM_ACCESS_MISSING);
         tm_stream *s = stream_of(p, b);
         if (in_readahead(p, b)) {

@@ -158,7 +158,6 @@ typedef struct tm_stats {
     uint64_t budget_overruns;  /* times resident bytes exceeded the budget */
     uint64_t pinned_skips;     /* victims kept in DRAM: the kernel had pages of theirs pinned for I/O */
     uint64_t writeback_waits;  /* faults that waited for a background writeback instead of writing */
-    uint64_t busy_waits;       /* faults on a block another thread was moving, woken when it landed */
     uint64_t hint_faults;      /* accesses seen by sampling */
     uint64_t sampled;          /* blocks unmapped by sampling */
     uint64_t sample_ns;        /* time spent sampling and serving hint faults */

@@ -18,7 +18,6 @@ _STAT_COUNTERS = (
     "allocated", "capacity", "faults", "zero_fills", "minor_faults", "wp_faults", "promotions",
     "prefetched", "readahead", "demotions", "clean_drops", "bytes_read", "bytes_written", "fault_ns",
     "io_errors", "checksum_errors", "sigbus_sent", "policy_errors", "budget_overruns", "pinned_skips", "writeback_waits",
-    "busy_waits",
     "hint_faults",
     "sampled",
     "sample_ns", "sample_rate", "background_demotions", "policy_promotions", "trace_events", "trace_dropped",
