@@ -52,11 +52,6 @@ int64_t tm_background_high_watermark(const struct tm_pool *p)
     return wm < p->dram_blocks / 4 ? wm : p->dram_blocks / 4;
 }
 
-static int64_t headroom(const struct tm_pool *p)
-{
-    return low_watermark(p);
-}
-
 static int spilling(const struct tm_pool *p)
 {
     return p->reserved > p->dram_blocks; /* else everything fits: nothing to make room for */
@@ -85,7 +80,7 @@ static void keep_headroom(struct tm_pool *p)
 
 static void policy_promotions(struct tm_pool *p)
 {
-    int64_t room = p->dram_blocks - headroom(p) - p->resident;
+    int64_t room = p->dram_blocks - low_watermark(p) - p->resident;
     if (!p->policy.promote || room <= 0)
         return;
     int64_t max = room < p->batch_blocks ? room : p->batch_blocks;

@@ -114,10 +114,9 @@ int tm_fault_init(struct tm_pool *p, int force_denied)
         tm_set_create_error("UFFDIO_REGISTER of the arena failed: %s", strerror(e));
         return -e;
     }
-    int wp = 1;
     p->uffd = fd;
-    p->dirty_tracking = wp;
-    p->st.dirty_tracking = wp;
+    /* Write protection of anonymous memory is in every kernel with MOVE. */
+    p->dirty_tracking = p->st.dirty_tracking = 1;
     return 0;
 }
 
