@@ -67,6 +67,9 @@ static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
 static void send_out(struct tm_pool *p, int64_t b, int64_t e)
 {
     tm_worker *w = &p->ctl;
+    /* Blocks the background is writing back would be skipped as busy, and
+     * found still in DRAM right after: "now" means after them. */
+    tm_migrate_wait_settled(p, b, e - b);
     while (b < e) {
         int64_t n = 0;
         for (; b < e && n < p->batch_blocks; b++)

@@ -374,9 +374,9 @@ int tm_pool_released(tm_pool *p)
 static int nvme_room_for(struct tm_pool *p, int64_t n, uint64_t *free_bytes)
 {
     /* DRAM may hold less than its budget by the free memory the background
-     * keeps ahead of faults, and by a fault's batch demoted while the
+     * keeps ahead of faults at most, and by a fault's batch demoted while the
      * background's writeback was in flight. */
-    int64_t spill = p->reserved + n - (p->dram_blocks - tm_background_high_watermark(p) - p->batch_blocks) -
+    int64_t spill = p->reserved + n - (p->dram_blocks - tm_background_max_headroom(p) - p->batch_blocks) -
                     (int64_t)p->pmem.nslots;
     struct statvfs s;
     if (!p->nvme.nslots || spill <= 0 || fstatvfs(p->nvme.fd, &s) < 0)
@@ -439,15 +439,6 @@ static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
         p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
 }
 
-static int in_writeback(const struct tm_pool *p, int64_t b, int64_t n)
-{
-    if (!p->writeback_blocks)
-        return 0;
-    for (int64_t i = b; i < b + n; i++)
-        if (p->meta.tier[i] == TM_DRAM && (p->meta.flags[i] & TM_F_BUSY))
-            return 1;
-    return 0;
-}
 
 void tm_free(tm_pool *p, void *ptr)
 {
@@ -461,10 +452,9 @@ void tm_free(tm_pool *p, void *ptr)
         pthread_mutex_unlock(&p->lock);
         return;
     }
-    /* A background writeback of some of its blocks still reads their pages
-     * and writes their slots: let it finish. */
-    while (in_writeback(p, b, n))
-        pthread_cond_wait(&p->io_cond, &p->lock);
+    /* A writeback or load of some of its blocks still uses their pages and
+     * slots: let it finish. */
+    tm_migrate_wait_settled(p, b, n);
     tm_migrate_release(p, b, n);
     for (int64_t i = b; i < b + n; i++) {
         if (p->meta.flags[i] & TM_F_POISON) {
@@ -525,6 +515,7 @@ void tm_get_stats(tm_pool *p, tm_stats *out)
     tier_stats(&p->nvme, &out->nvme);
     out->allocated = (uint64_t)p->reserved << p->bshift;
     out->capacity = (uint64_t)p->cap_blocks << p->bshift;
+    out->headroom = (uint64_t)tm_background_headroom(p) << p->bshift;
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -606,7 +597,7 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
         int64_t zmin = TM_ZERO_MIN_BYTES / p->bs ? (int64_t)(TM_ZERO_MIN_BYTES / p->bs) : 1;
         p->zero_min_blocks = zmin < batch ? zmin : batch;
         while (p->resident > p->dram_blocks) {
-            if (p->writeback_blocks) { /* its victims leave DRAM when it is done */
+            if (p->writeback_blocks || p->loading_blocks) { /* DRAM use settles when they are done */
                 pthread_cond_wait(&p->io_cond, &p->lock);
                 continue;
             }

@@ -39,17 +39,49 @@
 /* Free DRAM the background keeps ahead of faults, as the kernel's kswapd
  * does between its watermarks: woken below `low`, it demotes until `high`
  * is free, writing outside the lock, so that faults find room without
- * writing anything themselves. */
-static int64_t low_watermark(const struct tm_pool *p)
+ * writing anything themselves. Both start at a batch or two and adapt to how
+ * fast DRAM fills: each fault that had to demote itself raises them by a
+ * batch (kswapd's watermark boost), up to an eighth and a quarter of DRAM
+ * (in small pools they are there already); each tick without one lowers the
+ * boost by an eighth, giving the DRAM back. */
+static int64_t min64(int64_t a, int64_t b)
 {
-    int64_t wm = p->batch_blocks;
-    return wm < p->dram_blocks / 8 ? wm : p->dram_blocks / 8;
+    return a < b ? a : b;
 }
 
-int64_t tm_background_high_watermark(const struct tm_pool *p)
+static int64_t max_boost(const struct tm_pool *p)
 {
-    int64_t wm = 2 * p->batch_blocks;
-    return wm < p->dram_blocks / 4 ? wm : p->dram_blocks / 4;
+    return p->dram_blocks / 4;
+}
+
+static int64_t low_watermark(const struct tm_pool *p)
+{
+    return min64(min64(p->batch_blocks, p->dram_blocks / 8) + p->wm_boost, p->dram_blocks / 8);
+}
+
+int64_t tm_background_headroom(const struct tm_pool *p)
+{
+    return min64(min64(2 * p->batch_blocks, p->dram_blocks / 4) + p->wm_boost, tm_background_max_headroom(p));
+}
+
+int64_t tm_background_max_headroom(const struct tm_pool *p)
+{
+    return p->dram_blocks / 4;
+}
+
+void tm_background_fault_demoted(struct tm_pool *p, int64_t n)
+{
+    p->st.fault_demotions += (uint64_t)n;
+    p->tick_fault_demotions += (uint64_t)n;
+    p->wm_boost = min64(p->wm_boost + p->batch_blocks, max_boost(p));
+}
+
+/* Once a tick: the boost decays while faults find room. */
+static void decay_boost(struct tm_pool *p)
+{
+    if (!p->tick_fault_demotions)
+        p->wm_boost -= p->wm_boost > 8 ? p->wm_boost / 8 : p->wm_boost;
+    p->tick_fault_demotions = 0;
 }
 
 static int spilling(const struct tm_pool *p)
@@ -68,7 +100,7 @@ void tm_background_used(struct tm_pool *p)
 static void keep_headroom(struct tm_pool *p)
 {
     while (!p->bg_stop && spilling(p)) {
-        int64_t want = tm_background_high_watermark(p) - (p->dram_blocks - p->resident);
+        int64_t want = tm_background_headroom(p) - (p->dram_blocks - p->resident);
         if (want <= 0)
             break;
         int64_t moved = tm_migrate_demote(&p->bg, want);
@@ -165,6 +197,7 @@ void tm_background_hint(struct tm_pool *p, uint64_t service_ns)
 
 static void tick(struct tm_pool *p)
 {
+    decay_boost(p);
     keep_headroom(p);
     policy_promotions(p);
     if (p->sample_budget_ppm && (p->pmem.nslots || p->nvme.nslots)) {
@@ -220,7 +253,7 @@ int tm_background_start(struct tm_pool *p)
     int r = tm_worker_init(p, &p->bg, 0);
     if (r < 0 || (r = tm_worker_init(p, &p->ctl, 0)) < 0)
         return r;
-    p->bg.unlocked_io = 1;
+    p->bg.unlocked_io = p->bg.unlocked_loads = 1; /* advice and resize (ctl) share one worker: locked */
     pthread_cond_init(&p->io_cond, NULL);
     /* Signals belong to the application's threads. */
     sigset_t all, old;

@@ -120,18 +120,16 @@ int tm_fault_init(struct tm_pool *p, int force_denied)
     return 0;
 }
 
-static void serve_batch(tm_worker *w, const struct uffd_msg *msgs, int n)
+static void serve(tm_worker *w, const struct uffd_msg *msg)
 {
     struct tm_pool *p = w->pool;
+    if (msg->event != UFFD_EVENT_PAGEFAULT)
+        return;
+    uint64_t fl = msg->arg.pagefault.flags;
     pthread_mutex_lock(&p->lock);
     uint64_t t0 = tm_os_now_ns();
-    for (int i = 0; i < n; i++) {
-        if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-            continue;
-        uint64_t fl = msgs[i].arg.pagefault.flags;
-        int kind = (fl & UFFD_PAGEFAULT_FLAG_WP) ? TM_ACCESS_WP : TM_ACCESS_MISSING;
-        tm_migrate_fault(w, msgs[i].arg.pagefault.address, kind, (fl & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
-    }
+    tm_migrate_fault(w, msg->arg.pagefault.address, (fl & UFFD_PAGEFAULT_FLAG_WP) ? TM_ACCESS_WP : TM_ACCESS_MISSING,
+                     (fl & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
     p->st.fault_ns += tm_os_now_ns() - t0;
     pthread_mutex_unlock(&p->lock);
 }
@@ -142,21 +140,24 @@ static void *handler_main(void *arg)
     struct tm_pool *p = w->pool;
     tm_os_pin_self(w->cpu);
     struct pollfd fds[2] = {{p->uffd, POLLIN, 0}, {p->stop_fd, POLLIN, 0}};
-    struct uffd_msg msgs[16];
+    struct uffd_msg msg;
     for (;;) {
         if (poll(fds, 2, -1) < 0 && errno != EINTR)
             break;
         if (fds[1].revents)
             break;
         /* Every handler wakes; the one on the faulting CPU usually wins and
-         * the others find nothing to read. */
-        ssize_t r = read(p->uffd, msgs, sizeof msgs);
+         * the others find nothing to read. One message at a time: a fault
+         * may wait for I/O, and a fault read along with it would wait too
+         * while another handler could serve it. */
+        ssize_t r = read(p->uffd, &msg, sizeof msg);
         if (r < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 continue;
             break;
         }
-        serve_batch(w, msgs, (int)(r / (ssize_t)sizeof msgs[0]));
+        if (r == (ssize_t)sizeof msg)
+            serve(w, &msg);
     }
     return NULL;
 }
@@ -182,6 +183,7 @@ int tm_fault_start(struct tm_pool *p)
         w->cpu = cpus[i];
         if ((err = tm_worker_init(p, w, 1)) < 0)
             break;
+        w->unlocked_loads = 1;
         if ((err = -pthread_create(&w->thread, NULL, handler_main, w)) < 0)
             break;
         p->nworkers++;

@@ -27,9 +27,27 @@ enum {
     /* Mapped writable without write protection (moved back from the shadow):
      * whether it is clean is decided by its checksum when it is demoted. */
     TM_X_VERIFY = 1 << 0,
+    /* Being read in from a lower tier outside the lock (also TM_F_BUSY). */
+    TM_X_LOADING = 1 << 1,
+    /* Named by the policy's answer being checked (finds duplicates). */
+    TM_X_NAMED = 1 << 2,
 };
 
+/* Checked preconditions and invariants (as mimalloc's mi_assert_internal).
+ * Each costs a compare or two next to a fault's microseconds, so they are
+ * compiled in unless TM_NDEBUG is defined: a broken invariant stops the
+ * process with its location instead of corrupting data. */
+#ifndef TM_NDEBUG
+#define tm_assert(cond) ((cond) ? (void)0 : tm_os_assert_fail(#cond, __FILE__, __LINE__, __func__))
+#else
+#define tm_assert(cond) ((void)0)
+#endif
+
 /* ---- os.c: the OS layer --------------------------------------------- */
+
+/* Print the failed assertion on stderr and abort. */
+void tm_os_assert_fail(const char *cond, const char *file, int line, const char *func)
+    __attribute__((noreturn, cold));
 
 /* An anonymous private range of `size` bytes at an address aligned to
  * `align` (a power of two >= page size), reserved but not backed, not
@@ -174,9 +192,10 @@ typedef struct tm_readahead {
     int64_t *blocks[2];    /* their ids, ascending; block i is at buf + i blocks */
     uint32_t *slots[2];    /* their slots when submitted */
     uint8_t *buf[2];       /* TM_BATCH_BYTES each, page aligned */
-    uint64_t generation;   /* pool's release generation when submitted */
     tm_ioq *q;             /* the readahead's own queue: a batch waited for on a
                               worker's queue never reaps a readahead's events */
+    int waiting;           /* a handler waits for it without the lock */
+    int mapping[2];        /* buffer k is being mapped: no readahead into it */
 } tm_readahead;
 
 /* A detected access stream: faults at `next` or up to `window` blocks past
@@ -199,6 +218,7 @@ typedef struct tm_worker {
     int cpu;
     tm_ioq *ioq;         /* its NVMe requests in flight */
     int unlocked_io;     /* demotes with the lock released during its writes */
+    int unlocked_loads;  /* promotes with the lock released during its reads and copies */
     uint8_t *iobuf;      /* TM_BATCH_BYTES or one block, page aligned */
     int64_t *list;       /* 3 batches of block ids: the fault's, its victims', PMEM cascade's */
 } tm_worker;
@@ -226,8 +246,9 @@ struct tm_pool {
     tm_worker ctl;             /* advice and resize, on the application's threads */
     pthread_cond_t bg_cond;    /* wakes it early: stop, the low watermark */
     int bg_started, bg_stop, bg_kick;
-    pthread_cond_t io_cond;    /* broadcast when an unlocked writeback is done */
+    pthread_cond_t io_cond;    /* broadcast when an unlocked writeback or load is done */
     int64_t writeback_blocks;  /* victims of unlocked writebacks in flight */
+    int64_t loading_blocks;    /* blocks of unlocked promotions in flight (counted resident) */
 
     pthread_mutex_t lock;
     tm_meta meta;
@@ -267,12 +288,13 @@ struct tm_pool {
     double zap_cost_ns;        /* smoothed cost of unmapping one block */
     double hint_ratio;         /* smoothed share of sampled blocks accessed */
     uint64_t tick_hints, tick_sampled, tick_hint_ns, tick_fault_ns, tick_demotions;
+    int64_t wm_boost;          /* blocks added to the watermarks (background.c) */
+    uint64_t tick_fault_demotions;
 
     int64_t *trace;            /* access trace buffer, or NULL */
     int64_t trace_cap, trace_n;
 
     tm_readahead ra;
-    uint64_t generation;       /* bumped by every release (free) */
 
     tm_policy_ops policy;
     void **policy_mem;         /* tm_policy_alloc's blocks, freed at release */
@@ -355,13 +377,22 @@ void tm_advice_forget(struct tm_pool *p, int64_t b, int64_t n);
  * keep DRAM headroom, and the policy's promotions. */
 int tm_background_start(struct tm_pool *p);
 void tm_background_stop(struct tm_pool *p);
-/* Blocks of DRAM the background keeps free (the high watermark): DRAM
- * holds that much less than its budget when the pool spills. */
-int64_t tm_background_high_watermark(const struct tm_pool *p);
+/* Blocks of DRAM the background keeps free now (its high watermark), and
+ * the most it ever keeps: DRAM holds up to that much less than its budget
+ * when the pool spills. */
+int64_t tm_background_headroom(const struct tm_pool *p);
+int64_t tm_background_max_headroom(const struct tm_pool *p);
 /* DRAM use grew (lock held): wake the background below the low watermark. */
 void tm_background_used(struct tm_pool *p);
+/* A fault demoted n blocks itself (lock held): the background fell behind,
+ * so its watermarks rise. */
+void tm_background_fault_demoted(struct tm_pool *p, int64_t n);
 /* Serve a hint fault on block b (lock held): account for it. */
 void tm_background_hint(struct tm_pool *p, uint64_t service_ns);
+/* Wait (lock held, released meanwhile) until no block of [b, b+n) is being
+ * written back or loaded outside the lock, and no readahead is being waited
+ * for (a release drops it). */
+void tm_migrate_wait_settled(struct tm_pool *p, int64_t b, int64_t n);
 /* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
 /* What a thread needs to move blocks: buffer, lists, I/O queue. The buffer

@@ -296,34 +296,31 @@ static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8
         int64_t n = p->policy.select_victims(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, want, out,
                                              dest);
         int ok = n >= 0 && n <= want;
-        int64_t marked = 0;
-        for (int64_t i = 0; ok && i < n; i++) {
-            int64_t b = out[i];
-            ok = b >= 0 && b < p->scan_end && p->meta.tier[b] == TM_DRAM && !(p->meta.flags[b] & TM_F_BUSY) &&
-                 (dest[i] == 0 || dest[i] == TM_PMEM || dest[i] == TM_NVME);
-            if (ok) {
-                p->meta.flags[b] |= TM_F_BUSY; /* also catches a block named twice */
-                marked++;
-            }
+        int64_t named = 0;
+        for (; ok && named < n; named++) {
+            int64_t b = out[named];
+            ok = b >= 0 && b < p->scan_end && p->meta.tier[b] == TM_DRAM && !(p->xflags[b] & TM_X_NAMED) &&
+                 (dest[named] == 0 || dest[named] == TM_PMEM || dest[named] == TM_NVME);
+            if (ok)
+                p->xflags[b] |= TM_X_NAMED; /* a block named twice is an error */
         }
-        /* The blocks of the latest faults are never a policy's victims: one
-         * instruction may need them all at once, and a policy that keeps
-         * naming them would have them evict each other forever. */
+        for (int64_t i = 0; i < named; i++)
+            p->xflags[out[i]] &= (uint8_t)~TM_X_NAMED;
+        /* Valid, but not taken: blocks in flight (being written back or
+         * loaded: busy), and the blocks of the latest faults, since one
+         * instruction may need them all at once and a policy that kept naming
+         * them would have them evict each other forever. */
         int64_t kept = 0;
         for (int64_t i = 0; ok && i < n; i++) {
-            if (recent(p, out[i])) {
-                p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
+            int64_t b = out[i];
+            if ((p->meta.flags[b] & TM_F_BUSY) || recent(p, b))
                 continue;
-            }
-            out[kept] = out[i];
+            p->meta.flags[b] |= TM_F_BUSY;
+            out[kept] = b;
             dest[kept++] = dest[i];
         }
-        if (ok && kept > 0)
+        if (kept > 0)
             return kept;
-        if (ok)
-            marked = 0; /* unmarked above */
-        for (int64_t i = 0; i < marked; i++)
-            p->meta.flags[out[i]] &= (uint8_t)~TM_F_BUSY;
         if (!ok) {
             p->st.policy_errors++;
             tm_set_error(p, "policy select_victims returned an invalid answer (%lld blocks for %lld asked); "
@@ -344,7 +341,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
     int64_t n = 0;
     for (int64_t scanned = 0; n < want && scanned < p->scan_end; scanned++) {
         int64_t b = advance(p, &p->pmem_hand);
-        if (p->meta.tier[b] == TM_PMEM)
+        if (p->meta.tier[b] == TM_PMEM && !(p->meta.flags[b] & TM_F_BUSY)) /* busy: being loaded */
             list[n++] = b;
     }
     if (!n)
@@ -460,6 +457,8 @@ static int clean(struct tm_pool *p, int64_t b)
 static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest)
 {
     struct tm_pool *p = w->pool;
+    for (int64_t i = 0; i < n; i++) /* taken for this demotion alone */
+        tm_assert(p->meta.tier[list[i]] == TM_DRAM && (p->meta.flags[list[i]] & TM_F_BUSY));
     n = unmap_victims(p, list, n, dest);
     if (!n)
         return 0;
@@ -649,10 +648,13 @@ static int ensure_room(tm_worker *w, int64_t n)
         int64_t want = p->resident + n - p->dram_blocks;
         if (want < p->batch_blocks)
             want = p->batch_blocks;
-        if (tm_migrate_demote(w, want) == 0) {
+        int64_t moved = tm_migrate_demote(w, want);
+        if (moved == 0) {
             p->st.budget_overruns++;
             return -ENOSPC;
         }
+        if (w >= p->workers && w < p->workers + p->nworkers) /* a fault's */
+            tm_background_fault_demoted(p, moved);
     }
     return 0;
 }
@@ -817,59 +819,121 @@ static void fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int e
 }
 
 static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write);
+static int64_t map_in(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write,
+                      int *err);
+static int64_t mapped(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t done, int write, int err);
 static void readahead_submit(struct tm_pool *p, int64_t start);
 
-/* Bring list[0..n) into DRAM from lower tiers: list[0] faulted at addr, or
- * addr is 0 when nobody waits (ahead of need). With `stream`, read the
- * blocks after the last one ahead, asynchronously. Returns how many arrived. */
-static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write, int stream)
+/* Read list[0..n) (in lower tiers) into w's buffer, verify and copy in what
+ * arrived intact, without the lock: sets *err and *what on a failure, and
+ * *damaged to the index of the first block that failed its checksum (n if
+ * none). Returns how many, from the first, are mapped. */
+static int64_t load(tm_worker *w, uint64_t addr, const int64_t *list, int64_t n, int write, int *err,
+                    const char **what, int64_t *damaged, int *copy_err)
 {
     struct tm_pool *p = w->pool;
-    int64_t b = list[0];
-    ensure_room(w, n); /* victims are DRAM blocks: never one of list */
-
     tm_io ios[n];
-    int err = 0;
+    *err = *copy_err = 0;
+    *damaged = n;
     for (int id = TM_PMEM; id <= TM_NVME; id++) {
         tm_tier *t = tier_by_id(p, id);
         int k = t->nslots ? build_ios(p, t, list, n, w->iobuf, 0, ios, NULL) : 0;
         int r = k ? tm_tier_readv(t, w->ioq, ios, k) : 0;
         if (r < 0) {
-            err = r;
-            tm_set_error(p, "%s read during promotion: %s", t->name, strerror(-r));
+            *err = r;
+            *what = t->name;
         }
     }
-    if (err < 0 && (n > 1 || !addr)) {
-        p->st.io_errors++;
-        if (!addr)
-            return 0; /* ahead of need: the blocks stay below and fail when touched */
-        /* Retry the block the thread waits for on its own. */
+    if (*err < 0 && n > 1 && addr) { /* retry the block the thread waits for on its own */
         n = 1;
-        tm_tier *t = slot_tier(p, p->meta.slot[b]);
-        tm_io one = {slot_local(p, p->meta.slot[b]), w->iobuf, 1};
-        err = tm_tier_readv(t, w->ioq, &one, 1);
+        tm_tier *t = slot_tier(p, p->meta.slot[list[0]]);
+        tm_io one = {slot_local(p, p->meta.slot[list[0]]), w->iobuf, 1};
+        if (tm_tier_readv(t, w->ioq, &one, 1) == 0)
+            *err = -EAGAIN; /* the batch failed, this block did not */
     }
-    if (err < 0) {
-        fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ? "pmem read failed" : "nvme read failed", err);
+    if (*err < 0 && *err != -EAGAIN)
+        return 0;
+    /* Map only what arrives intact: blocks after a damaged one stay below. */
+    for (int64_t i = 0; i < n; i++)
+        if (!intact(p, list[i], w->iobuf + ((size_t)i << p->bshift))) {
+            *damaged = i;
+            n = i;
+        }
+    return map_in(p, addr, list, n, w->iobuf, write, copy_err);
+}
+
+/* Account for a load (lock held): its errors, then the blocks mapped.
+ * Returns how many arrived. */
+static int64_t settle_load(struct tm_pool *p, uint64_t addr, int64_t *list, int64_t n, int write, int err,
+                           const char *what, int64_t damaged, int64_t done, int copy_err)
+{
+    const char *tier = slot_tier(p, p->meta.slot[list[0]])->id == TM_PMEM ? "pmem" : "nvme";
+    if (err < 0 && err != -EAGAIN && addr) {
+        fail_fault(p, addr, !strcmp(tier, "pmem") ? "pmem read failed" : "nvme read failed", err);
         return 0;
     }
-    /* Map only what arrives intact: blocks after a damaged one stay below. */
-    for (int64_t i = 0; i < n; i++) {
-        if (intact(p, list[i], w->iobuf + ((size_t)i << p->bshift)))
-            continue;
+    if (err < 0) { /* ahead of need the blocks stay below and fail when touched */
+        p->st.io_errors++;
+        tm_set_error(p, "%s read during promotion failed%s", what,
+                     err == -EAGAIN ? "; the faulting block alone was read again" : "");
+        if (err != -EAGAIN)
+            return 0;
+    }
+    if (damaged < n) {
         p->st.checksum_errors++;
-        if (i == 0 && addr) {
-            fail_fault(p, addr, slot_tier(p, p->meta.slot[b])->id == TM_PMEM ?
-                       "pmem block failed its checksum" : "nvme block failed its checksum", -EBADMSG);
+        if (damaged == 0 && addr) {
+            fail_fault(p, addr, !strcmp(tier, "pmem") ? "pmem block failed its checksum" :
+                       "nvme block failed its checksum", -EBADMSG);
             return 0;
         }
-        tm_set_error(p, "block %lld failed its checksum on promotion ahead of need", (long long)list[i]);
-        p->meta.flags[list[i]] |= TM_F_POISON;
-        n = i;
+        tm_set_error(p, "block %lld failed its checksum on promotion ahead of need", (long long)list[damaged]);
+        p->meta.flags[list[damaged]] |= TM_F_POISON;
     }
-    if (stream && n) /* a stream: read ahead of it while this is mapped */
+    return mapped(p, addr, list, done, write, copy_err);
+}
+
+/* Bring list[0..n) into DRAM from lower tiers: list[0] faulted at addr, or
+ * addr is 0 when nobody waits (ahead of need). With `stream`, read the
+ * blocks after the last one ahead, asynchronously. Returns how many arrived.
+ * On a worker with unlocked loads the reads, checksums and copies run with
+ * the lock released: the blocks are busy (a fault on one waits for the wake
+ * below), their room is reserved, and nothing moves them or their slots. */
+static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write, int stream)
+{
+    struct tm_pool *p = w->pool;
+    for (int64_t i = 0; i < n; i++) /* free to move: no other thread has it in flight */
+        tm_assert((p->meta.flags[list[i]] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC &&
+                  (p->meta.tier[list[i]] == TM_PMEM || p->meta.tier[list[i]] == TM_NVME));
+    ensure_room(w, n); /* victims are DRAM blocks: never one of list */
+    for (int64_t i = 0; i < n; i++) {
+        p->meta.flags[list[i]] |= TM_F_BUSY;
+        p->xflags[list[i]] |= TM_X_LOADING;
+    }
+    p->resident += n;
+    p->loading_blocks += n;
+    if (stream) /* a stream: read ahead of it while this is read and mapped */
         readahead_submit(p, list[n - 1] + 1);
-    return n ? install(p, addr, list, n, w->iobuf, write) : 0;
+    int err, copy_err;
+    int64_t damaged;
+    const char *what = "";
+    if (w->unlocked_loads)
+        pthread_mutex_unlock(&p->lock);
+    int64_t done = load(w, addr, list, n, write, &err, &what, &damaged, &copy_err);
+    if (w->unlocked_loads)
+        pthread_mutex_lock(&p->lock);
+    p->resident -= n;
+    p->loading_blocks -= n;
+    for (int64_t i = 0; i < n; i++) {
+        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+        p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
+    }
+    if (w->unlocked_loads)
+        pthread_cond_broadcast(&p->io_cond);
+    int64_t got = settle_load(p, addr, list, n, write, err, what, damaged, done, copy_err);
+    /* Threads that faulted on the blocks that did not arrive wait too:
+     * woken, they fault again and are answered. */
+    for_runs(p, list + got, n - got, tm_fault_wake);
+    return got;
 }
 
 int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const char *who)
@@ -886,39 +950,66 @@ int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const c
  * adjacent blocks take one UFFDIO_COPY each. A block read back unmodified
  * keeps its slot and is mapped write-protected, so its first write is seen
  * and it can later be dropped instead of rewritten. */
-static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write)
+/* Whether block list[k] is mapped write-protected (clean, tracked): all but
+ * the one a write faulted on. */
+static int installed_wp(const struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t k, int write)
 {
-    int64_t b = addr ? list[0] : -1, done = 0;
+    return p->dirty_tracking && !(write && addr && k == 0);
+}
+
+/* Copy list[0..n) in from buf (list[k]'s data at block k), a run of
+ * adjacent blocks per UFFDIO_COPY, without waking anyone. Needs no lock when
+ * the blocks are busy. Returns how many, from the first, are mapped; *err
+ * is the failure that stopped it. */
+static int64_t map_in(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write,
+                      int *err)
+{
+    int64_t done = 0;
+    *err = 0;
     while (done < n) {
         int64_t i = done, j = i + 1;
-        int wp_i = p->dirty_tracking && !(write && list[i] == b);
-        while (j < n && list[j] == list[j - 1] + 1 && (p->dirty_tracking && !(write && list[j] == b)) == wp_i)
+        int wp = installed_wp(p, addr, list, i, write);
+        while (j < n && list[j] == list[j - 1] + 1 && installed_wp(p, addr, list, j, write) == wp)
             j++;
-        int r = tm_fault_install(p, list[i], j - i, buf + ((size_t)i << p->bshift), wp_i);
-        if (r < 0) {
-            if (i == 0 && addr)
-                fail_fault(p, addr, "UFFDIO_COPY failed", r);
-            else
-                tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-r));
+        if ((*err = tm_fault_install(p, list[i], j - i, buf + ((size_t)i << p->bshift), wp)) < 0)
             break;
-        }
-        for (int64_t k = i; k < j; k++) {
-            int64_t c = list[k];
-            p->meta.tier[c] = TM_DRAM;
-            p->xflags[c] = 0;
-            if (!wp_i)
-                p->meta.flags[c] |= TM_F_DIRTY;
-            if (c != b)
-                tm_policy_access(p, c, TM_ACCESS_AHEAD);
-        }
-        note_resident(p, j - i);
-        tm_fault_wake(p, list[i], j - i);
         done = j;
     }
+    return done;
+}
+
+/* Account for list[0..done) mapped by map_in (lock held) and wake the
+ * threads waiting on them; report a failure that stopped it at `done`. */
+static int64_t mapped(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t done, int write, int err)
+{
+    int64_t b = addr ? list[0] : -1;
+    if (err < 0 && done == 0 && addr)
+        fail_fault(p, addr, "UFFDIO_COPY failed", err);
+    else if (err < 0)
+        tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-err));
+    for (int64_t k = 0; k < done; k++) {
+        int64_t c = list[k];
+        tm_assert(p->meta.tier[c] == TM_PMEM || p->meta.tier[c] == TM_NVME);
+        p->meta.tier[c] = TM_DRAM;
+        p->xflags[c] = 0;
+        if (!installed_wp(p, addr, list, k, write))
+            p->meta.flags[c] |= TM_F_DIRTY;
+        if (c != b)
+            tm_policy_access(p, c, TM_ACCESS_AHEAD);
+    }
+    note_resident(p, done);
+    for_runs(p, list, done, tm_fault_wake);
     p->st.promotions += (uint64_t)done;
     p->st.prefetched += (uint64_t)(addr && done ? done - 1 : done);
     p->st.bytes_read += (uint64_t)done << p->bshift;
     return done;
+}
+
+static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write)
+{
+    int err;
+    int64_t done = map_in(p, addr, list, n, buf, write, &err);
+    return mapped(p, addr, list, done, write, err);
 }
 
 /* ---- stream readahead ------------------------------------------------ */
@@ -987,7 +1078,7 @@ void tm_migrate_fini(struct tm_pool *p)
 static void readahead_submit(struct tm_pool *p, int64_t start)
 {
     int k = p->ra.cur;
-    if (p->ra.n || !p->nvme.nslots || !p->ra.buf[k])
+    if (p->ra.n || p->ra.mapping[k] || !p->nvme.nslots || !p->ra.buf[k])
         return;
     int64_t *list = p->ra.blocks[k], n = 0;
     for (int64_t c = start; c < p->nblocks && c < start + 2 * p->batch_blocks && n < p->batch_blocks; c++) {
@@ -1009,52 +1100,129 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
         p->meta.flags[list[i]] |= TM_F_BUSY;
     }
     p->ra.n = n;
-    p->ra.generation = p->generation;
     p->st.readahead += (uint64_t)n;
 }
 
+/* Whether b is one of the readahead's blocks. Not a range test: the blocks
+ * between them were resident at submission, and one of those may since have
+ * gone down and be loading on another thread (busy, but not ours to map). */
 static int in_readahead(const struct tm_pool *p, int64_t b)
 {
+    if (p->ra.waiting)
+        return 0; /* another handler finishes it: b is busy until then */
     const int64_t *list = p->ra.blocks[p->ra.cur];
-    return p->ra.n && b >= list[0] && b <= list[p->ra.n - 1];
+    int64_t lo = 0, hi = p->ra.n; /* ascending */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (list[mid] < b)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < p->ra.n && list[lo] == b;
+}
+
+/* Drop the readahead in flight (lock held, nobody finishing it): its I/O is
+ * reaped and its blocks are free to move again. A release calls it, so that
+ * a readahead never outlives the blocks it was read for. */
+static void readahead_drop(struct tm_pool *p)
+{
+    tm_assert(!p->ra.waiting);
+    if (!p->ra.n)
+        return;
+    tm_tier_wait_reads(&p->nvme, p->ra.q);
+    const int64_t *list = p->ra.blocks[p->ra.cur];
+    for (int64_t i = 0; i < p->ra.n; i++)
+        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+    p->ra.n = 0;
 }
 
 /* Wait for the readahead, start the next one into the other buffer (so the
  * disk works while this one is mapped and used), and map what is still
- * valid: blocks in the same NVMe slot as when read, with no release since. */
+ * valid: blocks in the same NVMe slot as when read. On a worker with
+ * unlocked loads the wait, the checksums and the copies run with the lock
+ * released: the blocks stay busy (a fault on one waits for the wake at the
+ * end); while it waits, `waiting` keeps other faults from finishing it and
+ * releases from dropping it; while it maps, its blocks are loading (a
+ * release waits) and its buffer is kept from the next readahead. */
 static void readahead_finish(tm_worker *w)
 {
     struct tm_pool *p = w->pool;
     int k = p->ra.cur;
-    const int64_t *list = p->ra.blocks[k];
+    int64_t *list = p->ra.blocks[k];
     const uint32_t *slots = p->ra.slots[k];
+    uint8_t *buf = p->ra.buf[k];
     int64_t n = p->ra.n;
+    p->ra.waiting = 1;
+    if (w->unlocked_loads)
+        pthread_mutex_unlock(&p->lock);
     int r = tm_tier_wait_reads(&p->nvme, p->ra.q);
-    int valid = r >= 0 && p->ra.generation == p->generation;
+    if (w->unlocked_loads)
+        pthread_mutex_lock(&p->lock);
+    p->ra.waiting = 0;
+    pthread_cond_broadcast(&p->io_cond); /* a release may wait for that */
     p->ra.n = 0;
     p->ra.cur ^= 1;
-    for (int64_t i = 0; i < n; i++)
-        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
-    readahead_submit(p, list[n - 1] + 1);
+    p->ra.mapping[k] = 1;
     /* A readahead larger than a batch was sized before the budget shrank and
-     * might not fit: like an invalid one, its blocks are read again on demand. */
-    if (!valid || n > p->batch_blocks)
-        return;
-    ensure_room(w, n);
+     * might not fit: like a failed one, its blocks are read again on demand. */
+    int valid = r >= 0 && n <= p->batch_blocks;
+    uint8_t keep[n];
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        keep[i] = valid && p->meta.tier[list[i]] == TM_NVME && p->meta.slot[list[i]] == slots[i];
+        if (keep[i])
+            kept++;
+        else
+            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+    }
+    readahead_submit(p, list[n - 1] + 1);
+    if (kept)
+        ensure_room(w, kept);
+    for (int64_t i = 0; i < n; i++)
+        if (keep[i])
+            p->xflags[list[i]] |= TM_X_LOADING;
+    p->resident += kept; /* their room, reserved */
+    p->loading_blocks += kept;
+    if (w->unlocked_loads)
+        pthread_mutex_unlock(&p->lock);
+    /* Runs of kept blocks that arrived intact, each mapped with one copy. */
+    int64_t start[n ? n : 1], len[n ? n : 1], done[n ? n : 1];
+    int err[n ? n : 1], runs = 0;
     for (int64_t i = 0; i < n;) {
         int64_t j = i;
-        while (j < n && p->meta.tier[list[j]] == TM_NVME && p->meta.slot[list[j]] == slots[j] &&
-               intact(p, list[j], p->ra.buf[k] + ((size_t)j << p->bshift)))
+        while (j < n && keep[j] && intact(p, list[j], buf + ((size_t)j << p->bshift)))
             j++;
-        if (j > i)
-            install(p, 0, list + i, j - i, p->ra.buf[k] + ((size_t)i << p->bshift), 0);
+        if (j > i) {
+            start[runs] = i;
+            len[runs] = j - i;
+            done[runs] = map_in(p, 0, list + i, j - i, buf + ((size_t)i << p->bshift), 0, &err[runs]);
+            runs++;
+        }
         i = j + 1;
     }
+    if (w->unlocked_loads)
+        pthread_mutex_lock(&p->lock);
+    p->resident -= kept;
+    p->loading_blocks -= kept;
+    for (int64_t i = 0; i < n; i++)
+        if (keep[i]) {
+            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+            p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
+        }
+    for (int i = 0; i < runs; i++)
+        mapped(p, 0, list + start[i], done[i], 0, err[i]);
+    /* Threads that faulted on blocks not mapped fault again and are served. */
+    for_runs(p, list, n, tm_fault_wake);
+    p->ra.mapping[k] = 0;
+    pthread_cond_broadcast(&p->io_cond);
 }
 
 static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
 {
     struct tm_pool *p = w->pool;
+    for (int64_t i = 0; i < n; i++)
+        tm_assert(p->meta.tier[list[i]] == TM_UNBACKED && !(p->meta.flags[list[i]] & TM_F_BUSY));
     ensure_room(w, n);
     int r = tm_fault_zero_fill(p, list[0], n);
     if (r < 0) {
@@ -1081,7 +1249,7 @@ static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
     if (p->meta.flags[b] & TM_F_BUSY) {
         /* Being written back outside the lock: its thread is woken when the
          * write is done, and faults again. */
-        p->st.writeback_waits++;
+        p->st.busy_waits++;
         return TM_ACCESS_MINOR;
     }
     if (kind == TM_ACCESS_WP) {
@@ -1119,13 +1287,23 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
     if (a < p->base || a >= p->base + p->arena_size)
         return;
     int64_t b = tm_block_of(p, a);
-    /* A fault that needs room while the background's writeback in flight
-     * will free enough waits for it rather than write on the fault path.
-     * Before anything is planned: the lock is released meanwhile. */
-    while (p->meta.tier[b] != TM_DRAM && p->writeback_blocks && p->resident + p->batch_blocks > p->dram_blocks &&
-           p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
-        p->st.writeback_waits++;
-        pthread_cond_wait(&p->io_cond, &p->lock);
+    /* Room first, before anything is planned, since the lock is released
+     * meanwhile: a fault that needs room waits for the background's
+     * writeback in flight if that frees enough, else demotes a batch itself,
+     * also writing outside the lock, so other faults go on. */
+    while ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC && p->meta.tier[b] != TM_DRAM &&
+           p->resident + p->batch_blocks > p->dram_blocks) {
+        if (p->writeback_blocks && p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
+            p->st.writeback_waits++;
+            pthread_cond_wait(&p->io_cond, &p->lock);
+            continue;
+        }
+        w->unlocked_io = 1;
+        int64_t moved = tm_migrate_demote(w, p->batch_blocks);
+        w->unlocked_io = 0;
+        if (!moved)
+            break; /* nothing could go: the plan's own room check decides */
+        tm_background_fault_demoted(p, moved);
     }
     p->st.faults++;
     if (!(p->meta.flags[b] & TM_F_ALLOC)) {
@@ -1159,6 +1337,11 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         break;
     }
     default: {
+        if ((p->meta.flags[b] & TM_F_BUSY) && !in_readahead(p, b)) {
+            /* Another thread loads it outside the lock: woken once mapped. */
+            p->st.busy_waits++;
+            break;
+        }
         tm_policy_access(p, b, TM_ACCESS_MISSING);
         tm_stream *s = stream_of(p, b);
         if (in_readahead(p, b)) {
@@ -1183,9 +1366,27 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
     }
 }
 
+static int in_flight(const struct tm_pool *p, int64_t b, int64_t n)
+{
+    if (p->ra.waiting)
+        return 1;
+    if (!p->writeback_blocks && !p->loading_blocks)
+        return 0;
+    for (int64_t i = b; i < b + n; i++)
+        if ((p->meta.tier[i] == TM_DRAM && (p->meta.flags[i] & TM_F_BUSY)) || (p->xflags[i] & TM_X_LOADING))
+            return 1;
+    return 0;
+}
+
+void tm_migrate_wait_settled(struct tm_pool *p, int64_t b, int64_t n)
+{
+    while (in_flight(p, b, n))
+        pthread_cond_wait(&p->io_cond, &p->lock);
+}
+
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
 {
-    p->generation++; /* a readahead in flight may hold these slots' old data */
+    readahead_drop(p); /* it may hold these slots' old data */
     tm_advice_forget(p, b, n);
     tm_tier *run_tier = NULL; /* a run of adjacent slots, discarded at once */
     uint64_t run_start = 0, run_len = 0;

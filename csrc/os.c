@@ -18,6 +18,17 @@
 
 #include "internal.h"
 
+void tm_os_assert_fail(const char *cond, const char *file, int line, const char *func)
+{
+    /* stdio may be unusable in a broken process: one write(2), then abort. */
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "tieredmem: internal error: %s:%d: %s: assertion failed: %s\n", file, line,
+                     func, cond);
+    if (n > 0 && write(2, msg, (size_t)(n < (int)sizeof msg ? n : (int)sizeof msg - 1)) < 0)
+        n = 0;
+    abort();
+}
+
 void *tm_os_reserve(size_t size, size_t align)
 {
     /* Reserve size + align of address space, then keep the first aligned

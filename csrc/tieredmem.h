@@ -158,11 +158,14 @@ typedef struct tm_stats {
     uint64_t budget_overruns;  /* times resident bytes exceeded the budget */
     uint64_t pinned_skips;     /* victims kept in DRAM: the kernel had pages of theirs pinned for I/O */
     uint64_t writeback_waits;  /* faults that waited for a background writeback instead of writing */
+    uint64_t busy_waits;       /* faults on a block another thread was moving, woken when it landed */
     uint64_t hint_faults;      /* accesses seen by sampling */
     uint64_t sampled;          /* blocks unmapped by sampling */
     uint64_t sample_ns;        /* time spent sampling and serving hint faults */
     uint64_t sample_rate;      /* blocks sampled per second, as last adapted */
     uint64_t background_demotions; /* demoted ahead of need, to keep DRAM headroom */
+    uint64_t fault_demotions;  /* demoted by faults themselves: the background fell behind */
+    uint64_t headroom;         /* bytes of DRAM the background keeps free now (its high watermark; adapts) */
     uint64_t policy_promotions;    /* promoted ahead of need on the policy's choice */
     uint64_t trace_events;     /* accesses recorded in the trace buffer */
     uint64_t trace_dropped;    /* accesses not recorded: the buffer was full */

@@ -502,17 +502,14 @@ def test_blocks_named_by_promote_come_into_dram_ahead_of_need(make_pool):
     pool = make_pool(dram="16MiB", nvme="128MiB", policy=PromoteAllPolicy())
     a = pool.empty(4 * MiB // 8, dtype=np.uint64)
     written = fill(a, seed=7)
+    faults, promoted = pool.stats()["faults"], pool.stats()["policy_promotions"]
+    # Every block of a goes down now; DRAM has room, so the background asks
+    # promote, which names them all (it may start before the advice is done).
     pool.advise(a, "dontneed")
-    filler = pool.empty(32 * MiB // 8, dtype=np.uint64)  # 2x DRAM: no room to promote into
-    filler[:] = 1
-    assert pool.placement(a)["dram"] == 0, pool.placement(a)
-    faults = pool.stats()["faults"]
-    del filler  # room in DRAM: the background thread asks promote
-    gc.collect()
     assert wait_until(lambda: pool.placement(a)["dram"] == a.nbytes, seconds=2), (
         f"promoted blocks did not arrive within 2 s: {pool.placement(a)}")
     s = pool.stats()
-    assert s["policy_promotions"] >= a.nbytes // pool.block_size, s["policy_promotions"]
+    assert s["policy_promotions"] - promoted >= a.nbytes // pool.block_size, s["policy_promotions"]
     assert s["faults"] == faults, "the blocks came in by faults, not by the policy"
     assert pool.policy_state()["calls"][0] > 0
     assert digest(a) == written, first_mismatch(a, 7)

@@ -14,15 +14,9 @@ from .numpy_alloc import _init, use
 from .sizes import parse_size
 
 TIERS = ("unbacked", "dram", "pmem", "nvme")  # indexed by enum tm_tier_id
-_STAT_COUNTERS = (
-    "allocated", "capacity", "faults", "zero_fills", "minor_faults", "wp_faults", "promotions",
-    "prefetched", "readahead", "demotions", "clean_drops", "bytes_read", "bytes_written", "fault_ns",
-    "io_errors", "checksum_errors", "sigbus_sent", "policy_errors", "budget_overruns", "pinned_skips", "writeback_waits",
-    "hint_faults",
-    "sampled",
-    "sample_ns", "sample_rate", "background_demotions", "policy_promotions", "trace_events", "trace_dropped",
-    "handler_threads", "dirty_tracking", "nvme_direct", "pmem_dax",
-)
+# Every scalar field of tm_stats, in the header's order (the per-tier
+# structs are reported apart).
+_STAT_COUNTERS = tuple(name for name, field in ffi.typeof("tm_stats").fields if field.type.kind == "primitive")
 POLICIES = ("lru", "fifo", "hotness")
 DEFAULT_POLICY = "lru"
 DEFAULT_SAMPLING = 0.01  # share of the time hint sampling may cost
