@@ -15,7 +15,10 @@ $(STAMP): $(PY) pyproject.toml setup.py tieredmem/_build.py $(wildcard csrc/*.c 
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The Arrow pool is compiled against the pyarrow installed (tieredmem/_arrow_build.py
+# says why not at install time); this builds it now, or finds it cached in $(VENV).
 build: $(STAMP)
+	$(PY) -m tieredmem._arrow_build
 
 test: build
 	$(PY) -m pytest -q
