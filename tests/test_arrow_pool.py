@@ -59,11 +59,23 @@ def test_arrow_pool_is_a_pyarrow_memory_pool_named_tieredmem(arrow):
     assert ap.backend_name == "tieredmem"
 
 
-def test_arrow_pool_is_one_object_per_pool_and_threshold(arrow):
+def test_arrow_pool_is_one_pool_per_pool_and_threshold(arrow):
     p, ap = arrow
-    assert tm.arrow_pool(p) is ap
-    assert tm.arrow_pool(p, threshold="2MiB") is not ap
-    assert tm.arrow_pool(p, threshold="2MiB").threshold == 2 * MiB
+    buf = pa.allocate_buffer(2 * MiB, memory_pool=ap)
+    assert tm.arrow_pool(p).bytes_allocated() == 2 * MiB
+    other = tm.arrow_pool(p, threshold="4MiB")
+    assert other.threshold == 4 * MiB and other.bytes_allocated() == 0
+    assert not in_pool(p, pa.allocate_buffer(2 * MiB, memory_pool=other))
+    del buf
+
+
+def test_arrow_pool_keeps_its_tieredmem_pool_alive(nvme_dir):
+    ap = tm.arrow_pool(tm.Pool(dram="8MiB", nvme="64MiB", nvme_path=nvme_dir))
+    gc.collect()
+    buf = pa.allocate_buffer(2 * MiB, memory_pool=ap)
+    assert in_pool(ap.tieredmem_pool, buf)
+    del buf
+    ap.tieredmem_pool.close()
 
 
 def test_large_allocation_lands_in_the_pool(arrow):

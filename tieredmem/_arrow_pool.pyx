@@ -30,25 +30,36 @@ def bind(str engine_path):
 
 cdef class TieredMemoryPool(MemoryPool):
     """A pyarrow.MemoryPool whose allocations of at least `threshold` bytes
-    live in a tieredmem Pool; make one with tieredmem.arrow_pool(pool)."""
+    live in the tieredmem Pool `tieredmem_pool` (kept alive by this object);
+    make one with tieredmem.arrow_pool(pool)."""
     cdef readonly int64_t threshold
+    cdef readonly object tieredmem_pool
 
     def __init__(self):
         raise TypeError("use tieredmem.arrow_pool(pool) to make a TieredMemoryPool")
-
-    def _detach(self):
-        """Send every allocation to the small pool from now on (the pool closed)."""
-        detach_arrow_pool(self.pool)
 
     def __repr__(self):
         return (f"<tieredmem.TieredMemoryPool threshold={self.threshold} "
                 f"bytes_allocated={self.bytes_allocated()} max_memory={self.max_memory()}>")
 
 
-def new(uintptr_t engine, int64_t threshold, MemoryPool small):
-    """A TieredMemoryPool over a tieredmem engine handle, sending smaller
-    allocations to `small`'s allocator (unwrapped if it is a TieredMemoryPool)."""
+def new_pool(uintptr_t engine, int64_t threshold, MemoryPool small):
+    """The address of a new C++ pool over a tieredmem engine handle, sending
+    smaller allocations to `small`'s allocator (unwrapped if it is one of
+    ours). Never freed."""
+    return <uintptr_t>new_arrow_pool(<tm_pool *>engine, threshold, small_pool_of(small.pool))
+
+
+def wrap(uintptr_t address, int64_t threshold, tieredmem_pool):
+    """A TieredMemoryPool object for the C++ pool at `address`."""
     cdef TieredMemoryPool obj = TieredMemoryPool.__new__(TieredMemoryPool)
-    obj.init(new_arrow_pool(<tm_pool *>engine, threshold, small_pool_of(small.pool)))
+    obj.init(<CMemoryPool *>address)
     obj.threshold = threshold
+    obj.tieredmem_pool = tieredmem_pool
     return obj
+
+
+def detach(uintptr_t address):
+    """Every new allocation of the C++ pool at `address` goes to its small
+    pool from now on (its tieredmem pool closed)."""
+    detach_arrow_pool(<CMemoryPool *>address)

@@ -7,6 +7,7 @@
 Nothing here imports pyarrow until it is asked for: install() before the
 program imports pyarrow waits for that import (a finder on sys.meta_path),
 so a program that never uses pyarrow does not pay for importing it."""
+import functools
 import importlib.abc
 import importlib.util
 import sys
@@ -17,7 +18,9 @@ import weakref
 from ._engine import ffi
 
 _lock = threading.RLock()
-_made = weakref.WeakKeyDictionary()  # Pool -> {threshold: TieredMemoryPool}; never freed in C++
+# Pool -> {threshold: address of its C++ pool}: one per pool and threshold,
+# never freed (Arrow buffers keep a raw pointer to their pool).
+_made = weakref.WeakKeyDictionary()
 _previous = None  # pyarrow's default pool before install(), restored by uninstall()
 _pending = None  # (pool, threshold) to install when pyarrow is imported
 MISSING = "tieredmem.arrow_pool needs pyarrow: pip install pyarrow (or pip install 'tieredmem[arrow]')"
@@ -26,26 +29,26 @@ MISSING = "tieredmem.arrow_pool needs pyarrow: pip install pyarrow (or pip insta
 def arrow_pool(pool, threshold=None):
     """A pyarrow.MemoryPool whose allocations of at least `threshold` bytes
     (default: the pool's) live in `pool`; smaller ones go to pyarrow's
-    default pool of the moment (Arrow's own allocator). One per pool and
-    threshold: asking again returns the same object. After pool.close(),
-    every new allocation goes to the small side; buffers in the pool stay
-    valid."""
+    default pool of the moment (Arrow's own allocator). Asking again for
+    the same pool and threshold gives the same Arrow pool (its figures are
+    shared). The object keeps `pool` alive; after pool.close(), every new
+    allocation goes to the small side, and buffers in the pool stay valid."""
     try:
         import pyarrow as pa
     except ImportError:
         raise ImportError(MISSING) from None
     thr = pool.threshold if threshold is None else pool._parse_threshold(threshold)
+    from . import _arrow_build
     with _lock:
         engine = pool._open_engine()
+        ext = _arrow_build.load()
         by_threshold = _made.setdefault(pool, {})
-        ap = by_threshold.get(thr)
-        if ap is None:
-            from . import _arrow_build
-            ext = _arrow_build.load()
-            ap = ext.new(int(ffi.cast("uintptr_t", engine)), thr, pa.default_memory_pool())
-            pool._on_close.append(ap._detach)
-            by_threshold[thr] = ap
-    return ap
+        address = by_threshold.get(thr)
+        if address is None:
+            address = ext.new_pool(int(ffi.cast("uintptr_t", engine)), thr, pa.default_memory_pool())
+            pool._on_close.append(functools.partial(ext.detach, address))
+            by_threshold[thr] = address
+    return ext.wrap(address, thr, pool)
 
 
 def install(pool, threshold: int):
