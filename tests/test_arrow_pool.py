@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -30,6 +31,10 @@ def in_pool(pool, buf) -> bool:
 
 def placement(pool, buf) -> dict:
     return pool.placement(np.frombuffer(buf, dtype=np.uint8))
+
+
+def allocate_and_free(memory_pool, nbytes):
+    pa.allocate_buffer(nbytes, memory_pool=memory_pool)
 
 
 def data_buffers(array):
@@ -132,6 +137,54 @@ def test_reallocate_within_its_blocks_keeps_the_address(arrow):
     assert buf.address == address
     buf.resize(3 * MiB)
     assert buf.address != address and in_pool(p, buf)
+
+
+def test_freed_large_buffer_is_reused_by_the_next_allocation_of_its_size(arrow):
+    p, ap = arrow
+    buf = pa.allocate_buffer(2 * MiB, memory_pool=ap)
+    address = buf.address
+    del buf
+    assert ap.bytes_allocated() == 0 and p.stats()["allocated"] == 2 * MiB  # kept
+    again = pa.allocate_buffer(2 * MiB - 64 * KiB, memory_pool=ap)
+    assert again.address == address
+    assert p.stats()["allocated"] == 2 * MiB
+
+
+def test_kept_buffers_stay_within_a_quarter_of_the_dram_budget(arrow):
+    p, ap = arrow  # 8 MiB of DRAM: 2 MiB kept at most
+    bufs = [pa.allocate_buffer(MiB, memory_pool=ap) for _ in range(4)]
+    del bufs
+    assert p.stats()["allocated"] == 2 * MiB
+
+
+def test_kept_buffers_are_given_back_after_a_second_idle(arrow):
+    p, ap = arrow
+    allocate_and_free(ap, MiB)
+    time.sleep(1.1)
+    buf = pa.allocate_buffer(2 * MiB, memory_pool=ap)  # does not fit the kept one, which expires
+    assert p.stats()["allocated"] == 2 * MiB
+    del buf
+
+
+def test_kept_buffers_are_given_back_on_release_unused(arrow):
+    p, ap = arrow
+    allocate_and_free(ap, 2 * MiB)
+    ap.release_unused()
+    assert p.stats()["allocated"] == 0
+
+
+def test_kept_buffers_give_way_when_the_pool_is_full(pool):
+    p = pool(dram="8MiB", nvme=0)
+    ap = tm.arrow_pool(p)
+    allocate_and_free(ap, 2 * MiB)
+    assert in_pool(p, pa.allocate_buffer(7 * MiB, memory_pool=ap))
+
+
+def test_kept_buffers_do_not_hold_a_closed_pool(pool):
+    p = pool()
+    allocate_and_free(tm.arrow_pool(p), 2 * MiB)
+    p.close()
+    assert p._destroyed
 
 
 def test_allocations_are_at_least_64_byte_aligned(arrow):

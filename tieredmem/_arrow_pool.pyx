@@ -16,7 +16,7 @@ cdef extern from "arrow_pool.h":
 
 cdef extern from "arrow_pool.h" namespace "tieredmem":
     const char *bind_engine(const char *path)
-    CMemoryPool *new_arrow_pool(tm_pool *pool, int64_t threshold, CMemoryPool *small) except +
+    CMemoryPool *new_arrow_pool(tm_pool *pool, int64_t threshold, size_t keep_limit, CMemoryPool *small) except +
     void detach_arrow_pool(CMemoryPool *pool)
     CMemoryPool *small_pool_of(CMemoryPool *pool)
 
@@ -38,16 +38,24 @@ cdef class TieredMemoryPool(MemoryPool):
     def __init__(self):
         raise TypeError("use tieredmem.arrow_pool(pool) to make a TieredMemoryPool")
 
+    def release_unused(self):
+        """Give back the freed pool buffers kept for reuse, and ask the small
+        pool to return what it holds. (pyarrow's MemoryPool.release_unused
+        acts on the default pool, whichever object it is called on.)"""
+        with nogil:
+            self.pool.ReleaseUnused()
+
     def __repr__(self):
         return (f"<tieredmem.TieredMemoryPool threshold={self.threshold} "
                 f"bytes_allocated={self.bytes_allocated()} max_memory={self.max_memory()}>")
 
 
-def new_pool(uintptr_t engine, int64_t threshold, MemoryPool small):
-    """The address of a new C++ pool over a tieredmem engine handle, sending
+def new_pool(uintptr_t engine, int64_t threshold, size_t keep_limit, MemoryPool small):
+    """The address of a new C++ pool over a tieredmem engine handle, keeping
+    up to keep_limit bytes of freed pool allocations for reuse and sending
     smaller allocations to `small`'s allocator (unwrapped if it is one of
     ours). Never freed."""
-    return <uintptr_t>new_arrow_pool(<tm_pool *>engine, threshold, small_pool_of(small.pool))
+    return <uintptr_t>new_arrow_pool(<tm_pool *>engine, threshold, keep_limit, small_pool_of(small.pool))
 
 
 def wrap(uintptr_t address, int64_t threshold, tieredmem_pool):

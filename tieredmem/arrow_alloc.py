@@ -23,6 +23,7 @@ _lock = threading.RLock()
 _made = weakref.WeakKeyDictionary()
 _previous = None  # pyarrow's default pool before install(), restored by uninstall()
 _pending = None  # (pool, threshold) to install when pyarrow is imported
+KEEP_SHARE = 4  # freed pool buffers kept for reuse: up to 1/KEEP_SHARE of the DRAM budget
 MISSING = "tieredmem.arrow_pool needs pyarrow: pip install pyarrow (or pip install 'tieredmem[arrow]')"
 
 
@@ -45,7 +46,8 @@ def arrow_pool(pool, threshold=None):
         by_threshold = _made.setdefault(pool, {})
         address = by_threshold.get(thr)
         if address is None:
-            address = ext.new_pool(int(ffi.cast("uintptr_t", engine)), thr, pa.default_memory_pool())
+            keep = pool.stats()["dram"]["capacity"] // KEEP_SHARE
+            address = ext.new_pool(int(ffi.cast("uintptr_t", engine)), thr, keep, pa.default_memory_pool())
             pool._on_close.append(functools.partial(ext.detach, address))
             by_threshold[thr] = address
     return ext.wrap(address, thr, pool)

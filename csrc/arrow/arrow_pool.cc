@@ -4,16 +4,24 @@
  * to the small pool (the pyarrow default it wrapped), as numpy_handler.c does
  * with the C library. Which side owns a pointer is decided by address
  * (tm_pool_of), never by size, so a buffer reallocated across the threshold,
- * or made before a detach, is freed where it lives. */
+ * or made before a detach, is freed where it lives.
+ *
+ * Freed pool allocations are kept a while for reuse, as Arrow's own
+ * allocators keep theirs: a fresh pool block costs a page fault to zero-fill
+ * on first write, a kept one is already in DRAM. Kept blocks are bounded (a
+ * share of the DRAM budget, one second idle) and given back when the pool is
+ * full, on ReleaseUnused and on detach. */
 #include "arrow_pool.h"
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <dlfcn.h>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace tieredmem {
 namespace {
@@ -31,8 +39,9 @@ struct Engine {
 
 class TieredMemoryPool final : public arrow::MemoryPool {
    public:
-    TieredMemoryPool(tm_pool *pool, int64_t threshold, arrow::MemoryPool *small)
-        : pool_(pool), threshold_(threshold), block_size_((int64_t)engine.block_size(pool)), small_(small)
+    TieredMemoryPool(tm_pool *pool, int64_t threshold, size_t keep_limit, arrow::MemoryPool *small)
+        : pool_(pool), threshold_(threshold), block_size_((int64_t)engine.block_size(pool)),
+          keep_limit_(keep_limit), small_(small)
     {
         engine.pin(pool); /* the handle must stay valid while pool_ may be used */
     }
@@ -75,7 +84,14 @@ class TieredMemoryPool final : public arrow::MemoryPool {
         bytes_.fetch_sub(size);
     }
 
-    void ReleaseUnused() override { small_->ReleaseUnused(); }
+    void ReleaseUnused() override
+    {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            FreeKept(kept_.size());
+        }
+        small_->ReleaseUnused();
+    }
 
     int64_t bytes_allocated() const override { return bytes_.load(); }
     int64_t max_memory() const override { return max_.load(); }
@@ -88,6 +104,7 @@ class TieredMemoryPool final : public arrow::MemoryPool {
         tm_pool *p;
         {
             std::lock_guard<std::mutex> lock(mu_);
+            FreeKept(kept_.size());
             p = pool_;
             pool_ = nullptr;
         }
@@ -125,7 +142,15 @@ class TieredMemoryPool final : public arrow::MemoryPool {
         if (Large(size, alignment)) {
             std::lock_guard<std::mutex> lock(mu_); /* Detach waits for it */
             if (pool_) {
-                if (void *p = engine.alloc(pool_, (size_t)size)) {
+                ExpireKept();
+                if ((*out = TakeKept((size_t)size)))
+                    return arrow::Status::OK();
+                void *p = engine.alloc(pool_, (size_t)size);
+                if (!p && errno == ENOMEM && !kept_.empty()) {
+                    FreeKept(kept_.size());
+                    p = engine.alloc(pool_, (size_t)size);
+                }
+                if (p) {
                     *out = (uint8_t *)p;
                     return arrow::Status::OK();
                 }
@@ -141,10 +166,63 @@ class TieredMemoryPool final : public arrow::MemoryPool {
 
     void Release(tm_pool *owner, uint8_t *buffer, int64_t size, int64_t alignment)
     {
-        if (owner)
-            engine.free(owner, buffer);
-        else
+        if (!owner)
             small_->Free(buffer, size, alignment);
+        else if (!Keep(owner, buffer))
+            engine.free(owner, buffer);
+    }
+
+    /* Keep a freed allocation of our pool for reuse, within the limit. */
+    bool Keep(tm_pool *owner, uint8_t *buffer)
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        size_t bytes = engine.alloc_size(owner, buffer);
+        if (owner != pool_ || bytes > keep_limit_)
+            return false;
+        ExpireKept();
+        kept_.push_back({buffer, bytes, Clock::now()});
+        kept_bytes_ += bytes;
+        size_t n = 0;
+        for (size_t over = kept_bytes_ - std::min(kept_bytes_, keep_limit_); over > 0; n++)
+            over -= std::min(over, kept_[n].bytes);
+        FreeKept(n);
+        return true;
+    }
+
+    /* The smallest kept allocation that holds size bytes without wasting
+     * more than a quarter (and a block) of it, or nullptr. */
+    uint8_t *TakeKept(size_t size)
+    {
+        auto best = kept_.end();
+        for (auto k = kept_.begin(); k != kept_.end(); ++k)
+            if (k->bytes >= size && k->bytes <= size + size / 4 + (size_t)block_size_ &&
+                (best == kept_.end() || k->bytes < best->bytes))
+                best = k;
+        if (best == kept_.end())
+            return nullptr;
+        uint8_t *p = best->ptr;
+        kept_bytes_ -= best->bytes;
+        kept_.erase(best);
+        return p;
+    }
+
+    /* Give back the n oldest kept allocations. */
+    void FreeKept(size_t n)
+    {
+        for (size_t i = 0; i < n; i++) {
+            engine.free(pool_, kept_[i].ptr);
+            kept_bytes_ -= kept_[i].bytes;
+        }
+        kept_.erase(kept_.begin(), kept_.begin() + (std::ptrdiff_t)n);
+    }
+
+    void ExpireKept()
+    {
+        auto cutoff = Clock::now() - kKeepFor;
+        size_t n = 0;
+        while (n < kept_.size() && kept_[n].since < cutoff)
+            n++;
+        FreeKept(n);
     }
 
     void DidGrow(int64_t n)
@@ -157,9 +235,20 @@ class TieredMemoryPool final : public arrow::MemoryPool {
         }
     }
 
-    std::mutex mu_;
+    using Clock = std::chrono::steady_clock;
+    static constexpr auto kKeepFor = std::chrono::seconds(1);
+    struct Kept {
+        uint8_t *ptr;
+        size_t bytes; /* block-rounded */
+        Clock::time_point since;
+    };
+
+    std::mutex mu_; /* guards pool_ and kept_ */
     tm_pool *pool_; /* nullptr once detached */
     const int64_t threshold_, block_size_;
+    const size_t keep_limit_;
+    std::vector<Kept> kept_; /* oldest first */
+    size_t kept_bytes_ = 0;
     arrow::MemoryPool *const small_;
     std::atomic<int64_t> bytes_{0}, max_{0}, total_{0}, count_{0};
 };
@@ -198,9 +287,9 @@ const char *bind_engine(const char *path)
     return nullptr; /* the handle is kept: the engine module is never unloaded */
 }
 
-arrow::MemoryPool *new_arrow_pool(tm_pool *pool, int64_t threshold, arrow::MemoryPool *small)
+arrow::MemoryPool *new_arrow_pool(tm_pool *pool, int64_t threshold, size_t keep_limit, arrow::MemoryPool *small)
 {
-    return new TieredMemoryPool(pool, threshold, small);
+    return new TieredMemoryPool(pool, threshold, keep_limit, small);
 }
 
 void detach_arrow_pool(arrow::MemoryPool *pool) { static_cast<TieredMemoryPool *>(pool)->Detach(); }

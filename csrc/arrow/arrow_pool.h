@@ -19,12 +19,14 @@ namespace tieredmem {
 const char *bind_engine(const char *path);
 
 /* A new pool: allocations of at least `threshold` bytes from `pool` (pinned
- * until detached), the others from `small`. Never freed: Arrow buffers keep a
- * raw pointer to their pool. */
-arrow::MemoryPool *new_arrow_pool(tm_pool *pool, int64_t threshold, arrow::MemoryPool *small);
+ * until detached), the others from `small`; up to keep_limit bytes of freed
+ * pool allocations are kept for reuse. Never freed: Arrow buffers keep a raw
+ * pointer to their pool. */
+arrow::MemoryPool *new_arrow_pool(tm_pool *pool, int64_t threshold, size_t keep_limit, arrow::MemoryPool *small);
 
-/* From now on every allocation goes to the small pool, and the tieredmem pool
- * is unpinned; buffers already in it stay valid and are freed into it. */
+/* From now on every allocation goes to the small pool, kept allocations are
+ * freed and the tieredmem pool is unpinned; buffers already in it stay valid
+ * and are freed into it. */
 void detach_arrow_pool(arrow::MemoryPool *pool);
 
 /* The pool's small allocator: where a new pool wrapping this one should send
