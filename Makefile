@@ -29,6 +29,7 @@ demo: build
 bench: build
 	$(PY) -m benchmarks.bench_engine
 	$(PY) -m benchmarks.bench_allocator
+	$(PY) -m benchmarks.bench_arrow
 	$(PY) -m benchmarks.bench_policy_sim
 	$(PY) -m benchmarks.bench_policies
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks/micro -o addopts='' --benchmark-only
