@@ -130,4 +130,7 @@ def load():
 
 
 if __name__ == "__main__":
-    print(extension_path())
+    if importlib.util.find_spec("pyarrow") is None:
+        print("tieredmem: pyarrow is not installed; the Arrow pool is not built")
+    else:
+        print(extension_path())

@@ -8,7 +8,6 @@ Nothing here imports pyarrow until it is asked for: install() before the
 program imports pyarrow waits for that import (a finder on sys.meta_path),
 so a program that never uses pyarrow does not pay for importing it."""
 import functools
-import importlib.abc
 import importlib.util
 import sys
 import threading
@@ -103,7 +102,8 @@ def _on_pyarrow_imported():
             _set_default(*_pending)
 
 
-class _Loader(importlib.abc.Loader):
+# Plain classes, not importlib.abc's: importing that costs ~25 ms at startup.
+class _Loader:
     """pyarrow's own loader, then the pending install."""
 
     def __init__(self, loader):
@@ -120,7 +120,7 @@ class _Loader(importlib.abc.Loader):
         return getattr(self.loader, name)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     """Finds pyarrow as the other finders would, with _Loader around it."""
 
     def find_spec(self, name, path=None, target=None):
