@@ -1,13 +1,13 @@
 """A pandas job on Arrow-backed string columns with a Parquet round trip:
-~1 GiB of columns (pandas 3 with pyarrow: astype("str") gives Arrow strings).
-Prints a digest of what it read back. Usage: arrow_strings_parquet.py DIR"""
-import hashlib
+~0.7 GiB of columns (pandas 3 with pyarrow: astype("str") gives Arrow strings).
+Checks what it read back against the columns made again, chunk by chunk, and
+prints the number of rows checked. Usage: arrow_strings_parquet.py DIR"""
 import sys
 
 import numpy as np
 import pandas as pd
 
-CHUNKS, ROWS = 12, 1_000_000
+CHUNKS, ROWS = 8, 1_000_000
 
 
 def chunk(k):
@@ -23,9 +23,7 @@ path = f"{sys.argv[1]}/frame.parquet"
 frame.to_parquet(path)
 del frame
 back = pd.read_parquet(path)
-h = hashlib.sha256()
-for col in ("a", "b", "c"):
-    lengths = back[col].str.len()
-    h.update(f"{col}:{int(lengths.sum())}:{int(back[col].str.endswith('7').sum())}".encode())
-h.update(str(int(back["id"].sum())).encode())
-print(h.hexdigest())
+for k in range(CHUNKS):
+    part = back.iloc[k * ROWS:(k + 1) * ROWS].reset_index(drop=True)
+    assert part.equals(chunk(k)), f"chunk {k} read back differs"
+print(len(back))
