@@ -15,7 +15,10 @@ $(STAMP): $(PY) pyproject.toml setup.py tieredmem/_build.py $(wildcard csrc/*.c 
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The Arrow pool is compiled against the pyarrow installed (tieredmem/_arrow_build.py
+# says why not at install time); this builds it now, or finds it cached in $(VENV).
 build: $(STAMP)
+	$(PY) -m tieredmem._arrow_build
 
 test: build
 	$(PY) -m pytest -q
@@ -26,6 +29,7 @@ demo: build
 bench: build
 	$(PY) -m benchmarks.bench_engine
 	$(PY) -m benchmarks.bench_allocator
+	$(PY) -m benchmarks.bench_arrow
 	$(PY) -m benchmarks.bench_policy_sim
 	$(PY) -m benchmarks.bench_policies
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks/micro -o addopts='' --benchmark-only

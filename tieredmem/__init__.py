@@ -4,11 +4,12 @@ A Pool keeps the arrays it hands out under a hard DRAM budget: cold blocks
 are demoted to a persistent-memory tier and an NVMe tier and promoted back
 when touched, by page faults that the engine (csrc/) serves itself with
 userfaultfd. Arrays are plain numpy arrays over ordinary pointers."""
+from .arrow_alloc import arrow_pool  # imports pyarrow only when called
 from .numpy_alloc import install, installed, uninstall, use
 from .pool import Pool, policy_names
 from .sizes import parse_size
 
-__all__ = ["Pool", "Policy", "install", "installed", "parse_size", "policy_names", "uninstall", "use"]
+__all__ = ["Pool", "Policy", "arrow_pool", "install", "installed", "parse_size", "policy_names", "uninstall", "use"]
 __version__ = "0.1.0"
 
 

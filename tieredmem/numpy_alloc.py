@@ -6,10 +6,12 @@
     tm.uninstall()          # numpy's default again for new arrays
 
 Arrays keep their allocator after the scope ends, and free correctly
-whichever handler is current then."""
+whichever handler is current then. install() also makes the pool pyarrow's
+default memory pool (arrow_alloc.py)."""
 import contextvars
 import threading
 
+from . import arrow_alloc
 from ._engine import lib
 
 _lock = threading.Lock()
@@ -64,7 +66,8 @@ class use:
 
 
 def install(pool, threshold=None):
-    """Make `pool` numpy's allocator process-wide, for every thread."""
+    """Make `pool` numpy's allocator process-wide, for every thread, and
+    pyarrow's default memory pool (when pyarrow is installed)."""
     global _installed
     _init()
     if pool.closed:
@@ -73,11 +76,14 @@ def install(pool, threshold=None):
     if lib.tm_np_install(pool._engine(), thr) != 0:
         raise RuntimeError("tieredmem: cannot repoint numpy's default memory handler")
     _installed = pool
+    arrow_alloc.install(pool, thr)
 
 
 def uninstall():
-    """New arrays use numpy's default allocator again; pool arrays stay valid."""
+    """New arrays use numpy's (and pyarrow's) default allocator again; pool
+    arrays stay valid."""
     global _installed
+    arrow_alloc.uninstall()
     if _ready:
         lib.tm_np_uninstall()
     _installed = None

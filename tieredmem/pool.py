@@ -172,6 +172,7 @@ class Pool:
         self.block_size = bs
         self._closed = False
         self._handlers = {}  # threshold -> tm_np_handler (never freed, see numpy_handler.c)
+        self._on_close = []  # detach callbacks of other allocators over the engine (arrow_alloc)
         self._trace = None
         self._trace_len = 0  # events recorded when close() stopped the trace
         try:
@@ -230,6 +231,8 @@ class Pool:
             for h in self._handlers.values():
                 _lib.tm_np_detach(h)
             _lib.tm_np_detach_pool(self._p)
+            for detach in self._on_close:
+                detach()
             if self._trace is not None and not _lib.tm_pool_released(self._p):
                 # The engine may outlive this object (arrays keep it): it must
                 # not go on writing into a buffer that dies with it.
