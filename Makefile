@@ -11,7 +11,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Reinstall when the build inputs change; the editable install rebuilds csrc/.
-$(STAMP): $(PY) pyproject.toml setup.py tieredmem/_build.py $(wildcard csrc/*.c csrc/*.h)
+$(STAMP): $(PY) pyproject.toml setup.py tieredmem/_build.py $(wildcard csrc/*.c csrc/*.h csrc/preload/*.c)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -32,4 +32,4 @@ bench: build
 	$(PY) -m tieredmem bench --out benchmarks/results/suite
 
 clean:
-	rm -rf $(VENV) build *.egg-info tieredmem/_engine*.so tieredmem/*.o
+	rm -rf $(VENV) build *.egg-info tieredmem/_engine*.so tieredmem/_malloc_interpose*.so tieredmem/*.o

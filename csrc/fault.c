@@ -123,7 +123,7 @@ int tm_fault_init(struct tm_pool *p, int force_denied)
 static void serve_batch(tm_worker *w, const struct uffd_msg *msgs, int n)
 {
     struct tm_pool *p = w->pool;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     uint64_t t0 = tm_os_now_ns();
     for (int i = 0; i < n; i++) {
         if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
@@ -133,13 +133,14 @@ static void serve_batch(tm_worker *w, const struct uffd_msg *msgs, int n)
         tm_migrate_fault(w, msgs[i].arg.pagefault.address, kind, (fl & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
     }
     p->st.fault_ns += tm_os_now_ns() - t0;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
 }
 
 static void *handler_main(void *arg)
 {
     tm_worker *w = arg;
     struct tm_pool *p = w->pool;
+    tm_engine_depth = 1; /* for its whole life: it serves pool memory, so it must never be given any */
     tm_os_pin_self(w->cpu);
     struct pollfd fds[2] = {{p->uffd, POLLIN, 0}, {p->stop_fd, POLLIN, 0}};
     struct uffd_msg msgs[16];

@@ -374,4 +374,24 @@ void tm_worker_fini(tm_worker *w);
 int tm_migrate_init(struct tm_pool *p);
 void tm_migrate_fini(struct tm_pool *p);
 
+/* ---- inside the engine (tm_in_engine) -----------------------------------
+ * Nonzero while the calling thread is inside the engine: for the whole life
+ * of the engine's own threads, and on any thread while it holds a pool lock
+ * or creates a pool. An interposed malloc must then use the C library
+ * (docs/malloc.md): pool memory there could deadlock on the lock or fault
+ * into a handler that is this very thread. */
+extern __thread int tm_engine_depth;
+
+static inline void tm_lock(struct tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    tm_engine_depth++;
+}
+
+static inline void tm_unlock(struct tm_pool *p)
+{
+    tm_engine_depth--;
+    pthread_mutex_unlock(&p->lock);
+}
+
 #endif

@@ -499,7 +499,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     int first[2] = {0, 0}; /* the first write's result, PMEM and NVMe */
     if (w->unlocked_io) {
         p->writeback_blocks += n;
-        pthread_mutex_unlock(&p->lock);
+        tm_unlock(p);
     }
     uint8_t sent[nstate]; /* the tier each victim's first write went to */
     for (int64_t i = 0; i < nd; i++) {
@@ -513,7 +513,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
         first[id - TM_PMEM] = k ? tm_tier_writev(t, w->ioq, ios, k) : 0;
     }
     if (w->unlocked_io) {
-        pthread_mutex_lock(&p->lock);
+        tm_lock(p);
         p->writeback_blocks -= n;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
