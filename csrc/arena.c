@@ -400,6 +400,13 @@ static int nvme_room_for(struct tm_pool *p, int64_t n, uint64_t *free_bytes)
     return ((uint64_t)spill << p->bshift) <= (p->nvme.used << p->bshift) + *free_bytes;
 }
 
+static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
+{
+    tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
+    for (int64_t i = b; i < b + n; i++)
+        p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
+}
+
 void *tm_alloc(tm_pool *p, size_t size)
 {
     if (forked_child) {
@@ -429,6 +436,15 @@ void *tm_alloc(tm_pool *p, size_t size)
         if (b < 0) {
             tm_set_error(p, "cannot allocate %zu bytes: no free run of %lld blocks in the arena", size, (long long)n);
         } else {
+            /* A free block is poisoned by a fault on it: a stray access, or a
+             * fault message that was still queued when its block was freed
+             * (another fault's zero fill had already served it). */
+            for (int64_t i = b; i < b + n; i++) {
+                if (p->meta.flags[i] & TM_F_POISON) {
+                    unpoison(p, b, n);
+                    break;
+                }
+            }
             for (int64_t i = b; i < b + n; i++)
                 p->meta.flags[i] = TM_F_ALLOC;
             p->alloc_len[b] = (uint32_t)n;
@@ -447,13 +463,6 @@ void *tm_alloc(tm_pool *p, size_t size)
 
 /* A poisoned page keeps answering SIGBUS until its page table entry is
  * cleared. */
-static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
-{
-    tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
-    for (int64_t i = b; i < b + n; i++)
-        p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
-}
-
 static int in_writeback(const struct tm_pool *p, int64_t b, int64_t n)
 {
     if (!p->writeback_blocks)

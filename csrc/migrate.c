@@ -1129,7 +1129,8 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
     }
     p->st.faults++;
     if (!(p->meta.flags[b] & TM_F_ALLOC)) {
-        tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS", (void *)a);
+        tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS (none did if the fault was "
+                     "raised before its memory was freed and served by another fault meanwhile)", (void *)a);
         if (tm_fault_poison(p, addr) == 0) {
             p->st.sigbus_sent++;
             p->meta.flags[b] |= TM_F_POISON;

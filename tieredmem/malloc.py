@@ -30,11 +30,22 @@ def _entry(name):
 
 _attach = _entry("tm_interpose_attach")
 _detach = _entry("tm_interpose_detach")
+_counts = _entry("tm_interpose_counts")
 
 
 def loaded() -> bool:
     """True if the interposer is preloaded in this process."""
     return _attach is not None
+
+
+def counts() -> dict:
+    """Since the process started: the C library's allocations the pool served
+    ("allocations") and the bytes they asked for ("bytes"); zeros if the
+    interposer is not loaded."""
+    out = (ctypes.c_uint64 * 2)()
+    if _counts is not None:
+        _counts(out)
+    return {"allocations": out[0], "bytes": out[1]}
 
 
 def _address(name):
@@ -44,7 +55,7 @@ def _address(name):
 def attach(pool, threshold=None):
     """Serve the C library's allocations of at least `threshold` bytes (default:
     the pool's threshold) from `pool`, until the pool is closed. False if the
-    interposer is not loaded."""
+    interposer is not loaded, or has had its fill of arenas (16)."""
     if not loaded():
         return False
     engine = pool._open_engine()
@@ -52,9 +63,8 @@ def attach(pool, threshold=None):
     arena_len = lib.tm_get_meta(engine).nblocks * pool.block_size
     handle = ctypes.c_void_p(int(ffi.cast("uintptr_t", engine)))
     arena = ctypes.c_void_p(int(ffi.cast("uintptr_t", lib.tm_arena_base(engine))))
-    _attach(handle, ctypes.c_size_t(thr), ctypes.c_size_t(pool.block_size), arena, ctypes.c_size_t(arena_len),
-            *(_address(f) for f in ("tm_alloc", "tm_free", "tm_alloc_size", "tm_pool_of", "tm_in_engine")))
-    return True
+    return _attach(handle, ctypes.c_size_t(thr), ctypes.c_size_t(pool.block_size), arena, ctypes.c_size_t(arena_len),
+                   *(_address(f) for f in ("tm_alloc", "tm_free", "tm_alloc_size", "tm_pool_of", "tm_in_engine"))) == 0
 
 
 def detach(engine):

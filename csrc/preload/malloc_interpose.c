@@ -17,7 +17,9 @@
  * Not attached (before the pool exists, in programs that never attach, and
  * once the pool is closed), and in a fork child, every allocation goes to the
  * next allocator. A fork child has no pool memory (the arena is
- * MADV_DONTFORK): its frees of the parent's pool pointers do nothing. */
+ * MADV_DONTFORK): at the fork it reserves the parent's arenas, so that its
+ * own memory never lands there, and its frees of the parent's pool pointers
+ * do nothing. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -25,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -202,6 +205,15 @@ static size_t block_size;
  * with tm_pool_of (the range may have been reused once an engine is released). */
 static uintptr_t range_lo;
 static size_t range_len;
+/* The arenas ever attached; `parents` is set in a fork child for those it
+ * reserved at the fork (pointers in them are the parent's pool memory). */
+#define MAX_ARENAS 16
+static struct {
+    uintptr_t lo;
+    size_t len;
+    int parents;
+} arenas[MAX_ARENAS];
+static int narenas;
 /* The pool new allocations come from, or NULL. attach_lock is held across
  * tm_alloc so that a detach (before the owner drops the handle) waits for
  * allocations on it to finish. A fork child never takes it. */
@@ -212,10 +224,33 @@ static volatile int forked;
  * comes from the next allocator. initial-exec: a preloaded library's TLS is
  * static, so reading it never allocates. */
 static __thread int busy __attribute__((tls_model("initial-exec")));
+/* Allocations served by the pool, and their bytes (tm_interpose_counts). */
+static uint64_t served, served_bytes;
 
+/* Reserve each attached arena that is still free in the child (a live
+ * pool's is: MADV_DONTFORK left a hole); one the parent's C library had
+ * reused after its pool was released is not, and its pointers are the C
+ * library's. Async-signal-safe: it runs in the child of a fork. */
 static void on_fork_child(void)
 {
     forked = 1;
+    for (int i = 0; i < narenas; i++) {
+        void *want = (void *)arenas[i].lo;
+        void *r = mmap(want, arenas[i].len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                       -1, 0);
+        arenas[i].parents = r == want;
+        if (r != MAP_FAILED && r != want) /* a kernel without MAP_FIXED_NOREPLACE took it as a hint */
+            munmap(r, arenas[i].len);
+    }
+}
+
+/* Precondition: a fork child, in_range(ptr). */
+static int parents_pool_memory(const void *ptr)
+{
+    for (int i = 0; i < narenas; i++)
+        if ((uintptr_t)ptr - arenas[i].lo < arenas[i].len)
+            return arenas[i].parents;
+    return 0;
 }
 
 __attribute__((constructor)) static void init(void)
@@ -255,6 +290,10 @@ static void *pool_alloc(size_t size)
         pthread_mutex_unlock(&attach_lock);
     }
     busy--;
+    if (r) {
+        __atomic_add_fetch(&served, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&served_bytes, size, __ATOMIC_RELAXED);
+    }
     return r;
 }
 
@@ -274,16 +313,29 @@ static size_t pool_size(void *p, const void *ptr)
     return n;
 }
 
-/* Serve allocations of at least `threshold` bytes from `p` from now on.
- * Preconditions: p is an open pool of the engine whose entry points are
- * given, its arena is [arena, arena + arena_len) and aligned to block_size,
- * and tm_interpose_detach(p) is called before p's owner drops it. */
-EXPORT void tm_interpose_attach(void *p, size_t thresh, size_t block, void *arena, size_t arena_len,
+/* Serve allocations of at least `threshold` bytes from `p` from now on;
+ * returns 0, or -1 (nothing attached) if MAX_ARENAS arenas were attached
+ * already. Preconditions: p is an open pool of the engine whose entry points
+ * are given, its arena is [arena, arena + arena_len) and aligned to
+ * block_size, and tm_interpose_detach(p) is called before p's owner drops it. */
+EXPORT int tm_interpose_attach(void *p, size_t thresh, size_t block, void *arena, size_t arena_len,
                                 void *(*alloc)(void *, size_t), void (*free_fn)(void *, void *),
                                 size_t (*alloc_size)(void *, const void *), void *(*pool_of)(const void *),
                                 int (*in_engine)(void))
 {
     pthread_mutex_lock(&attach_lock);
+    int known = 0;
+    for (int i = 0; i < narenas; i++)
+        known |= arenas[i].lo == (uintptr_t)arena;
+    if (!known && narenas == MAX_ARENAS) {
+        pthread_mutex_unlock(&attach_lock);
+        return -1;
+    }
+    if (!known) {
+        arenas[narenas].lo = (uintptr_t)arena;
+        arenas[narenas].len = arena_len;
+        narenas++;
+    }
     eng.alloc = alloc;
     eng.free = free_fn;
     eng.alloc_size = alloc_size;
@@ -302,6 +354,7 @@ EXPORT void tm_interpose_attach(void *p, size_t thresh, size_t block, void *aren
     pool = p;
     __atomic_store_n(&threshold, thresh ? thresh : 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&attach_lock);
+    return 0;
 }
 
 /* Allocate nothing more from p (nothing happens if p is not attached). Its
@@ -314,6 +367,14 @@ EXPORT void tm_interpose_detach(void *p)
         __atomic_store_n(&threshold, SIZE_MAX, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&attach_lock);
+}
+
+/* Since the process started: out[0] allocations served by a pool, out[1]
+ * the bytes they asked for. */
+EXPORT void tm_interpose_counts(uint64_t out[2])
+{
+    out[0] = __atomic_load_n(&served, __ATOMIC_RELAXED);
+    out[1] = __atomic_load_n(&served_bytes, __ATOMIC_RELAXED);
 }
 
 /* ---- the interposed functions ----------------------------------------------
@@ -348,8 +409,11 @@ EXPORT void free(void *ptr)
             next_free(ptr);
         return;
     }
-    if (forked)
-        return; /* the parent's pool memory: not in this process */
+    if (forked) {
+        if (!parents_pool_memory(ptr))
+            next_free(ptr);
+        return; /* the parent's pool memory is not in this process */
+    }
     void *p = owner_of(ptr);
     if (p)
         pool_free(p, ptr);
@@ -377,11 +441,11 @@ EXPORT void *realloc(void *ptr, size_t size)
         return move_to_new(ptr, boot_size(ptr), size);
     void *p = NULL;
     if (in_range(ptr)) {
-        if (forked) {
+        if (forked && parents_pool_memory(ptr)) {
             errno = ENOMEM; /* the parent's pool memory: nothing to copy from */
             return NULL;
         }
-        p = owner_of(ptr);
+        p = forked ? NULL : owner_of(ptr);
     }
     if (p) {
         size_t old = pool_size(p, ptr);
@@ -466,9 +530,9 @@ EXPORT size_t malloc_usable_size(void *ptr)
     if (in_boot(ptr))
         return boot_size(ptr);
     if (in_range(ptr)) {
-        if (forked)
+        if (forked && parents_pool_memory(ptr))
             return 0;
-        void *p = owner_of(ptr);
+        void *p = forked ? NULL : owner_of(ptr);
         if (p)
             return pool_size(p, ptr);
     }

@@ -183,7 +183,8 @@ def summary(stats: dict, elapsed: float) -> str:
     return (f"tieredmem: {elapsed:.1f} s; peak {peaks}; faults {stats['faults']}, "
             f"promotions {stats['promotions']}, demotions {stats['demotions']}; "
             f"{stats['fault_ns'] / 1e9:.2f} s waiting on faults; "
-            f"resident outside the pool {format_size(stats['outside_pool'])}")
+            f"resident outside the pool {format_size(stats['outside_pool'])}" +
+            (f"; malloc: {stats['malloc']['allocations']} allocations in the pool" if stats["malloc"] else ""))
 
 
 def preload_interposer(quiet) -> bool:
@@ -248,6 +249,7 @@ def report(pool, settings, start, quiet, stats_path, code):
     """The exit summary on stderr and the --stats file."""
     elapsed = time.perf_counter() - start
     stats = pool.stats()
+    stats["malloc"] = malloc.counts() if malloc.loaded() else None
     if not quiet:
         print(summary(stats, elapsed), file=sys.stderr)
     if stats_path:
