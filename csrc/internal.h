@@ -5,6 +5,8 @@
  * start to end, I/O included; whoever holds it must never touch arena memory
  * (that would fault into a handler that waits for the same lock). The
  * shadow (below) is engine memory: touching it never waits for a handler.
+ * Take it with tm_lock/tm_unlock (at the end): they also mark the thread as
+ * inside the engine, so that a malloc interposer gives it no pool memory.
  */
 #ifndef TIEREDMEM_INTERNAL_H
 #define TIEREDMEM_INTERNAL_H

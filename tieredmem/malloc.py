@@ -54,12 +54,13 @@ def _address(name):
 
 def attach(pool, threshold=None):
     """Serve the C library's allocations of at least `threshold` bytes (default:
-    the pool's threshold) from `pool`, until the pool is closed. False if the
-    interposer is not loaded, or has had its fill of arenas (16)."""
+    the pool's threshold), and at least a block, from `pool` until the pool is
+    closed: a smaller one would take a whole block of the DRAM budget. False if
+    the interposer is not loaded, or has had its fill of arenas (16)."""
     if not loaded():
         return False
     engine = pool._open_engine()
-    thr = pool.threshold if threshold is None else pool._parse_threshold(threshold)
+    thr = max(pool.threshold if threshold is None else pool._parse_threshold(threshold), pool.block_size)
     arena_len = lib.tm_get_meta(engine).nblocks * pool.block_size
     handle = ctypes.c_void_p(int(ffi.cast("uintptr_t", engine)))
     arena = ctypes.c_void_p(int(ffi.cast("uintptr_t", lib.tm_arena_base(engine))))
