@@ -279,7 +279,8 @@ static void *owner_of(const void *ptr)
  * or the pool cannot serve it (full or closed). Precondition: size >= threshold. */
 static void *pool_alloc(size_t size)
 {
-    if (busy || forked)
+    /* acquire: pairs with attach's release, so eng is seen set */
+    if (busy || forked || __atomic_load_n(&threshold, __ATOMIC_ACQUIRE) == SIZE_MAX)
         return NULL;
     busy++;
     void *r = NULL;
