@@ -262,7 +262,8 @@ __attribute__((constructor)) static void init(void)
 
 static int in_range(const void *ptr)
 {
-    return (uintptr_t)ptr - __atomic_load_n(&range_lo, __ATOMIC_RELAXED) < __atomic_load_n(&range_len, __ATOMIC_RELAXED);
+    uintptr_t lo = __atomic_load_n(&range_lo, __ATOMIC_ACQUIRE); /* then a len at least as new */
+    return (uintptr_t)ptr - lo < __atomic_load_n(&range_len, __ATOMIC_RELAXED);
 }
 
 /* The live pool holding ptr, or NULL. Precondition: in_range(ptr), not forked. */
@@ -349,8 +350,10 @@ EXPORT int tm_interpose_attach(void *p, size_t thresh, size_t block, void *arena
         if (range_lo + range_len > hi)
             hi = range_lo + range_len;
     }
-    __atomic_store_n(&range_lo, lo, __ATOMIC_RELAXED);
-    __atomic_store_n(&range_len, hi - lo, __ATOMIC_RELEASE);
+    /* Grow len before moving lo down: a concurrent free sees a window that
+     * still covers every earlier arena, whichever pair it reads. */
+    __atomic_store_n(&range_len, hi - lo, __ATOMIC_RELAXED);
+    __atomic_store_n(&range_lo, lo, __ATOMIC_RELEASE);
     block_size = block;
     pool = p;
     __atomic_store_n(&threshold, thresh ? thresh : 1, __ATOMIC_RELEASE);

@@ -187,38 +187,46 @@ def summary(stats: dict, elapsed: float) -> str:
             (f"; malloc: {stats['malloc']['allocations']} allocations in the pool" if stats["malloc"] else ""))
 
 
-def preload_interposer(quiet) -> bool:
-    """Make sure the malloc interposer is in this process: re-execute the
-    interpreter with it in LD_PRELOAD (this does not return) unless this is
-    the re-executed process or it is preloaded already. Returns whether it is
-    loaded; says once on stderr (unless quiet) why not."""
+def restore_environment() -> bool:
+    """Undo what the re-exec added to the environment (the marker, LD_PRELOAD);
+    True if this is the re-executed process."""
     was = os.environ.pop(REEXEC_MARK, None)
-    if was is not None:
-        if was:
-            os.environ["LD_PRELOAD"] = was[1:]
-        else:
-            os.environ.pop("LD_PRELOAD", None)
-        reason = None if malloc.loaded() else "the dynamic loader did not preload it"
-    elif malloc.loaded():
-        return True
+    if was is None:
+        return False
+    if was:
+        os.environ["LD_PRELOAD"] = was[1:]
     else:
-        path = malloc.library_path()
-        reason = "it is not built (make build)" if path is None else None
-        if path is not None:
-            old = os.environ.get("LD_PRELOAD")
-            env = dict(os.environ, LD_PRELOAD=f"{path}:{old}" if old else str(path))
-            env[REEXEC_MARK] = "" if old is None else "=" + old
-            sys.stdout.flush()
-            sys.stderr.flush()
-            try:
-                # argv[0] is the interpreter's path: Python finds its prefix (a venv) from it.
-                os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-            except OSError as e:
-                reason = f"cannot re-execute {sys.executable}: {e}"
-    if reason and not quiet:
+        os.environ.pop("LD_PRELOAD", None)
+    return True
+
+
+def preload_interposer(quiet, reexecuted) -> bool:
+    """Make sure the malloc interposer is in this process: unless this is the
+    re-executed process or it is preloaded already, re-execute the interpreter
+    with it in LD_PRELOAD (this does not return). Returns whether it is
+    loaded; says once on stderr (unless quiet) why not."""
+    if malloc.loaded():
+        return True
+    path = malloc.library_path()
+    if reexecuted:
+        reason = "the dynamic loader did not preload it"
+    elif path is None:
+        reason = "it is not built (make build)"
+    else:
+        old = os.environ.get("LD_PRELOAD")
+        env = dict(os.environ, LD_PRELOAD=f"{path}:{old}" if old else str(path))
+        env[REEXEC_MARK] = "" if old is None else "=" + old
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            # argv[0] is the interpreter's path: Python finds its prefix (a venv) from it.
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        except OSError as e:
+            reason = f"cannot re-execute {sys.executable}: {e}"
+    if not quiet:
         print(f"tieredmem: the malloc interposer is off ({reason}); only numpy's allocations go to the pool",
               file=sys.stderr)
-    return reason is None
+    return False
 
 
 def run(args, parser) -> int:
@@ -226,7 +234,8 @@ def run(args, parser) -> int:
         parser.error("give a script to run, or -m MODULE")
     if not args.module and not os.path.isfile(args.program[0]):
         parser.error(f"no such script: {args.program[0]}")
-    interposer = not args.no_malloc and preload_interposer(args.quiet)
+    reexecuted = restore_environment()
+    interposer = not args.no_malloc and preload_interposer(args.quiet, reexecuted)
     settings = pool_settings(args, parser)
     try:
         pool = Pool(**settings)
