@@ -11,7 +11,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Reinstall when the build inputs change; the editable install rebuilds csrc/.
-$(STAMP): $(PY) pyproject.toml setup.py tieredmem/_build.py $(wildcard csrc/*.c csrc/*.h)
+$(STAMP): $(PY) pyproject.toml setup.py tieredmem/_build.py $(wildcard csrc/*.c csrc/*.h csrc/preload/*.c)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -32,8 +32,9 @@ bench: build
 	$(PY) -m benchmarks.bench_arrow
 	$(PY) -m benchmarks.bench_policy_sim
 	$(PY) -m benchmarks.bench_policies
+	$(PY) -m benchmarks.bench_malloc
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks/micro -o addopts='' --benchmark-only
 	$(PY) -m tieredmem bench --out benchmarks/results/suite
 
 clean:
-	rm -rf $(VENV) build *.egg-info tieredmem/_engine*.so tieredmem/*.o
+	rm -rf $(VENV) build *.egg-info tieredmem/_engine*.so tieredmem/_malloc_interpose*.so tieredmem/*.o

@@ -94,7 +94,7 @@ int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice)
     if (!size)
         return 0;
     int64_t b = tm_block_of(p, ptr), e = tm_block_of(p, (const uint8_t *)ptr + size - 1) + 1;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     switch (advice) {
     case TM_ADV_WILLNEED:
         bring_in(p, b, e);
@@ -119,6 +119,6 @@ int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice)
         forget_ranges(p, b, e);
         break;
     }
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return 0;
 }

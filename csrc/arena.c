@@ -41,9 +41,9 @@ const char *tm_last_error(tm_pool *p, char *buf, size_t len)
         snprintf(buf, len, "%s", create_err);
         return buf;
     }
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     snprintf(buf, len, "%s", p->err);
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return buf;
 }
 
@@ -182,7 +182,14 @@ static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
 
 static void release_engine(struct tm_pool *p);
 
-tm_pool *tm_pool_create(const tm_config *cfg)
+__thread int tm_engine_depth;
+
+int tm_in_engine(void)
+{
+    return tm_engine_depth > 0;
+}
+
+static tm_pool *create_pool(const tm_config *cfg)
 {
     char err[TM_ERRLEN] = "";
     uint64_t bs = cfg->block_size;
@@ -273,6 +280,14 @@ fail:
     return NULL;
 }
 
+tm_pool *tm_pool_create(const tm_config *cfg)
+{
+    tm_engine_depth++; /* its allocations (metadata, slot maps, thread start-up) are the engine's */
+    tm_pool *p = create_pool(cfg);
+    tm_engine_depth--;
+    return p;
+}
+
 /* Give back everything but the handle. Precondition: no live allocation, no
  * thread touching arena memory. */
 static void release_engine(struct tm_pool *p)
@@ -305,12 +320,12 @@ static void settle(struct tm_pool *p)
 {
     if (forked_child)
         return;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     int release = p->closed && !p->released && p->live_allocs == 0 && p->pins == 0;
     if (release)
         p->released = 1;
     int free_handle = p->released && p->dropped && p->live_allocs == 0 && p->pins == 0;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     if (release)
         release_engine(p);
     if (free_handle) {
@@ -323,9 +338,9 @@ void tm_pool_close(tm_pool *p)
 {
     if (forked_child)
         return;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     p->closed = 1;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     settle(p);
 }
 
@@ -333,18 +348,18 @@ void tm_pool_pin(tm_pool *p)
 {
     if (forked_child)
         return;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     p->pins++;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
 }
 
 void tm_pool_unpin(tm_pool *p)
 {
     if (forked_child)
         return;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     p->pins--;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     settle(p);
 }
 
@@ -352,18 +367,18 @@ void tm_pool_drop(tm_pool *p)
 {
     if (forked_child)
         return;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     p->closed = 1;
     p->dropped = 1;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     settle(p);
 }
 
 int tm_pool_released(tm_pool *p)
 {
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     int r = p->released;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return r;
 }
 
@@ -385,6 +400,13 @@ static int nvme_room_for(struct tm_pool *p, int64_t n, uint64_t *free_bytes)
     return ((uint64_t)spill << p->bshift) <= (p->nvme.used << p->bshift) + *free_bytes;
 }
 
+static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
+{
+    tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
+    for (int64_t i = b; i < b + n; i++)
+        p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
+}
+
 void *tm_alloc(tm_pool *p, size_t size)
 {
     if (forked_child) {
@@ -394,7 +416,7 @@ void *tm_alloc(tm_pool *p, size_t size)
     int64_t n = (int64_t)((size + p->bs - 1) >> p->bshift);
     if (n == 0)
         n = 1;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     void *ptr = NULL;
     int err = ENOMEM;
     uint64_t free_bytes = 0;
@@ -414,6 +436,15 @@ void *tm_alloc(tm_pool *p, size_t size)
         if (b < 0) {
             tm_set_error(p, "cannot allocate %zu bytes: no free run of %lld blocks in the arena", size, (long long)n);
         } else {
+            /* A free block is poisoned by a fault on it: a stray access, or a
+             * fault message that was still queued when its block was freed
+             * (another fault's zero fill had already served it). */
+            for (int64_t i = b; i < b + n; i++) {
+                if (p->meta.flags[i] & TM_F_POISON) {
+                    unpoison(p, b, n);
+                    break;
+                }
+            }
             for (int64_t i = b; i < b + n; i++)
                 p->meta.flags[i] = TM_F_ALLOC;
             p->alloc_len[b] = (uint32_t)n;
@@ -424,32 +455,22 @@ void *tm_alloc(tm_pool *p, size_t size)
             ptr = tm_block_addr(p, b);
         }
     }
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     if (!ptr)
         errno = err;
     return ptr;
 }
 
-/* A poisoned page keeps answering SIGBUS until its page table entry is
- * cleared. */
-static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
-{
-    tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
-    for (int64_t i = b; i < b + n; i++)
-        p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
-}
-
-
 void tm_free(tm_pool *p, void *ptr)
 {
     if (forked_child)
         return;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     int64_t b = tm_block_of(p, ptr);
     int64_t n = (b >= 0 && b < p->nblocks) ? p->alloc_len[b] : 0;
     if (n == 0 || tm_block_addr(p, b) != ptr) {
         tm_set_error(p, "tm_free(%p): not an allocation of this pool", ptr);
-        pthread_mutex_unlock(&p->lock);
+        tm_unlock(p);
         return;
     }
     /* A writeback or load of some of its blocks still uses their pages and
@@ -469,7 +490,7 @@ void tm_free(tm_pool *p, void *ptr)
         tm_set_error(p, "out of memory recording a free extent; %lld blocks of address space lost", (long long)n);
     p->reserved -= n;
     p->live_allocs--;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     settle(p);
 }
 
@@ -477,10 +498,10 @@ size_t tm_alloc_size(tm_pool *p, const void *ptr)
 {
     if (!tm_contains(p, ptr, 1))
         return 0;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     int64_t b = tm_block_of(p, ptr);
     size_t n = tm_block_addr(p, b) == ptr ? (size_t)p->alloc_len[b] << p->bshift : 0;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return n;
 }
 
@@ -492,9 +513,9 @@ int tm_contains(tm_pool *p, const void *ptr, size_t size)
 
 int64_t tm_live_allocations(tm_pool *p)
 {
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     int64_t n = p->live_allocs;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return n;
 }
 
@@ -507,7 +528,7 @@ static void tier_stats(const tm_tier *t, tm_tier_stats *s)
 
 void tm_get_stats(tm_pool *p, tm_stats *out)
 {
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     *out = p->st;
     out->dram.capacity = (uint64_t)p->dram_blocks << p->bshift;
     out->dram.used = (uint64_t)p->resident << p->bshift;
@@ -516,7 +537,7 @@ void tm_get_stats(tm_pool *p, tm_stats *out)
     out->allocated = (uint64_t)p->reserved << p->bshift;
     out->capacity = (uint64_t)p->cap_blocks << p->bshift;
     out->headroom = (uint64_t)tm_background_headroom(p) << p->bshift;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
 }
 
 void tm_placement(tm_pool *p, const void *ptr, size_t size, uint64_t out[4])
@@ -525,7 +546,7 @@ void tm_placement(tm_pool *p, const void *ptr, size_t size, uint64_t out[4])
     if (!size || !tm_contains(p, ptr, size))
         return;
     const uint8_t *a = ptr, *end = a + size;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     while (a < end) {
         int64_t b = tm_block_of(p, a);
         const uint8_t *bend = (const uint8_t *)tm_block_addr(p, b + 1);
@@ -533,7 +554,7 @@ void tm_placement(tm_pool *p, const void *ptr, size_t size, uint64_t out[4])
         out[p->meta.tier[b]] += (uint64_t)(stop - a);
         a = stop;
     }
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
 }
 
 const tm_meta *tm_get_meta(tm_pool *p) { return &p->meta; }
@@ -542,18 +563,18 @@ size_t tm_block_size(tm_pool *p) { return p->bs; }
 
 void tm_set_policy(tm_pool *p, const tm_policy_ops *ops)
 {
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     if (ops)
         p->policy = *ops;
     else
         memset(&p->policy, 0, sizeof p->policy);
     tm_policy_info(p);
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
 }
 
 void *tm_policy_alloc(tm_pool *p, size_t bytes)
 {
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     void *m = calloc(1, bytes ? bytes : 1);
     void **list = m ? realloc(p->policy_mem, sizeof(void *) * (size_t)(p->npolicy_mem + 1)) : NULL;
     if (list) {
@@ -563,7 +584,7 @@ void *tm_policy_alloc(tm_pool *p, size_t bytes)
         free(m);
         m = NULL;
     }
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return m;
 }
 
@@ -575,7 +596,7 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
     if (batch < 1)
         batch = 1;
     int64_t cap = nb + lower - (lower ? batch : 0);
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     int r = 0;
     if (nb < 1) {
         tm_set_error(p, "resize: dram must hold at least one block (%zu bytes), got %llu", p->bs,
@@ -611,25 +632,25 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
                          (long long)(p->resident - p->dram_blocks) << p->bshift);
         }
     }
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return r;
 }
 
 void tm_trace_start(tm_pool *p, int64_t *buf, int64_t cap)
 {
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     p->trace = buf;
     p->trace_cap = cap;
     p->trace_n = 0;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
 }
 
 int64_t tm_trace_stop(tm_pool *p)
 {
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     int64_t n = p->trace_n;
     p->trace = NULL;
     p->trace_cap = p->trace_n = 0;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return n;
 }

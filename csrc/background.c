@@ -216,10 +216,11 @@ static void next_tick(struct timespec *t)
 static void *bg_main(void *arg)
 {
     struct tm_pool *p = arg;
+    tm_engine_depth = 1; /* it demotes under the lock: never given pool memory */
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     next_tick(&next);
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     while (!p->bg_stop) {
         int timed_out = 0;
         while (!p->bg_stop && !p->bg_kick && !timed_out)
@@ -235,7 +236,7 @@ static void *bg_main(void *arg)
             next_tick(&next);
         }
     }
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
     return NULL;
 }
 
@@ -270,10 +271,10 @@ int tm_background_start(struct tm_pool *p)
 void tm_background_stop(struct tm_pool *p)
 {
     if (p->bg_started) {
-        pthread_mutex_lock(&p->lock);
+        tm_lock(p);
         p->bg_stop = 1;
         pthread_cond_signal(&p->bg_cond);
-        pthread_mutex_unlock(&p->lock);
+        tm_unlock(p);
         pthread_join(p->bg.thread, NULL);
         p->bg_started = 0;
     }

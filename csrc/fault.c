@@ -126,18 +126,19 @@ static void serve(tm_worker *w, const struct uffd_msg *msg)
     if (msg->event != UFFD_EVENT_PAGEFAULT)
         return;
     uint64_t fl = msg->arg.pagefault.flags;
-    pthread_mutex_lock(&p->lock);
+    tm_lock(p);
     uint64_t t0 = tm_os_now_ns();
     tm_migrate_fault(w, msg->arg.pagefault.address, (fl & UFFD_PAGEFAULT_FLAG_WP) ? TM_ACCESS_WP : TM_ACCESS_MISSING,
                      (fl & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
     p->st.fault_ns += tm_os_now_ns() - t0;
-    pthread_mutex_unlock(&p->lock);
+    tm_unlock(p);
 }
 
 static void *handler_main(void *arg)
 {
     tm_worker *w = arg;
     struct tm_pool *p = w->pool;
+    tm_engine_depth = 1; /* for its whole life: it serves pool memory, so it must never be given any */
     tm_os_pin_self(w->cpu);
     struct pollfd fds[2] = {{p->uffd, POLLIN, 0}, {p->stop_fd, POLLIN, 0}};
     struct uffd_msg msg;

@@ -5,6 +5,8 @@
  * start to end, I/O included; whoever holds it must never touch arena memory
  * (that would fault into a handler that waits for the same lock). The
  * shadow (below) is engine memory: touching it never waits for a handler.
+ * Take it with tm_lock/tm_unlock (at the end): they also mark the thread as
+ * inside the engine, so that a malloc interposer gives it no pool memory.
  */
 #ifndef TIEREDMEM_INTERNAL_H
 #define TIEREDMEM_INTERNAL_H
@@ -404,5 +406,25 @@ void tm_worker_fini(tm_worker *w);
 /* Readahead buffers: set up at creation; finish and free at release. */
 int tm_migrate_init(struct tm_pool *p);
 void tm_migrate_fini(struct tm_pool *p);
+
+/* ---- inside the engine (tm_in_engine) -----------------------------------
+ * Nonzero while the calling thread is inside the engine: for the whole life
+ * of the engine's own threads, and on any thread while it holds a pool lock
+ * or creates a pool. An interposed malloc must then use the C library
+ * (docs/malloc.md): pool memory there could deadlock on the lock or fault
+ * into a handler that is this very thread. */
+extern __thread int tm_engine_depth;
+
+static inline void tm_lock(struct tm_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    tm_engine_depth++;
+}
+
+static inline void tm_unlock(struct tm_pool *p)
+{
+    tm_engine_depth--;
+    pthread_mutex_unlock(&p->lock);
+}
 
 #endif

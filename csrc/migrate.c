@@ -498,7 +498,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     int first[2] = {0, 0}; /* the first write's result, PMEM and NVMe */
     if (w->unlocked_io) {
         p->writeback_blocks += n;
-        pthread_mutex_unlock(&p->lock);
+        tm_unlock(p);
     }
     uint8_t sent[nstate]; /* the tier each victim's first write went to */
     for (int64_t i = 0; i < nd; i++) {
@@ -512,7 +512,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
         first[id - TM_PMEM] = k ? tm_tier_writev(t, w->ioq, ios, k) : 0;
     }
     if (w->unlocked_io) {
-        pthread_mutex_lock(&p->lock);
+        tm_lock(p);
         p->writeback_blocks -= n;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -917,10 +917,10 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
     int64_t damaged;
     const char *what = "";
     if (w->unlocked_loads)
-        pthread_mutex_unlock(&p->lock);
+        tm_unlock(p);
     int64_t done = load(w, addr, list, n, write, &err, &what, &damaged, &copy_err);
     if (w->unlocked_loads)
-        pthread_mutex_lock(&p->lock);
+        tm_lock(p);
     p->resident -= n;
     p->loading_blocks -= n;
     for (int64_t i = 0; i < n; i++) {
@@ -1155,10 +1155,10 @@ static void readahead_finish(tm_worker *w)
     int64_t n = p->ra.n;
     p->ra.waiting = 1;
     if (w->unlocked_loads)
-        pthread_mutex_unlock(&p->lock);
+        tm_unlock(p);
     int r = tm_tier_wait_reads(&p->nvme, p->ra.q);
     if (w->unlocked_loads)
-        pthread_mutex_lock(&p->lock);
+        tm_lock(p);
     p->ra.waiting = 0;
     pthread_cond_broadcast(&p->io_cond); /* a release may wait for that */
     p->ra.n = 0;
@@ -1185,7 +1185,7 @@ static void readahead_finish(tm_worker *w)
     p->resident += kept; /* their room, reserved */
     p->loading_blocks += kept;
     if (w->unlocked_loads)
-        pthread_mutex_unlock(&p->lock);
+        tm_unlock(p);
     /* Runs of kept blocks that arrived intact, each mapped with one copy. */
     int64_t start[n ? n : 1], len[n ? n : 1], done[n ? n : 1];
     int err[n ? n : 1], runs = 0;
@@ -1202,7 +1202,7 @@ static void readahead_finish(tm_worker *w)
         i = j + 1;
     }
     if (w->unlocked_loads)
-        pthread_mutex_lock(&p->lock);
+        tm_lock(p);
     p->resident -= kept;
     p->loading_blocks -= kept;
     for (int64_t i = 0; i < n; i++)
@@ -1307,7 +1307,8 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
     }
     p->st.faults++;
     if (!(p->meta.flags[b] & TM_F_ALLOC)) {
-        tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS", (void *)a);
+        tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS (none did if the fault was "
+                     "raised before its memory was freed and served by another fault meanwhile)", (void *)a);
         if (tm_fault_poison(p, addr) == 0) {
             p->st.sigbus_sent++;
             p->meta.flags[b] |= TM_F_POISON;

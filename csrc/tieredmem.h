@@ -194,6 +194,11 @@ int tm_pool_released(tm_pool *p);
 /* The live pool whose arena holds ptr, or NULL. Safe from any thread. */
 tm_pool *tm_pool_of(const void *ptr);
 
+/* 1 if the calling thread is one of the engine's, or holds a pool lock, or
+ * is creating a pool: then it must not be given pool memory (a malloc
+ * interposer serves it from the C library; docs/malloc.md). */
+int tm_in_engine(void);
+
 /* Allocate `size` bytes (rounded up to whole blocks), reading as zero.
  * Returns NULL with errno ENOMEM when the tiers' total capacity is exhausted,
  * or EBADF when the pool is closed. */

@@ -107,6 +107,24 @@ def test_help_lists_the_options(capsys):
         assert option in out
 
 
+# ------------------------------------------- the pipeline's memory outside the pool
+
+@pytest.mark.parametrize("malloc_env, state", [({}, "ok"), ({"TIEREDMEM_MALLOC": "0"}, "oom")],
+                         ids=["interposer", "no-interposer"])
+def test_pipeline_at_4x_holds_in_a_small_allowance_only_with_the_malloc_interposer(tmp_path, nvme, malloc_env, state):
+    """pandas' hash tables and numpy's sort scratch come from malloc: with the
+    interposer they are pool memory, and the pipeline at 4x of a 64 MiB budget
+    needed 10 MiB beyond it (measured); without, 23 MiB, over an 18 MiB allowance."""
+    if cgroup_reason():
+        pytest.skip(cgroup_reason())
+    out = tmp_path / "out"
+    res = bench(tmp_path, nvme, "--dram", "64MiB", "--footprints", "4", "--reps", "1", "--workloads", "pipeline",
+                "--systems", "tm-lru", "--allowance", "18MiB", "--no-plots", "--out", str(out), env=malloc_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cell = json.loads((out / "results.json").read_text())["cells"][0]
+    assert cell["systems"]["tm-lru"]["state"] == state, cell["systems"]["tm-lru"]["status"]
+
+
 # --------------------------------------------------------------- a tiny run
 
 def test_tiny_run_writes_results_reports_not_run_and_wrong(tmp_path, nvme):

@@ -224,6 +224,26 @@ def test_an_uncaught_keyboard_interrupt_ends_the_run_as_it_ends_python(tmp_path)
     assert r.returncode == direct.returncode
 
 
+def test_death_by_a_signal_is_the_programs_as_if_run_directly(tmp_path):
+    write(tmp_path / "prog.py", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    direct = python(tmp_path, "prog.py")
+    r = tmrun(tmp_path, "--quiet", "prog.py")
+    assert direct.returncode == -signal.SIGTERM
+    assert r.returncode == direct.returncode
+
+
+def test_the_program_is_the_process_run_started_so_signals_sent_to_it_reach_the_program(tmp_path):
+    # The malloc interposer's re-exec replaces the process; it adds none.
+    write(tmp_path / "prog.py", "import os; print(os.getpid())")
+    nvme = tmp_path / "nvme"
+    nvme.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "tieredmem", "run", "--quiet", "--nvme-path", str(nvme),
+                             *SMALL_POOL, "prog.py"], cwd=tmp_path, env=clean_env(tmp_path),
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0 and int(out) == proc.pid
+
+
 def test_the_programs_sys_excepthook_reports_its_uncaught_exception(tmp_path):
     write(tmp_path / "prog.py", """
         import sys
@@ -253,7 +273,8 @@ def test_a_summary_of_tiers_and_faults_goes_to_stderr_at_exit(tmp_path):
     assert r.stdout == "program output\n"
     summary = r.stderr.strip().splitlines()[-1]
     assert summary.startswith("tieredmem:")
-    for word in ("dram", "pmem", "nvme", "faults", "promotions", "demotions", "waiting on faults"):
+    for word in ("dram", "pmem", "nvme", "faults", "promotions", "demotions", "waiting on faults",
+                 "resident outside the pool", "malloc:"):
         assert word in summary
 
 
@@ -274,6 +295,8 @@ def test_stats_writes_json_with_the_peak_of_each_tier_and_the_faults(tmp_path):
     assert stats["pmem"]["peak"] == 0
     assert stats["faults"] > 0
     assert stats["exit_code"] == 0
+    assert stats["outside_pool"] > 0 and stats["outside_pool"] == stats["rss"] - stats["dram"]["used"]
+    assert set(stats["malloc"]) == {"allocations", "bytes"}  # the interposer is on by default
 
 
 @pytest.mark.parametrize("policy", ["fifo", "hotness"])

@@ -1,6 +1,7 @@
 """NumPy's own test suite under the drop-in allocator, as docs/compatibility.md
 records: `python -m tieredmem run --threshold 4KiB --dram 64MiB -m pytest --pyargs
-...`. A quick subset runs in make test; the full run is marked slow and counts
+...` (with the malloc interposer, run's default: numpy's C-level scratch and
+large Python objects are pool memory too). A quick subset runs in make test; the full run is marked slow and counts
 as a failure only what does not also fail without tieredmem."""
 import re
 import subprocess

@@ -2,6 +2,9 @@
 every write lands, every thread finishes (no hang in fault service)."""
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -224,3 +227,28 @@ def test_four_threads_reading_a_file_into_disjoint_regions_get_exact_bytes(pool,
         assert np.array_equal(a[i:j], pattern(i, j, 77)), f"wrong bytes near element {i}"
     del mv, a
     gc.collect()
+
+
+def test_threads_allocating_touching_and_freeing_at_once_always_get_usable_memory(nvme_dir):
+    """One thread's zero fill can serve another thread's fault whose message
+    is still queued; that thread may free its memory before the message is
+    read. The stale fault then finds a free block (and poisons it): the next
+    allocation of that block must start clean, not deliver SIGBUS. Seen with
+    four threads each making and filling arrays of 1-3 MiB; in a subprocess,
+    since a SIGBUS would end the test run."""
+    code = textwrap.dedent(f"""
+        import ctypes, random, threading, tieredmem as tm
+        pool = tm.Pool(dram="64MiB", nvme="1GiB", nvme_path={str(nvme_dir)!r})
+        def work(seed):
+            rng = random.Random(seed)
+            for _ in range(300):
+                a = pool.empty(rng.choice((1, 3)) * 2**20 // 8)
+                ctypes.memset(a.ctypes.data, seed, a.nbytes)  # releases the GIL: faults at once
+                assert ctypes.string_at(a.ctypes.data, 1) == bytes([seed])
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(1, 5)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print("done")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "done", (res.returncode, res.stderr[-2000:])

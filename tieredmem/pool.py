@@ -9,7 +9,7 @@ import weakref
 import numpy as np
 
 from ._engine import ffi, lib
-from . import numpy_alloc
+from . import malloc, numpy_alloc
 from .numpy_alloc import _init, use
 from .sizes import parse_size
 
@@ -65,6 +65,12 @@ def parse_pmem_emulation(spec) -> dict:
             raise ValueError(f"pmem_emulation: {key} must be a finite number >= 0, got {value!r}")
         out[key] = v
     return out
+
+
+def _resident_bytes() -> int:
+    """This process's resident set size in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE
 
 
 def default_nvme_dir() -> pathlib.Path:
@@ -218,7 +224,7 @@ class Pool:
             raise ValueError("the pool is closed")
         return self._engine()
 
-    def close(self, _lib=lib):
+    def close(self, _lib=lib, _detach_malloc=malloc.detach):
         """Stop allocating; release the engine now or when the last array goes.
 
         While arrays keep a closed pool's engine alive, what only reads it
@@ -233,6 +239,7 @@ class Pool:
             _lib.tm_np_detach_pool(self._p)
             for detach in self._on_close:
                 detach()
+            _detach_malloc(self._p)
             if self._trace is not None and not _lib.tm_pool_released(self._p):
                 # The engine may outlive this object (arrays keep it): it must
                 # not go on writing into a buffer that dies with it.
@@ -255,9 +262,9 @@ class Pool:
         numpy_alloc._exit(self)
         self.close()
 
-    def __del__(self, _lib=lib):
+    def __del__(self, _lib=lib, _detach_malloc=malloc.detach):
         if getattr(self, "_p", None) is not None:
-            self.close(_lib)
+            self.close(_lib, _detach_malloc)
             _lib.tm_pool_drop(self._p)
             self._p = None
 
@@ -418,7 +425,9 @@ class Pool:
         return {name: int(counts[i]) for i, name in enumerate(TIERS)}
 
     def stats(self) -> dict:
-        """Capacity and use per tier, and the engine's counters."""
+        """Capacity and use per tier, the engine's counters, and the process's
+        resident memory ("rss") and how much of it is outside this pool
+        ("outside_pool": RSS less the pool's DRAM tier, i.e. what is left to tier)."""
         s = ffi.new("tm_stats *")
         lib.tm_get_stats(self._engine(), s)
         out = {}
@@ -429,6 +438,8 @@ class Pool:
             out[key] = int(getattr(s, key))
         out["block_size"] = self.block_size
         out["last_error"] = self.last_error()
+        out["rss"] = _resident_bytes()
+        out["outside_pool"] = max(out["rss"] - out["dram"]["used"], 0)
         return out
 
     def last_error(self) -> str:

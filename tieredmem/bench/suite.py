@@ -50,7 +50,7 @@ class Config:
     systems: list                 # ids to run
     reps: int
     nvme_path: str
-    allowance: int = 32 * MiB     # the CLI's default: 32 MiB + budget / 16
+    allowance: int = 32 * MiB     # the CLI's default: 32 MiB + budget / 16, at most 64 MiB
     pmem: int = 0                 # PMEM tier bytes (0: same as the budget)
     pmem_emulation: str = "optane"
     timeout_factor: float = 20.0  # timeout = min_timeout + factor x numpy's wall time

@@ -8,7 +8,9 @@
   computation allocates is ordinary memory.
 * tm-POLICY: a tieredmem Pool with that placement policy, DRAM tier = the
   budget, NVMe tier on the disk, installed as numpy's allocator for the whole
-  run (`tm.use`), as `tieredmem run` would.
+  run (`tm.use`), and the C library's large allocations in it through the
+  malloc interposer (preloaded; TIEREDMEM_MALLOC=0 leaves it out), as
+  `tieredmem run` would.
 * tm-POLICY-pmem: the same with a PMEM tier emulated in /dev/shm at the speed
   of --pmem-emulation (default "optane"). Emulated PMEM pages live in DRAM and
   are charged to the cgroup, so its limit is raised by the PMEM tier's size.
@@ -32,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 
 GAUGES = {"sample_rate", "handler_threads", "dirty_tracking", "nvme_direct", "pmem_dax", "block_size", "capacity",
-          "allocated"}
+          "allocated", "rss", "outside_pool"}
 CORRUPT_ENV = "TIEREDMEM_BENCH_CORRUPT"  # test hook: comma list of system ids whose checksum is perturbed
 
 
@@ -134,6 +136,7 @@ def child_main(spec_path):
             import tieredmem as tm
             pool = tm.Pool(**_pool_kwargs(spec))
             ctx = tm.use(pool)
+            tm.malloc.attach(pool)  # if run_child preloaded the interposer
         except Exception as exc:  # noqa: BLE001 -- the system cannot run here: say why
             return finish(status="not run", reason=f"{type(exc).__name__}: {exc}")
     cg = spec.get("cgroup")
@@ -238,6 +241,8 @@ def run_child(spec, workdir, cg_loc, timeout, swapfile=None):
         if swapfile is not None:
             swapfile.on()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if spec["system"]["kind"] == "tieredmem":
+            env.update(_interposer_env())
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "tieredmem.bench.systems", spec_path],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -285,6 +290,17 @@ def run_child(spec, workdir, cg_loc, timeout, swapfile=None):
     if res["status"] in ("error", "not run"):
         res["stderr_tail"] = stderr.decode(errors="replace")[-2000:]
     return res
+
+
+def _interposer_env():
+    """LD_PRELOAD with the malloc interposer for a tieredmem child, as `tieredmem
+    run` sets it; nothing if TIEREDMEM_MALLOC=0 or it is not built."""
+    from ..malloc import library_path
+    path = library_path()
+    if os.environ.get("TIEREDMEM_MALLOC") == "0" or path is None:
+        return {}
+    old = os.environ.get("LD_PRELOAD")
+    return {"LD_PRELOAD": f"{path}:{old}" if old else str(path)}
 
 
 def _kill(proc):

@@ -66,8 +66,8 @@ def add_arguments(parser):
                              "write_gbps=.. (default optane)")
     parser.add_argument("--allowance", metavar="SIZE", default=None,
                         help="memory beyond the DRAM budget in every cgroup limit, for what no system tiers "
-                             "(tieredmem's engine buffers, Python objects, numpy's sort scratch); swap and memmap "
-                             "may use it as page space (default 32MiB + 1/16 of the budget)")
+                             "(tieredmem's engine buffers, small Python objects); swap and memmap may use it as page "
+                             "space (default 32MiB + 1/16 of the budget, at most 64MiB)")
     parser.add_argument("--timeout-factor", type=float, default=None, metavar="X",
                         help="a run times out after --min-timeout + X times the all-DRAM run's wall time "
                              "(default 20; --quick: 10)")
@@ -138,7 +138,7 @@ def build_config(args, parser):
                     skipped[sid] = "left out of --quick (run without --quick, or name it in --systems)"
     try:
         allowance = (parse_size(args.allowance, "--allowance") if args.allowance is not None
-                     else (32 << 20) + budget // 16)
+                     else min(64 << 20, (32 << 20) + budget // 16))
         pmem = parse_size(args.pmem, "--pmem") if args.pmem is not None else 0
     except ValueError as e:
         parser.error(str(e))

@@ -3,7 +3,10 @@
     python -m tieredmem run [options] (script.py | -m module) [args...]
 
 Like `python -m cProfile`: the program runs in this interpreter as __main__,
-with its own sys.argv, exit code and traceback. Every option also reads an
+with its own sys.argv, exit code and traceback. The C library's allocations
+of at least the threshold go to the pool too (docs/malloc.md): for that, run
+re-executes the interpreter once with a malloc interposer preloaded, keeping
+the process, its argv and its environment. Every option also reads an
 environment variable (TIEREDMEM_DRAM, TIEREDMEM_PMEM, ...); options win."""
 import argparse
 import json
@@ -16,7 +19,7 @@ import time
 
 import psutil
 
-from .. import numpy_alloc
+from .. import malloc, numpy_alloc
 from ..pool import Pool, default_nvme_dir, parse_pmem_emulation, policy_names
 from ..sizes import format_size, parse_size
 
@@ -35,6 +38,11 @@ OPTIONS = (  # option, environment variable, help
 )
 METAVARS = {"--stats": "PATH", "--policy": "NAME", "--pmem-emulation": "SPEC"}
 SIZES = ("dram", "pmem", "nvme", "threshold", "block_size")
+# Set across the re-exec that preloads the interposer, so that it happens once:
+# "" if LD_PRELOAD was unset, else "=" and its value. Removed, and LD_PRELOAD
+# restored, before the program starts: it and its children see the
+# environment they would see directly.
+REEXEC_MARK = "TIEREDMEM_REEXEC_PRELOAD_WAS"
 
 
 def add_arguments(parser):
@@ -43,6 +51,8 @@ def add_arguments(parser):
                             default=os.environ.get(env), help=f"{text}; env {env}")
     parser.add_argument("--quiet", action="store_true", default=os.environ.get("TIEREDMEM_QUIET", "") not in ("", "0"),
                         help="no summary on stderr at exit; env TIEREDMEM_QUIET=1")
+    parser.add_argument("--no-malloc", action="store_true", default=os.environ.get("TIEREDMEM_MALLOC", "") == "0",
+                        help="leave the C library's allocations (malloc) outside the pool; env TIEREDMEM_MALLOC=0")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     parser.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args...] (or the module's args)")
 
@@ -172,7 +182,51 @@ def summary(stats: dict, elapsed: float) -> str:
     peaks = ", ".join(f"{t} {format_size(stats[t]['peak'])}" for t in ("dram", "pmem", "nvme"))
     return (f"tieredmem: {elapsed:.1f} s; peak {peaks}; faults {stats['faults']}, "
             f"promotions {stats['promotions']}, demotions {stats['demotions']}; "
-            f"{stats['fault_ns'] / 1e9:.2f} s waiting on faults")
+            f"{stats['fault_ns'] / 1e9:.2f} s waiting on faults; "
+            f"resident outside the pool {format_size(stats['outside_pool'])}" +
+            (f"; malloc: {stats['malloc']['allocations']} allocations in the pool" if stats["malloc"] else ""))
+
+
+def restore_environment() -> bool:
+    """Undo what the re-exec added to the environment (the marker, LD_PRELOAD);
+    True if this is the re-executed process."""
+    was = os.environ.pop(REEXEC_MARK, None)
+    if was is None:
+        return False
+    if was:
+        os.environ["LD_PRELOAD"] = was[1:]
+    else:
+        os.environ.pop("LD_PRELOAD", None)
+    return True
+
+
+def preload_interposer(quiet, reexecuted) -> bool:
+    """Make sure the malloc interposer is in this process: unless this is the
+    re-executed process or it is preloaded already, re-execute the interpreter
+    with it in LD_PRELOAD (this does not return). Returns whether it is
+    loaded; says once on stderr (unless quiet) why not."""
+    if malloc.loaded():
+        return True
+    path = malloc.library_path()
+    if reexecuted:
+        reason = "the dynamic loader did not preload it"
+    elif path is None:
+        reason = "it is not built (make build)"
+    else:
+        old = os.environ.get("LD_PRELOAD")
+        env = dict(os.environ, LD_PRELOAD=f"{path}:{old}" if old else str(path))
+        env[REEXEC_MARK] = "" if old is None else "=" + old
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            # argv[0] is the interpreter's path: Python finds its prefix (a venv) from it.
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        except OSError as e:
+            reason = f"cannot re-execute {sys.executable}: {e}"
+    if not quiet:
+        print(f"tieredmem: the malloc interposer is off ({reason}); only numpy's allocations go to the pool",
+              file=sys.stderr)
+    return False
 
 
 def run(args, parser) -> int:
@@ -180,6 +234,8 @@ def run(args, parser) -> int:
         parser.error("give a script to run, or -m MODULE")
     if not args.module and not os.path.isfile(args.program[0]):
         parser.error(f"no such script: {args.program[0]}")
+    reexecuted = restore_environment()
+    interposer = not args.no_malloc and preload_interposer(args.quiet, reexecuted)
     settings = pool_settings(args, parser)
     try:
         pool = Pool(**settings)
@@ -187,6 +243,8 @@ def run(args, parser) -> int:
         parser.error(str(e))
     stats_path = os.path.abspath(args.stats) if args.stats else None  # the program may chdir
     numpy_alloc.install(pool)
+    if interposer:
+        malloc.attach(pool)
     start = time.perf_counter()
     try:
         code = run_program(args)
@@ -200,6 +258,7 @@ def report(pool, settings, start, quiet, stats_path, code):
     """The exit summary on stderr and the --stats file."""
     elapsed = time.perf_counter() - start
     stats = pool.stats()
+    stats["malloc"] = malloc.counts() if malloc.loaded() else None
     if not quiet:
         print(summary(stats, elapsed), file=sys.stderr)
     if stats_path:

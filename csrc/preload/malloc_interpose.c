@@ -1,0 +1,544 @@
+/* malloc_interpose.c: the C library's large allocations served by a pool.
+ *
+ * `tieredmem run` preloads this library (LD_PRELOAD); tieredmem/malloc.py
+ * then attaches the run's pool with the engine's entry points. From then on
+ * malloc, calloc, realloc, reallocarray, posix_memalign, aligned_alloc,
+ * memalign, valloc and pvalloc of at least the threshold are pool
+ * allocations; smaller ones go to the next allocator (glibc's) with one
+ * compare. free, realloc and malloc_usable_size decide ownership by address:
+ * a pointer inside an arena ever attached is asked about (tm_pool_of), any
+ * other goes straight on. See docs/malloc.md.
+ *
+ * The engine does not know this library: it only exports tm_in_engine(),
+ * which says when the calling thread must not get pool memory (its own
+ * threads, and any thread holding a pool lock). This library adds a
+ * thread-local guard of its own around its calls into the engine.
+ *
+ * Not attached (before the pool exists, in programs that never attach, and
+ * once the pool is closed), and in a fork child, every allocation goes to the
+ * next allocator. A fork child has no pool memory (the arena is
+ * MADV_DONTFORK): at the fork it reserves the parent's arenas, so that its
+ * own memory never lands there, and its frees of the parent's pool pointers
+ * do nothing. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+
+/* ---- the next allocator ---------------------------------------------------
+ * Resolved with dlsym(RTLD_NEXT), which may itself allocate (the dynamic
+ * loader's error buffers): while resolving, allocations come from a static
+ * bootstrap buffer whose blocks are never freed. Each pointer starts at a
+ * function that resolves everything and then calls the real one, so the
+ * fast paths need no "resolved yet?" test. */
+static void *boot_malloc(size_t size);
+static void *boot_calloc(size_t n, size_t size);
+static void *boot_realloc(void *ptr, size_t size);
+static void boot_free(void *ptr);
+static void *boot_memalign(size_t align, size_t size);
+static int boot_posix_memalign(void **out, size_t align, size_t size);
+static void *boot_aligned_alloc(size_t align, size_t size);
+static size_t boot_usable_size(void *ptr);
+
+static void *(*next_malloc)(size_t) = boot_malloc;
+static void *(*next_calloc)(size_t, size_t) = boot_calloc;
+static void *(*next_realloc)(void *, size_t) = boot_realloc;
+static void (*next_free)(void *) = boot_free;
+static void *(*next_memalign)(size_t, size_t) = boot_memalign;
+static int (*next_posix_memalign)(void **, size_t, size_t) = boot_posix_memalign;
+static void *(*next_aligned_alloc)(size_t, size_t) = boot_aligned_alloc;
+static size_t (*next_usable_size)(void *) = boot_usable_size;
+
+#define BOOT_BYTES (256u << 10)
+#define BOOT_ALIGN 16u
+static _Alignas(4096) unsigned char boot_buf[BOOT_BYTES];
+static size_t boot_used;
+static int resolving;
+
+static int in_boot(const void *ptr)
+{
+    return (uintptr_t)ptr - (uintptr_t)boot_buf < BOOT_BYTES;
+}
+
+/* A block of the bootstrap buffer, `align` aligned (a power of two), its size
+ * in the 16 bytes before it; NULL with ENOMEM when the buffer is spent. */
+static void *boot_take(size_t align, size_t size)
+{
+    if (align < BOOT_ALIGN)
+        align = BOOT_ALIGN;
+    size_t used = __atomic_load_n(&boot_used, __ATOMIC_RELAXED), start;
+    do {
+        start = (used + BOOT_ALIGN + align - 1) & ~(align - 1);
+        if (start > BOOT_BYTES || size > BOOT_BYTES - start) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    } while (!__atomic_compare_exchange_n(&boot_used, &used, start + size, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    *(size_t *)(boot_buf + start - BOOT_ALIGN) = size;
+    return boot_buf + start;
+}
+
+static size_t boot_size(const void *ptr)
+{
+    return *(const size_t *)((const unsigned char *)ptr - BOOT_ALIGN);
+}
+
+static void resolve(void)
+{
+    __atomic_store_n(&resolving, 1, __ATOMIC_RELAXED);
+    void *f;
+    if ((f = dlsym(RTLD_NEXT, "malloc")))
+        next_malloc = f;
+    if ((f = dlsym(RTLD_NEXT, "calloc")))
+        next_calloc = f;
+    if ((f = dlsym(RTLD_NEXT, "realloc")))
+        next_realloc = f;
+    if ((f = dlsym(RTLD_NEXT, "free")))
+        next_free = f;
+    if ((f = dlsym(RTLD_NEXT, "memalign")))
+        next_memalign = f;
+    if ((f = dlsym(RTLD_NEXT, "posix_memalign")))
+        next_posix_memalign = f;
+    if ((f = dlsym(RTLD_NEXT, "aligned_alloc")))
+        next_aligned_alloc = f;
+    if ((f = dlsym(RTLD_NEXT, "malloc_usable_size")))
+        next_usable_size = f;
+    __atomic_store_n(&resolving, 0, __ATOMIC_RELAXED);
+}
+
+/* While resolving (or if the next allocator lacks a function), the bootstrap
+ * buffer answers; else resolve and call the real function. */
+static int must_boot(void)
+{
+    if (__atomic_load_n(&resolving, __ATOMIC_RELAXED))
+        return 1;
+    resolve();
+    return 0;
+}
+
+static void *boot_malloc(size_t size)
+{
+    return must_boot() || next_malloc == boot_malloc ? boot_take(0, size) : next_malloc(size);
+}
+
+static void *boot_calloc(size_t n, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(n, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* The bootstrap buffer is static, so still zero where never handed out. */
+    return must_boot() || next_calloc == boot_calloc ? boot_take(0, total) : next_calloc(n, size);
+}
+
+static void *boot_realloc(void *ptr, size_t size)
+{
+    if (must_boot() || next_realloc == boot_realloc) {
+        void *q = boot_take(0, size);
+        if (q && ptr)
+            memcpy(q, ptr, boot_size(ptr) < size ? boot_size(ptr) : size);
+        return q;
+    }
+    return next_realloc(ptr, size);
+}
+
+static void boot_free(void *ptr)
+{
+    if (!must_boot() && next_free != boot_free)
+        next_free(ptr);
+}
+
+static void *boot_memalign(size_t align, size_t size)
+{
+    return must_boot() || next_memalign == boot_memalign ? boot_take(align, size) : next_memalign(align, size);
+}
+
+static int boot_posix_memalign(void **out, size_t align, size_t size)
+{
+    if (must_boot() || next_posix_memalign == boot_posix_memalign) {
+        void *p = boot_take(align, size);
+        if (!p)
+            return ENOMEM;
+        *out = p;
+        return 0;
+    }
+    return next_posix_memalign(out, align, size);
+}
+
+static void *boot_aligned_alloc(size_t align, size_t size)
+{
+    return must_boot() || next_aligned_alloc == boot_aligned_alloc ? boot_take(align, size)
+                                                                    : next_aligned_alloc(align, size);
+}
+
+static size_t boot_usable_size(void *ptr)
+{
+    return must_boot() || next_usable_size == boot_usable_size ? 0 : next_usable_size(ptr);
+}
+
+/* ---- the attached pool ------------------------------------------------- */
+
+/* The engine's entry points (tieredmem.h), set at the first attach and never
+ * changed: the engine's module is never unloaded. */
+static struct {
+    void *(*alloc)(void *pool, size_t size);
+    void (*free)(void *pool, void *ptr);
+    size_t (*alloc_size)(void *pool, const void *ptr);
+    void *(*pool_of)(const void *ptr);
+    int (*in_engine)(void);
+} eng;
+
+/* Smallest size served by the pool: SIZE_MAX while none is attached. */
+static size_t threshold = SIZE_MAX;
+static size_t block_size;
+/* [range_lo, range_lo + range_len) covers every arena ever attached, so that
+ * their pointers are recognised after a detach; a pointer in it is checked
+ * with tm_pool_of (the range may have been reused once an engine is released). */
+static uintptr_t range_lo;
+static size_t range_len;
+/* The arenas ever attached; `parents` is set in a fork child for those it
+ * reserved at the fork (pointers in them are the parent's pool memory). */
+#define MAX_ARENAS 16
+static struct {
+    uintptr_t lo;
+    size_t len;
+    int parents;
+} arenas[MAX_ARENAS];
+static int narenas;
+/* The pool new allocations come from, or NULL. attach_lock is held across
+ * tm_alloc so that a detach (before the owner drops the handle) waits for
+ * allocations on it to finish. A fork child never takes it. */
+static void *pool;
+static pthread_mutex_t attach_lock = PTHREAD_MUTEX_INITIALIZER;
+static volatile int forked;
+/* Inside this library's call into the engine: what that call allocates
+ * comes from the next allocator. initial-exec: a preloaded library's TLS is
+ * static, so reading it never allocates. */
+static __thread int busy __attribute__((tls_model("initial-exec")));
+/* Allocations served by the pool, and their bytes (tm_interpose_counts). */
+static uint64_t served, served_bytes;
+
+/* Reserve each attached arena that is still free in the child (a live
+ * pool's is: MADV_DONTFORK left a hole); one the parent's C library had
+ * reused after its pool was released is not, and its pointers are the C
+ * library's. Async-signal-safe: it runs in the child of a fork. */
+static void on_fork_child(void)
+{
+    forked = 1;
+    for (int i = 0; i < narenas; i++) {
+        void *want = (void *)arenas[i].lo;
+        void *r = mmap(want, arenas[i].len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                       -1, 0);
+        arenas[i].parents = r == want;
+        if (r != MAP_FAILED && r != want) /* a kernel without MAP_FIXED_NOREPLACE took it as a hint */
+            munmap(r, arenas[i].len);
+    }
+}
+
+/* Precondition: a fork child, in_range(ptr). */
+static int parents_pool_memory(const void *ptr)
+{
+    for (int i = 0; i < narenas; i++)
+        if ((uintptr_t)ptr - arenas[i].lo < arenas[i].len)
+            return arenas[i].parents;
+    return 0;
+}
+
+__attribute__((constructor)) static void init(void)
+{
+    if (next_malloc == boot_malloc)
+        resolve();
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+static int in_range(const void *ptr)
+{
+    uintptr_t lo = __atomic_load_n(&range_lo, __ATOMIC_ACQUIRE); /* then a len at least as new */
+    return (uintptr_t)ptr - lo < __atomic_load_n(&range_len, __ATOMIC_RELAXED);
+}
+
+/* The live pool holding ptr, or NULL. Precondition: in_range(ptr), not forked. */
+static void *owner_of(const void *ptr)
+{
+    busy++;
+    void *p = eng.pool_of(ptr);
+    busy--;
+    return p;
+}
+
+/* size bytes of pool memory (block aligned, reading as zero), or NULL: none
+ * attached, the caller is inside the engine or this library, a fork child,
+ * or the pool cannot serve it (full or closed). Precondition: size >= threshold. */
+static void *pool_alloc(size_t size)
+{
+    /* acquire: pairs with attach's release, so eng is seen set */
+    if (busy || forked || __atomic_load_n(&threshold, __ATOMIC_ACQUIRE) == SIZE_MAX)
+        return NULL;
+    busy++;
+    void *r = NULL;
+    if (!eng.in_engine()) {
+        pthread_mutex_lock(&attach_lock);
+        if (pool)
+            r = eng.alloc(pool, size);
+        pthread_mutex_unlock(&attach_lock);
+    }
+    busy--;
+    if (r) {
+        __atomic_add_fetch(&served, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&served_bytes, size, __ATOMIC_RELAXED);
+    }
+    return r;
+}
+
+/* Precondition: p = owner_of(ptr) is not NULL. */
+static void pool_free(void *p, void *ptr)
+{
+    busy++;
+    eng.free(p, ptr);
+    busy--;
+}
+
+static size_t pool_size(void *p, const void *ptr)
+{
+    busy++;
+    size_t n = eng.alloc_size(p, ptr);
+    busy--;
+    return n;
+}
+
+/* Serve allocations of at least `threshold` bytes from `p` from now on;
+ * returns 0, or -1 (nothing attached) if MAX_ARENAS arenas were attached
+ * already. Preconditions: p is an open pool of the engine whose entry points
+ * are given, its arena is [arena, arena + arena_len) and aligned to
+ * block_size, and tm_interpose_detach(p) is called before p's owner drops it. */
+EXPORT int tm_interpose_attach(void *p, size_t thresh, size_t block, void *arena, size_t arena_len,
+                                void *(*alloc)(void *, size_t), void (*free_fn)(void *, void *),
+                                size_t (*alloc_size)(void *, const void *), void *(*pool_of)(const void *),
+                                int (*in_engine)(void))
+{
+    pthread_mutex_lock(&attach_lock);
+    int known = 0;
+    for (int i = 0; i < narenas; i++)
+        known |= arenas[i].lo == (uintptr_t)arena;
+    if (!known && narenas == MAX_ARENAS) {
+        pthread_mutex_unlock(&attach_lock);
+        return -1;
+    }
+    if (!known) {
+        arenas[narenas].lo = (uintptr_t)arena;
+        arenas[narenas].len = arena_len;
+        narenas++;
+    }
+    eng.alloc = alloc;
+    eng.free = free_fn;
+    eng.alloc_size = alloc_size;
+    eng.pool_of = pool_of;
+    eng.in_engine = in_engine;
+    uintptr_t lo = (uintptr_t)arena, hi = lo + arena_len;
+    if (range_len) { /* keep earlier arenas' pointers recognised */
+        if (range_lo < lo)
+            lo = range_lo;
+        if (range_lo + range_len > hi)
+            hi = range_lo + range_len;
+    }
+    /* Grow len before moving lo down: a concurrent free sees a window that
+     * still covers every earlier arena, whichever pair it reads. */
+    __atomic_store_n(&range_len, hi - lo, __ATOMIC_RELAXED);
+    __atomic_store_n(&range_lo, lo, __ATOMIC_RELEASE);
+    block_size = block;
+    pool = p;
+    __atomic_store_n(&threshold, thresh ? thresh : 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&attach_lock);
+    return 0;
+}
+
+/* Allocate nothing more from p (nothing happens if p is not attached). Its
+ * pointers are still freed into it, however long after. */
+EXPORT void tm_interpose_detach(void *p)
+{
+    pthread_mutex_lock(&attach_lock);
+    if (pool == p) {
+        pool = NULL;
+        __atomic_store_n(&threshold, SIZE_MAX, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&attach_lock);
+}
+
+/* Since the process started: out[0] allocations served by a pool, out[1]
+ * the bytes they asked for. */
+EXPORT void tm_interpose_counts(uint64_t out[2])
+{
+    out[0] = __atomic_load_n(&served, __ATOMIC_RELAXED);
+    out[1] = __atomic_load_n(&served_bytes, __ATOMIC_RELAXED);
+}
+
+/* ---- the interposed functions ----------------------------------------------
+ * Each has the C library's contract; pool memory is block aligned. */
+
+static size_t current_threshold(void)
+{
+    return __atomic_load_n(&threshold, __ATOMIC_RELAXED);
+}
+
+EXPORT void *malloc(size_t size)
+{
+    if (LIKELY(size < current_threshold()))
+        return next_malloc(size);
+    void *r = pool_alloc(size);
+    return r ? r : next_malloc(size);
+}
+
+EXPORT void *calloc(size_t n, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(n, size, &total) || LIKELY(total < current_threshold()))
+        return next_calloc(n, size); /* an overflow is the next allocator's to report */
+    void *r = pool_alloc(total); /* fresh pool memory reads as zero */
+    return r ? r : next_calloc(n, size);
+}
+
+EXPORT void free(void *ptr)
+{
+    if (LIKELY(!in_range(ptr))) {
+        if (!in_boot(ptr))
+            next_free(ptr);
+        return;
+    }
+    if (forked) {
+        if (!parents_pool_memory(ptr))
+            next_free(ptr);
+        return; /* the parent's pool memory is not in this process */
+    }
+    void *p = owner_of(ptr);
+    if (p)
+        pool_free(p, ptr);
+    else
+        next_free(ptr); /* the range of a released arena, reused by the C library */
+}
+
+/* Move [ptr, ptr+old) into a new allocation of size bytes (pool or not, by
+ * size) and free ptr with free(). */
+static void *move_to_new(void *ptr, size_t old, size_t size)
+{
+    void *q = malloc(size);
+    if (!q)
+        return NULL;
+    memcpy(q, ptr, old < size ? old : size);
+    free(ptr);
+    return q;
+}
+
+EXPORT void *realloc(void *ptr, size_t size)
+{
+    if (!ptr)
+        return malloc(size);
+    if (in_boot(ptr))
+        return move_to_new(ptr, boot_size(ptr), size);
+    void *p = NULL;
+    if (in_range(ptr)) {
+        if (forked && parents_pool_memory(ptr)) {
+            errno = ENOMEM; /* the parent's pool memory: nothing to copy from */
+            return NULL;
+        }
+        p = forked ? NULL : owner_of(ptr);
+    }
+    if (p) {
+        size_t old = pool_size(p, ptr);
+        if (size <= old && size >= current_threshold() && size > old / 2)
+            return ptr; /* still fits its blocks without wasting half of them */
+        return move_to_new(ptr, old, size);
+    }
+    if (size >= current_threshold()) {
+        void *q = pool_alloc(size);
+        if (q) {
+            size_t old = next_usable_size(ptr);
+            memcpy(q, ptr, old < size ? old : size);
+            next_free(ptr);
+            return q;
+        }
+    }
+    return next_realloc(ptr, size);
+}
+
+EXPORT void *reallocarray(void *ptr, size_t n, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(n, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return realloc(ptr, total);
+}
+
+/* Pool memory for an aligned request, or NULL (then the next allocator
+ * serves it, or rejects it): alignments beyond the pool's block size, or not
+ * powers of two, are not the pool's. */
+static void *pool_aligned(size_t align, size_t size)
+{
+    int fits = align <= block_size && !(align & (align - 1));
+    return size >= current_threshold() && fits ? pool_alloc(size) : NULL;
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t size)
+{
+    if (align < sizeof(void *) || (align & (align - 1)))
+        return EINVAL;
+    void *r = pool_aligned(align, size);
+    if (r) {
+        *out = r;
+        return 0;
+    }
+    return next_posix_memalign(out, align, size);
+}
+
+EXPORT void *aligned_alloc(size_t align, size_t size)
+{
+    void *r = pool_aligned(align, size);
+    return r ? r : next_aligned_alloc(align, size);
+}
+
+EXPORT void *memalign(size_t align, size_t size)
+{
+    void *r = pool_aligned(align, size);
+    return r ? r : next_memalign(align, size);
+}
+
+EXPORT void *valloc(size_t size)
+{
+    return memalign((size_t)sysconf(_SC_PAGESIZE), size);
+}
+
+EXPORT void *pvalloc(size_t size)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if (size > SIZE_MAX - page) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return memalign(page, size ? (size + page - 1) & ~(page - 1) : page);
+}
+
+EXPORT size_t malloc_usable_size(void *ptr)
+{
+    if (!ptr)
+        return 0;
+    if (in_boot(ptr))
+        return boot_size(ptr);
+    if (in_range(ptr)) {
+        if (forked && parents_pool_memory(ptr))
+            return 0;
+        void *p = forked ? NULL : owner_of(ptr);
+        if (p)
+            return pool_size(p, ptr);
+    }
+    return next_usable_size(ptr);
+}

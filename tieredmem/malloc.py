@@ -1,0 +1,75 @@
+"""The malloc interposer (csrc/preload/malloc_interpose.c) seen from Python.
+
+`tieredmem run` preloads the library (LD_PRELOAD, by re-executing the
+interpreter) and attaches its pool: from then on the C library's allocations
+of at least the threshold are pool memory. See docs/malloc.md."""
+import ctypes
+import importlib.machinery
+import pathlib
+
+from ._engine import ffi, lib
+
+
+def library_path():
+    """The interposer's shared library in this package, or None if not built."""
+    here = pathlib.Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_malloc_interpose{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _entry(name):
+    """The interposer's function `name` if it is loaded in this process, else None."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except AttributeError:
+        return None
+
+
+_attach = _entry("tm_interpose_attach")
+_detach = _entry("tm_interpose_detach")
+_counts = _entry("tm_interpose_counts")
+
+
+def loaded() -> bool:
+    """True if the interposer is preloaded in this process."""
+    return _attach is not None
+
+
+def counts() -> dict:
+    """Since the process started: the C library's allocations the pool served
+    ("allocations") and the bytes they asked for ("bytes"); zeros if the
+    interposer is not loaded."""
+    out = (ctypes.c_uint64 * 2)()
+    if _counts is not None:
+        _counts(out)
+    return {"allocations": out[0], "bytes": out[1]}
+
+
+def _address(name):
+    return ctypes.c_void_p(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))))
+
+
+def attach(pool, threshold=None):
+    """Serve the C library's allocations of at least `threshold` bytes (default:
+    the pool's threshold), and at least a block, from `pool` until the pool is
+    closed: a smaller one would take a whole block of the DRAM budget. False if
+    the interposer is not loaded, or has had its fill of arenas (16)."""
+    if not loaded():
+        return False
+    engine = pool._open_engine()
+    thr = max(pool.threshold if threshold is None else pool._parse_threshold(threshold), pool.block_size)
+    arena_len = lib.tm_get_meta(engine).nblocks * pool.block_size
+    handle = ctypes.c_void_p(int(ffi.cast("uintptr_t", engine)))
+    arena = ctypes.c_void_p(int(ffi.cast("uintptr_t", lib.tm_arena_base(engine))))
+    return _attach(handle, ctypes.c_size_t(thr), ctypes.c_size_t(pool.block_size), arena, ctypes.c_size_t(arena_len),
+                   *(_address(f) for f in ("tm_alloc", "tm_free", "tm_alloc_size", "tm_pool_of", "tm_in_engine"))) == 0
+
+
+def detach(engine):
+    """Allocate nothing more from the engine handle `engine` (Pool.close calls
+    this before the handle can be dropped); its allocations stay valid."""
+    if _detach is not None:
+        _detach(ctypes.c_void_p(int(ffi.cast("uintptr_t", engine))))
