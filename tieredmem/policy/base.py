@@ -37,12 +37,18 @@ PROMOTE = types.int64(_STATE, _U8P, _U8P, types.int64, types.int64, _I64P)
 PREFETCH = types.int64(_STATE, _U8P, _U8P, types.int64, types.int64, types.int64, _I64P)
 SIGNATURES = {"on_access": ON_ACCESS, "select_victims": SELECT_VICTIMS, "promote": PROMOTE, "prefetch": PREFETCH}
 
-# enum tm_access_kind, tm_tier_id, per-block flags and TM_INFO_* (tieredmem.h)
-MISSING, MINOR, WP, HINT, AHEAD = range(5)
-UNBACKED, DRAM, PMEM, NVME = range(4)
-F_ALLOC, F_DIRTY, F_REF, F_BUSY, F_POISON, F_SAMPLED, F_HOT, F_COLD = (1 << i for i in range(8))
-INFO_ARENA_BLOCKS, INFO_DRAM_BLOCKS, INFO_RESIDENT, INFO_SCAN_END, INFO_BLOCK_SIZE, INFO_NOW = range(6)
-INFO_LEN = 8
+# enum tm_access_kind, tm_tier_id, per-block flags and TM_INFO_*, from
+# tieredmem.h through cffi (plain ints: numba compiles them in as constants).
+MISSING, MINOR, WP, HINT, AHEAD = (lib.TM_ACCESS_MISSING, lib.TM_ACCESS_MINOR, lib.TM_ACCESS_WP, lib.TM_ACCESS_HINT,
+                                   lib.TM_ACCESS_AHEAD)
+UNBACKED, DRAM, PMEM, NVME = lib.TM_UNBACKED, lib.TM_DRAM, lib.TM_PMEM, lib.TM_NVME
+F_ALLOC, F_DIRTY, F_REF, F_BUSY, F_POISON, F_SAMPLED, F_HOT, F_COLD = (
+    lib.TM_F_ALLOC, lib.TM_F_DIRTY, lib.TM_F_REF, lib.TM_F_BUSY, lib.TM_F_POISON, lib.TM_F_SAMPLED, lib.TM_F_HOT,
+    lib.TM_F_COLD)
+INFO_ARENA_BLOCKS, INFO_DRAM_BLOCKS, INFO_RESIDENT, INFO_SCAN_END, INFO_BLOCK_SIZE, INFO_NOW = (
+    lib.TM_INFO_ARENA_BLOCKS, lib.TM_INFO_DRAM_BLOCKS, lib.TM_INFO_RESIDENT, lib.TM_INFO_SCAN_END,
+    lib.TM_INFO_BLOCK_SIZE, lib.TM_INFO_NOW)
+INFO_LEN = lib.TM_INFO_LEN
 
 # Compiled hooks are kept for the life of the process: an engine keeps
 # calling them as long as it lives, which can outlast every Python reference.
