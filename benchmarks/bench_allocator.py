@@ -10,11 +10,9 @@ Scenarios, each measured side by side in one run with interleaved repetitions:
 
 Run from the repo root:  python -m benchmarks.bench_allocator [--quick] [--out DIR]
 """
-import argparse
 import gc
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -71,11 +69,7 @@ def systems(tm, pool, measure):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 repetitions")
-    parser.add_argument("--reps", type=int, help="repetitions per system (default 7, quick 3)")
-    parser.add_argument("--out", type=Path, default=c.RESULTS_DIR, help="directory for allocator.json/.md")
-    parser.add_argument("--nvme-dir", type=Path, default=c.DEFAULT_NVME_DIR)
+    parser = c.bench_parser(__doc__, "allocator")
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 7)
     tm, reason = c.import_tieredmem()

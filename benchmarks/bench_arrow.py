@@ -14,11 +14,9 @@ per system (so neither inherits the other's memory state):
 Run from the repo root:  python -m benchmarks.bench_arrow [--quick] [--out DIR]
 Results go to DIR/arrow.json (every raw timing) and DIR/arrow.md.
 """
-import argparse
 import gc
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -71,11 +69,7 @@ def compute_output_child(system, nbytes, nvme_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 repetitions")
-    parser.add_argument("--reps", type=int, help="repetitions per system (default 7, quick 3)")
-    parser.add_argument("--out", type=Path, default=c.RESULTS_DIR, help="directory for arrow.json/.md")
-    parser.add_argument("--nvme-dir", type=Path, default=c.DEFAULT_NVME_DIR)
+    parser = c.bench_parser(__doc__, "arrow")
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 7)
     tm, reason = c.import_tieredmem()

@@ -108,7 +108,7 @@ def main():
     ap.add_argument("new", nargs="?", help="interpreter of the build measured")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in the child
     args = ap.parse_args()
     if args.case:

@@ -9,13 +9,11 @@ measured, met or not.
 
 Run from the repo root:  python -m benchmarks.bench_malloc [--quick] [--reps N] [--threshold SIZE] [--out DIR]
 """
-import argparse
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from benchmarks import common as c
 
@@ -44,11 +42,8 @@ def suite_once(extra, suite, threshold, nvme_dir, cwd):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a subset of test_multiarray, 3 repetitions")
-    parser.add_argument("--reps", type=int, help="repetitions per system (default 5, quick 3)")
-    parser.add_argument("--out", type=Path, default=c.RESULTS_DIR, help="directory for malloc.json/.md")
-    parser.add_argument("--nvme-dir", type=Path, default=c.DEFAULT_NVME_DIR)
+    parser = c.bench_parser(__doc__, "malloc", reps_help="repetitions per system (default 5, quick 3)",
+                            quick_help="a subset of test_multiarray, 3 repetitions")
     parser.add_argument("--threshold", default=THRESHOLD, help=f"run's --threshold (default {THRESHOLD})")
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 5)

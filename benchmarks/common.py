@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: timing, repetitions, machine info, reports."""
 
+import argparse
 import datetime
 import json
 import operator
@@ -23,6 +24,17 @@ DEFAULT_NVME_DIR = Path("~/.cache/tieredmem-bench").expanduser()
 
 class NotRun(Exception):
     """A system could not be measured; the message is the reason reported."""
+
+
+def bench_parser(doc, name, reps_help="repetitions per system (default 7, quick 3)", quick_help="3 repetitions"):
+    """The options every benchmark takes: --quick, --reps, --out (where NAME.json
+    and NAME.md go) and --nvme-dir."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--reps", type=int, help=reps_help)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"directory for {name}.json/.md")
+    parser.add_argument("--nvme-dir", type=Path, default=DEFAULT_NVME_DIR)
+    return parser
 
 
 def timed(fn):

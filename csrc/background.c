@@ -56,12 +56,12 @@ static int64_t max_boost(const struct tm_pool *p)
 
 static int64_t low_watermark(const struct tm_pool *p)
 {
-    return min64(min64(p->batch_blocks, p->dram_blocks / 8) + p->wm_boost, p->dram_blocks / 8);
+    return min64(p->batch_blocks + p->wm_boost, p->dram_blocks / 8);
 }
 
 int64_t tm_background_headroom(const struct tm_pool *p)
 {
-    return min64(min64(2 * p->batch_blocks, p->dram_blocks / 4) + p->wm_boost, tm_background_max_headroom(p));
+    return min64(2 * p->batch_blocks + p->wm_boost, tm_background_max_headroom(p));
 }
 
 int64_t tm_background_max_headroom(const struct tm_pool *p)

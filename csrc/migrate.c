@@ -1210,10 +1210,18 @@ static void readahead_finish(tm_worker *w)
             p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
             p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
         }
-    for (int i = 0; i < runs; i++)
-        mapped(p, 0, list + start[i], done[i], 0, err[i]);
+    uint8_t arrived[n ? n : 1];
+    memset(arrived, 0, sizeof arrived);
+    for (int i = 0; i < runs; i++) {
+        mapped(p, 0, list + start[i], done[i], 0, err[i]); /* wakes those */
+        memset(arrived + start[i], 1, (size_t)done[i]);
+    }
     /* Threads that faulted on blocks not mapped fault again and are served. */
-    for_runs(p, list, n, tm_fault_wake);
+    int64_t rest[n ? n : 1], nrest = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!arrived[i])
+            rest[nrest++] = list[i];
+    for_runs(p, rest, nrest, tm_fault_wake);
     p->ra.mapping[k] = 0;
     pthread_cond_broadcast(&p->io_cond);
 }
