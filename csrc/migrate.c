@@ -637,9 +637,10 @@ int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *blocks, int64_t n)
     return demote_list(w, list, m, dest);
 }
 
-/* Make room for n more blocks in DRAM. Returns 0, or -ENOSPC if the budget
- * must be overrun (nothing could be demoted). */
-static int ensure_room(tm_worker *w, int64_t n)
+/* Make room for up to n more blocks in DRAM, demoting under the lock.
+ * Returns how many fit, which is less than n only when nothing more could
+ * be demoted: the caller shrinks its plan rather than overrun the budget. */
+static int64_t ensure_room(tm_worker *w, int64_t n)
 {
     struct tm_pool *p = w->pool;
     while (p->resident + n > p->dram_blocks) {
@@ -650,13 +651,27 @@ static int ensure_room(tm_worker *w, int64_t n)
             want = p->batch_blocks;
         int64_t moved = tm_migrate_demote(w, want);
         if (moved == 0) {
-            p->st.budget_overruns++;
-            return -ENOSPC;
+            int64_t fit = p->dram_blocks - p->resident;
+            return fit > 0 ? fit : 0;
         }
         if (w >= p->workers && w < p->workers + p->nworkers) /* a fault's */
             tm_background_fault_demoted(p, moved);
     }
-    return 0;
+    return n;
+}
+
+/* Room for the block a fault waits for and the n - 1 planned after it: the
+ * plan shrinks to what fits, and when not even the faulting block does
+ * (every DRAM block pinned, nothing in flight) the budget is overrun by it
+ * alone rather than the thread left waiting. */
+static int64_t fault_room(tm_worker *w, int64_t n)
+{
+    int64_t fit = ensure_room(w, n);
+    if (fit == 0) {
+        w->pool->st.budget_overruns++;
+        fit = 1;
+    }
+    return fit;
 }
 
 static void note_resident(struct tm_pool *p, int64_t n)
@@ -904,7 +919,11 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
     for (int64_t i = 0; i < n; i++) /* free to move: no other thread has it in flight */
         tm_assert((p->meta.flags[list[i]] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC &&
                   (p->meta.tier[list[i]] == TM_PMEM || p->meta.tier[list[i]] == TM_NVME));
-    ensure_room(w, n); /* victims are DRAM blocks: never one of list */
+    /* Victims are DRAM blocks, never one of list; the blocks cut from the
+     * plan were not taken and stay below. */
+    n = addr ? fault_room(w, n) : ensure_room(w, n);
+    if (!n)
+        return 0;
     for (int64_t i = 0; i < n; i++) {
         p->meta.flags[list[i]] |= TM_F_BUSY;
         p->xflags[list[i]] |= TM_X_LOADING;
@@ -1177,8 +1196,14 @@ static void readahead_finish(tm_worker *w)
             p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
     }
     readahead_submit(p, list[n - 1] + 1);
-    if (kept)
-        ensure_room(w, kept);
+    /* What does not fit is dropped from the end, read again on demand. */
+    int64_t fit = kept ? ensure_room(w, kept) : 0;
+    for (int64_t i = n - 1; i >= 0 && kept > fit; i--)
+        if (keep[i]) {
+            keep[i] = 0;
+            kept--;
+            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+        }
     for (int64_t i = 0; i < n; i++)
         if (keep[i])
             p->xflags[list[i]] |= TM_X_LOADING;
@@ -1231,7 +1256,7 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
     struct tm_pool *p = w->pool;
     for (int64_t i = 0; i < n; i++)
         tm_assert(p->meta.tier[list[i]] == TM_UNBACKED && !(p->meta.flags[list[i]] & TM_F_BUSY));
-    ensure_room(w, n);
+    n = fault_room(w, n);
     int r = tm_fault_zero_fill(p, list[0], n);
     if (r < 0) {
         fail_fault(p, addr, "zero fill (UFFDIO_COPY) failed", r);
@@ -1288,17 +1313,15 @@ static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
     return TM_ACCESS_HINT;
 }
 
-void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
+/* Room for a batch, made before a fault on b plans anything, since the lock
+ * is released meanwhile: the fault waits for writebacks in flight if they
+ * free enough, else demotes a batch itself, also writing outside the lock,
+ * so other faults go on. When nothing can be demoted because every victim is
+ * in flight (loads reserve their room, writebacks pin theirs), it waits for
+ * those to settle instead of overrunning the budget. */
+static void make_fault_room(tm_worker *w, int64_t b)
 {
     struct tm_pool *p = w->pool;
-    uint8_t *a = (uint8_t *)(uintptr_t)addr;
-    if (a < p->base || a >= p->base + p->arena_size)
-        return;
-    int64_t b = tm_block_of(p, a);
-    /* Room first, before anything is planned, since the lock is released
-     * meanwhile: a fault that needs room waits for the background's
-     * writeback in flight if that frees enough, else demotes a batch itself,
-     * also writing outside the lock, so other faults go on. */
     while ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC && p->meta.tier[b] != TM_DRAM &&
            p->resident + p->batch_blocks > p->dram_blocks) {
         if (p->writeback_blocks && p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
@@ -1309,10 +1332,25 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         w->unlocked_io = 1;
         int64_t moved = tm_migrate_demote(w, p->batch_blocks);
         w->unlocked_io = 0;
-        if (!moved)
-            break; /* nothing could go: the plan's own room check decides */
-        tm_background_fault_demoted(p, moved);
+        if (moved) {
+            tm_background_fault_demoted(p, moved);
+        } else if (p->writeback_blocks || p->loading_blocks) {
+            p->st.writeback_waits++;
+            pthread_cond_wait(&p->io_cond, &p->lock);
+        } else {
+            break; /* all pinned: the plan's own room check decides */
+        }
     }
+}
+
+void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
+{
+    struct tm_pool *p = w->pool;
+    uint8_t *a = (uint8_t *)(uintptr_t)addr;
+    if (a < p->base || a >= p->base + p->arena_size)
+        return;
+    int64_t b = tm_block_of(p, a);
+    make_fault_room(w, b);
     p->st.faults++;
     if (!(p->meta.flags[b] & TM_F_ALLOC)) {
         tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS (none did if the fault was "
@@ -1359,6 +1397,14 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
             readahead_finish(w);
             if (p->meta.tier[b] == TM_DRAM)
                 break;
+            make_fault_room(w, b); /* others used the room while it waited */
+            if ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) != TM_F_ALLOC ||
+                (p->meta.tier[b] != TM_PMEM && p->meta.tier[b] != TM_NVME)) {
+                /* b was loaded, taken or freed meanwhile: its thread faults
+                 * again if it must, and is served then. */
+                tm_fault_wake(p, b, 1);
+                break;
+            }
         }
         int64_t n;
         if (s->stride > 1 && s->window > 1) {
