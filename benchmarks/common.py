@@ -171,7 +171,7 @@ def comparison_rows(records, baseline, candidate, metrics):
             summary = summarize(records[name], key)
             row = {"system": name, "metric": label, **summary}
             base = summarize(records[baseline], key)  # None if the baseline was not run
-            if name == candidate and base is not None:
+            if name == candidate and base is not None and base["median"]:
                 row["ratio"] = summary["median"] / base["median"]
                 if target is not None:
                     op, value = target

@@ -93,6 +93,12 @@ int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice)
         return -EINVAL;
     if (!size)
         return 0;
+    if (p->child) {
+        tm_lock(p);
+        tm_set_error(p, "advise: a forked child's view of its parent's pool takes no advice");
+        tm_unlock(p);
+        return -EPERM;
+    }
     int64_t b = tm_block_of(p, ptr), e = tm_block_of(p, (const uint8_t *)ptr + size - 1) + 1;
     tm_lock(p);
     switch (advice) {

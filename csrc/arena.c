@@ -47,21 +47,40 @@ const char *tm_last_error(tm_pool *p, char *buf, size_t len)
     return buf;
 }
 
-/* ---- fork ------------------------------------------------------------
- * A forked child shares the parent's tier files but has neither its arena
- * (MADV_DONTFORK) nor its handler threads: in the child, pools are inert. Allocation fails (the numpy handler then uses the C library), and
- * frees and releases do nothing, so the child can never punch the parent's
- * data out. */
-static volatile int forked_child;
+/* ---- fork: every live pool is prepared, then made the parent's or the
+ * child's (fork.c). The registry's lock is held across, so that the child
+ * inherits it unlocked and complete. */
+#define MAX_POOLS 64
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tm_pool *registry[MAX_POOLS];
+
+static void on_fork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < MAX_POOLS; i++)
+        if (registry[i])
+            tm_fork_prepare(registry[i]);
+}
+
+static void on_fork_parent(void)
+{
+    for (int i = MAX_POOLS - 1; i >= 0; i--)
+        if (registry[i])
+            tm_fork_parent(registry[i]);
+    pthread_mutex_unlock(&registry_lock);
+}
 
 static void on_fork_child(void)
 {
-    forked_child = 1;
+    for (int i = 0; i < MAX_POOLS; i++)
+        if (registry[i])
+            tm_fork_child(registry[i]);
+    pthread_mutex_init(&registry_lock, NULL);
 }
 
 static void add_fork_handler(void)
 {
-    pthread_atfork(NULL, NULL, on_fork_child);
+    pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child);
 }
 
 static void watch_forks(void)
@@ -72,9 +91,6 @@ static void watch_forks(void)
 
 /* ---- registry of live pools: which pool does a pointer belong to? ----- */
 
-#define MAX_POOLS 64
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct tm_pool *registry[MAX_POOLS];
 /* Bounds over all registered arenas: most foreign pointers are rejected
  * without the lock. */
 static uintptr_t registry_lo = UINTPTR_MAX, registry_hi = 0;
@@ -242,9 +258,9 @@ static tm_pool *create_pool(const tm_config *cfg)
         snprintf(err, sizeof err, "cannot allocate block metadata: %s", strerror(-r));
         goto fail;
     }
-    p->base = tm_os_reserve(p->arena_size, bs);
-    p->shadow = tm_os_reserve(p->arena_size, bs);
-    p->zeros = tm_os_reserve((size_t)p->batch_max << p->bshift, PAGE_BYTES);
+    p->base = tm_os_reserve(p->arena_size, bs, 1); /* a fork child reads it (fork.c) */
+    p->shadow = tm_os_reserve(p->arena_size, bs, 0);
+    p->zeros = tm_os_reserve((size_t)p->batch_max << p->bshift, PAGE_BYTES, 0);
     if (!p->base || !p->shadow || !p->zeros) {
         r = -errno;
         snprintf(err, sizeof err, "cannot reserve the arena (2 x %zu bytes of address space): %s", p->arena_size,
@@ -296,6 +312,7 @@ static void release_engine(struct tm_pool *p)
     tm_background_stop(p);
     tm_fault_stop(p);
     tm_migrate_fini(p);
+    tm_fork_fini(p);
     tm_os_unmap(p->base, p->arena_size);
     tm_os_unmap(p->shadow, p->arena_size);
     tm_os_unmap(p->zeros, (size_t)p->batch_max << p->bshift);
@@ -318,7 +335,7 @@ static void release_engine(struct tm_pool *p)
  * its owner dropped it. Called without the lock. */
 static void settle(struct tm_pool *p)
 {
-    if (forked_child)
+    if (p->child)
         return;
     tm_lock(p);
     int release = p->closed && !p->released && p->live_allocs == 0 && p->pins == 0;
@@ -336,7 +353,7 @@ static void settle(struct tm_pool *p)
 
 void tm_pool_close(tm_pool *p)
 {
-    if (forked_child)
+    if (p->child)
         return;
     tm_lock(p);
     p->closed = 1;
@@ -346,7 +363,7 @@ void tm_pool_close(tm_pool *p)
 
 void tm_pool_pin(tm_pool *p)
 {
-    if (forked_child)
+    if (p->child)
         return;
     tm_lock(p);
     p->pins++;
@@ -355,7 +372,7 @@ void tm_pool_pin(tm_pool *p)
 
 void tm_pool_unpin(tm_pool *p)
 {
-    if (forked_child)
+    if (p->child)
         return;
     tm_lock(p);
     p->pins--;
@@ -365,7 +382,7 @@ void tm_pool_unpin(tm_pool *p)
 
 void tm_pool_drop(tm_pool *p)
 {
-    if (forked_child)
+    if (p->child)
         return;
     tm_lock(p);
     p->closed = 1;
@@ -409,7 +426,7 @@ static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
 
 void *tm_alloc(tm_pool *p, size_t size)
 {
-    if (forked_child) {
+    if (p->child) {
         errno = EBADF;
         return NULL;
     }
@@ -463,13 +480,16 @@ void *tm_alloc(tm_pool *p, size_t size)
 
 void tm_free(tm_pool *p, void *ptr)
 {
-    if (forked_child)
-        return;
     tm_lock(p);
     int64_t b = tm_block_of(p, ptr);
     int64_t n = (b >= 0 && b < p->nblocks) ? p->alloc_len[b] : 0;
     if (n == 0 || tm_block_addr(p, b) != ptr) {
         tm_set_error(p, "tm_free(%p): not an allocation of this pool", ptr);
+        tm_unlock(p);
+        return;
+    }
+    if (p->child) { /* the parent's data is untouched: only this child's pages go */
+        tm_fork_child_release(p, b, n);
         tm_unlock(p);
         return;
     }
@@ -537,6 +557,8 @@ void tm_get_stats(tm_pool *p, tm_stats *out)
     out->allocated = (uint64_t)p->reserved << p->bshift;
     out->capacity = (uint64_t)p->cap_blocks << p->bshift;
     out->headroom = (uint64_t)tm_background_headroom(p) << p->bshift;
+    out->fork_children = (uint64_t)p->ngens;
+    out->fork_kept = (p->pmem.kept_slots + p->nvme.kept_slots) << p->bshift;
     tm_unlock(p);
 }
 
@@ -590,6 +612,10 @@ void *tm_policy_alloc(tm_pool *p, size_t bytes)
 
 int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
 {
+    if (p->child) {
+        tm_set_error(p, "resize: a forked child's view of its parent's pool cannot be resized");
+        return -EPERM;
+    }
     int64_t nb = (int64_t)(dram_bytes >> p->bshift);
     int64_t lower = (int64_t)(p->pmem.nslots + p->nvme.nslots);
     int64_t batch = p->batch_max < nb / 4 ? p->batch_max : nb / 4;

@@ -200,6 +200,8 @@ static void tick(struct tm_pool *p)
     decay_boost(p);
     keep_headroom(p);
     policy_promotions(p);
+    if (p->ngens)
+        tm_fork_reap(p);
     if (p->sample_budget_ppm && (p->pmem.nslots || p->nvme.nslots)) {
         adapt(p);
         sample(p);

@@ -120,6 +120,26 @@ int tm_fault_init(struct tm_pool *p, int force_denied)
     return 0;
 }
 
+int tm_fault_init_child(struct tm_pool *p)
+{
+    int fd = tm_os_userfaultfd();
+    if (fd < 0)
+        return fd;
+    uint64_t got = 0;
+    int r = api_handshake(fd, UFFD_FEATURE_POISON, &got);
+    struct uffdio_register reg = {.range = {(uint64_t)(uintptr_t)p->base, p->arena_size},
+                                  .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP};
+    if (r == 0 && ioctl(fd, UFFDIO_REGISTER, &reg) < 0)
+        r = -errno;
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    p->uffd = fd;
+    p->dirty_tracking = 0;
+    return 0;
+}
+
 static void serve(tm_worker *w, const struct uffd_msg *msg)
 {
     struct tm_pool *p = w->pool;
@@ -316,3 +336,12 @@ int tm_fault_unprotect(struct tm_pool *p, int64_t b, int64_t n)
     struct uffdio_writeprotect w = {{(uint64_t)(uintptr_t)tm_block_addr(p, b), (uint64_t)n << p->bshift}, 0};
     return ioctl(p->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
 }
+
+int tm_fault_unshare(struct tm_pool *p, int64_t b, int64_t n)
+{
+    /* Write protection first: a write fault on a protected page would wait
+     * for a handler, and the caller may be one, holding the lock. */
+    int r = tm_fault_unprotect(p, b, n);
+    return r < 0 ? r : tm_os_populate_write(tm_block_addr(p, b), (size_t)n << p->bshift);
+}
+

@@ -33,6 +33,8 @@ enum {
     TM_X_LOADING = 1 << 1,
     /* Named by the policy's answer being checked (finds duplicates). */
     TM_X_NAMED = 1 << 2,
+    /* In a fork child's view: mapped by the child (fork.c). */
+    TM_X_CHILD = 1 << 3,
 };
 
 /* Checked preconditions and invariants (as mimalloc's mi_assert_internal).
@@ -52,16 +54,27 @@ void tm_os_assert_fail(const char *cond, const char *file, int line, const char 
     __attribute__((noreturn, cold));
 
 /* An anonymous private range of `size` bytes at an address aligned to
- * `align` (a power of two >= page size), reserved but not backed, not
- * inherited by fork, never made of huge pages. NULL and errno on failure. */
-void *tm_os_reserve(size_t size, size_t align);
+ * `align` (a power of two >= page size), reserved but not backed, never
+ * made of huge pages; a fork child inherits it (copy-on-write) only if
+ * `inherit`. NULL and errno on failure. */
+void *tm_os_reserve(size_t size, size_t align, int inherit);
 void tm_os_unmap(void *addr, size_t size);
 /* Free the file pages in [off, off+len); both block aligned. Also removes
  * them from every mapping of the file. */
 int tm_os_punch(int fd, uint64_t off, uint64_t len);
+/* Write-fault every page of [addr, addr+len) (MADV_POPULATE_WRITE): a page
+ * shared copy-on-write becomes the caller's own. Precondition: every page is
+ * mapped and none is write-protected by a userfaultfd (either would wait for
+ * its handler). 0 or -errno. */
+int tm_os_populate_write(void *addr, size_t len);
 /* Free the pages of [addr, addr+len) of an anonymous range (it reads as
  * zero, or faults, afterwards); also clears poison entries. */
 int tm_os_zap(void *addr, size_t len);
+/* A pipe, both ends close-on-exec, the read end non-blocking. 0 or -1 and
+ * errno. */
+int tm_os_pipe(int fds[2]);
+/* 1 if every write end of the pipe whose read end is fd is closed. */
+int tm_os_hung_up(int fd);
 /* A userfaultfd, non-blocking and close-on-exec; -errno if denied. */
 int tm_os_userfaultfd(void);
 /* Unlinked file, 0600, in directory `dir`, opened with `flags` | O_RDWR.
@@ -131,6 +144,10 @@ struct tm_tier {
     uint32_t first_slot;   /* global numbering: slot ids are unique across tiers */
     uint64_t *used_map;    /* bit per slot */
     uint32_t *csum;        /* CRC-32C of what each slot holds */
+    /* Per slot, how many fork generations keep it (fork.c), and
+     * TM_KEPT_FREED once its block let it go meanwhile; NULL before a fork. */
+    uint16_t *kept;
+    uint64_t kept_slots;   /* slots kept */
     uint64_t used;
     uint64_t cursor;       /* next-fit: sequential demotions get adjacent slots */
     uint64_t peak;
@@ -150,7 +167,19 @@ int tm_tier_init_slots(tm_tier *t, uint64_t nslots);
 void tm_tier_close(tm_tier *t);
 /* Slot allocation near `hint`; returns the slot or UINT64_MAX when full. */
 uint64_t tm_tier_slot_alloc(tm_tier *t, uint64_t hint);
+/* A kept slot stays allocated until it is let go. */
 void tm_tier_slot_free(tm_tier *t, uint64_t slot);
+/* Keep a used slot for a forked child that may read it: it is not
+ * rewritten, discarded or reused until let go (the writer takes another).
+ * 0 or -ENOMEM. */
+int tm_tier_keep(tm_tier *t, uint64_t slot);
+/* Let go of a kept slot; returns 1 if that freed it (its block had). */
+int tm_tier_let_go(tm_tier *t, uint64_t slot);
+int tm_tier_kept(const tm_tier *t, uint64_t slot);
+#define TM_KEPT_FREED 0x8000u
+/* Forget the contents of n slots from `slot` (hole punch), best effort,
+ * except those kept. */
+void tm_tier_discard(tm_tier *t, uint64_t slot, uint64_t n);
 /* I/O through the injection layer, on the caller's queue. Safe from several
  * threads at once on different queues and different slots. */
 int tm_tier_readv(tm_tier *t, tm_ioq *q, const tm_io *ios, int n);
@@ -213,6 +242,13 @@ typedef struct tm_stream {
 /* Advice on a range of blocks that is kept (sequential / random). */
 typedef struct tm_range { int64_t start, end; int advice; } tm_range;
 #define TM_RANGES 16
+
+/* The slots kept for the children of one fork (fork.c). */
+typedef struct tm_fork_gen {
+    int fd;          /* read end of a pipe whose write end only they hold: hangs up when all are gone */
+    uint32_t *slots; /* global slot ids */
+    int64_t n;
+} tm_fork_gen;
 
 typedef struct tm_worker {
     struct tm_pool *pool;
@@ -298,6 +334,19 @@ struct tm_pool {
 
     tm_readahead ra;
 
+    /* fork (fork.c) */
+    int forks;                 /* forks so far: arena pages may be shared with a child */
+    tm_fork_gen *gens;         /* generations whose children may still live */
+    int ngens;
+    tm_fork_gen pending;       /* kept between prepare and parent/child */
+    int pending_wfd;
+    int child;                 /* this is a forked child's view of the parent's pool */
+    uint8_t *child_buf;        /* one block: the child's reads */
+    int64_t *child_ring;       /* the blocks it read from below, oldest first */
+    int64_t child_cap, child_held, child_head;
+    int64_t child_run;         /* blocks per read at most */
+    char fork_err[160];        /* why a child cannot read lower-tier blocks, if it cannot */
+
     tm_policy_ops policy;
     void **policy_mem;         /* tm_policy_alloc's blocks, freed at release */
     int npolicy_mem;
@@ -328,8 +377,8 @@ int tm_fault_init(struct tm_pool *p, int force_denied);
 int tm_fault_start(struct tm_pool *p);
 void tm_fault_stop(struct tm_pool *p);
 /* Move blocks [b, b+n) from the arena to the shadow, in order, stopping at
- * a block with a page the kernel pins for I/O (which stays whole in the
- * arena). Returns how many blocks moved. Threads are not woken. */
+ * a block with a page the kernel pins for I/O or a fork shared (which stays
+ * whole in the arena). Returns how many blocks moved. Threads are not woken. */
 int64_t tm_fault_park(struct tm_pool *p, int64_t b, int64_t n);
 /* Move blocks [b, b+n) back from the shadow to the arena, writable, without
  * waking; 0 or -errno. */
@@ -343,6 +392,14 @@ int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n);
 /* Answer a fault at addr with SIGBUS. */
 int tm_fault_poison(struct tm_pool *p, uint64_t addr);
 int tm_fault_unprotect(struct tm_pool *p, int64_t b, int64_t n);
+/* In a fork child: a userfaultfd of its own for the inherited arena
+ * (missing and write-protect faults). 0 or -errno. */
+int tm_fault_init_child(struct tm_pool *p);
+/* Make the pages of [b, b+n) (all mapped, none pinned by the caller) this
+ * process's own, writable and unprotected: pages a fork shares with a child
+ * are copied (or taken back if the child is gone), so UFFDIO_MOVE takes
+ * them. 0 or -errno. */
+int tm_fault_unshare(struct tm_pool *p, int64_t b, int64_t n);
 int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n);
 
 /* ---- migrate.c ------------------------------------------------------ */
@@ -395,6 +452,10 @@ void tm_background_hint(struct tm_pool *p, uint64_t service_ns);
  * written back or loaded outside the lock, and no readahead is being waited
  * for (a release drops it). */
 void tm_migrate_wait_settled(struct tm_pool *p, int64_t b, int64_t n);
+/* Settle the pool (lock held, released while waiting) so that a fork sees
+ * each block whole in one place: no I/O or copy in flight, no readahead,
+ * no block parked in the shadow (which a child does not inherit). */
+void tm_migrate_quiesce(struct tm_pool *p);
 /* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
 /* What a thread needs to move blocks: buffer, lists, I/O queue. The buffer
@@ -406,6 +467,22 @@ void tm_worker_fini(tm_worker *w);
 /* Readahead buffers: set up at creation; finish and free at release. */
 int tm_migrate_init(struct tm_pool *p);
 void tm_migrate_fini(struct tm_pool *p);
+
+/* ---- fork.c ---------------------------------------------------------------
+ * The atfork handlers of arena.c call these for every live pool. */
+
+/* Before fork: take the lock (kept until tm_fork_parent / tm_fork_child),
+ * settle I/O, and keep every lower-tier slot that holds a block. */
+void tm_fork_prepare(struct tm_pool *p);
+void tm_fork_parent(struct tm_pool *p);
+/* In the child: the pool becomes a read-only view served by a thread of its
+ * own, or, if that cannot be set up, an inaccessible range (said on stderr). */
+void tm_fork_child(struct tm_pool *p);
+/* Let go of the slots of generations whose children are all gone (lock held). */
+void tm_fork_reap(struct tm_pool *p);
+void tm_fork_fini(struct tm_pool *p);
+/* A child's free of [b, b+n) (lock held): its pages go, the blocks fault. */
+void tm_fork_child_release(struct tm_pool *p, int64_t b, int64_t n);
 
 /* ---- inside the engine (tm_in_engine) -----------------------------------
  * Nonzero while the calling thread is inside the engine: for the whole life

@@ -65,8 +65,8 @@ static uint64_t slot_steal(struct tm_pool *p, tm_tier *t)
         uint32_t g = p->meta.slot[b];
         if (p->meta.tier[b] != TM_DRAM || g == TM_NO_SLOT || (p->meta.flags[b] & TM_F_BUSY))
             continue;
-        if (slot_tier(p, g) != t)
-            continue;
+        if (slot_tier(p, g) != t || tm_tier_kept(t, g - t->first_slot))
+            continue; /* a kept slot is never rewritten */
         p->meta.slot[b] = TM_NO_SLOT;
         p->meta.flags[b] |= TM_F_DIRTY;
         return g - t->first_slot;
@@ -391,7 +391,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
             continue;
         }
         tm_tier_slot_free(&p->pmem, old[i] - p->pmem.first_slot);
-        p->pmem.ops->discard(&p->pmem, old[i] - p->pmem.first_slot, 1);
+        tm_tier_discard(&p->pmem, old[i] - p->pmem.first_slot, 1);
         p->meta.tier[b] = TM_NVME;
         p->st.demotions++;
         p->st.bytes_written += p->bs;
@@ -410,6 +410,21 @@ static void cascade_pmem(tm_worker *w, int64_t want)
  * page the kernel pins for I/O (an O_DIRECT read in flight into it) cannot
  * be moved: it stays, unmarked, and is dropped from the list, which is
  * compacted with dest[]. Returns how many remain. */
+/* Park blocks [b, b+n) whose first block would not move: after a fork its
+ * pages may be shared with a child, which UFFDIO_MOVE refuses like pinned
+ * ones. Made the parent's own (a copy while the child lives, else taken
+ * back), they move; a pinned page stays pinned (a pin for writing had
+ * already made it the parent's own) and still refuses. Its write protection
+ * was lifted for that, so its checksum decides whether it is clean. */
+static int64_t unshare_and_park(struct tm_pool *p, int64_t b, int64_t n)
+{
+    if (tm_fault_unshare(p, b, 1) < 0)
+        return 0;
+    p->xflags[b] |= TM_X_VERIFY;
+    p->st.fork_unshared++;
+    return tm_fault_park(p, b, n);
+}
+
 static int64_t unmap_victims(struct tm_pool *p, int64_t *list, int64_t n, uint8_t *dest)
 {
     int64_t kept = 0;
@@ -420,6 +435,8 @@ static int64_t unmap_victims(struct tm_pool *p, int64_t *list, int64_t n, uint8_
             j++;
         int64_t moved = parked ? j - i : tm_fault_park(p, list[i], j - i);
         for (int64_t k = i; k < j; k++) {
+            int64_t again = k == i + moved && p->forks ? unshare_and_park(p, list[k], j - k) : 0;
+            moved += again;
             if (k == i + moved) { /* pinned */
                 p->meta.flags[list[k]] &= (uint8_t)~TM_F_BUSY;
                 p->st.pinned_skips++;
@@ -475,6 +492,9 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     }
     for (int64_t i = 0; i < nd; i++) {
         int64_t b = list[i];
+        uint32_t g = p->meta.slot[b];
+        if (g != TM_NO_SLOT && tm_tier_kept(slot_tier(p, g), slot_local(p, g)))
+            slot_release(p, b); /* a forked child reads its old data there: written elsewhere */
         tm_tier *first = dest[i] == TM_NVME ? &p->nvme : &p->pmem;
         tm_tier *second = first == &p->pmem ? &p->nvme : &p->pmem;
         if (p->meta.slot[b] == TM_NO_SLOT && slot_take(p, first, b) < 0 && slot_take(p, second, b) < 0)
@@ -564,7 +584,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
             uint32_t g = p->meta.slot[b];
             if (g != TM_NO_SLOT) { /* a failed write left nothing valid there */
                 tm_tier *t = slot_tier(p, g);
-                t->ops->discard(t, g - t->first_slot, 1);
+                tm_tier_discard(t, g - t->first_slot, 1);
                 slot_release(p, b);
             }
             p->meta.flags[b] |= TM_F_DIRTY;
@@ -1450,7 +1470,7 @@ void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
         tm_tier *t = g != TM_NO_SLOT ? slot_tier(p, g) : NULL;
         uint64_t s = t ? g - t->first_slot : 0;
         if (run_len && (t != run_tier || s != run_start + run_len)) {
-            run_tier->ops->discard(run_tier, run_start, run_len);
+            tm_tier_discard(run_tier, run_start, run_len);
             run_len = 0;
         }
         if (i == b + n)
@@ -1474,3 +1494,19 @@ void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
     tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
     tm_os_zap(shadow_of(p, b), (size_t)n << p->bshift); /* blocks parked by sampling */
 }
+
+void tm_migrate_quiesce(struct tm_pool *p)
+{
+    while (p->ra.waiting || p->ra.mapping[0] || p->ra.mapping[1] || p->writeback_blocks || p->loading_blocks)
+        pthread_cond_wait(&p->io_cond, &p->lock);
+    readahead_drop(p);
+    for (int64_t b = 0; b < p->scan_end; b++) {
+        if (p->meta.tier[b] != TM_DRAM || !(p->meta.flags[b] & TM_F_SAMPLED))
+            continue;
+        p->meta.flags[b] &= (uint8_t)~TM_F_SAMPLED;
+        if (!(p->meta.flags[b] & TM_F_DIRTY))
+            p->xflags[b] |= TM_X_VERIFY; /* moved back writable, as after a hint */
+        unpark_run(p, b, 1);
+    }
+}
+

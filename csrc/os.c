@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <mntent.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,7 @@ void tm_os_assert_fail(const char *cond, const char *file, int line, const char 
     abort();
 }
 
-void *tm_os_reserve(size_t size, size_t align)
+void *tm_os_reserve(size_t size, size_t align, int inherit)
 {
     /* Reserve size + align of address space, then keep the first aligned
      * `size` bytes of it and give back the slack. */
@@ -43,10 +44,10 @@ void *tm_os_reserve(size_t size, size_t align)
     size_t tail = (uintptr_t)r + span - (a + size);
     if (tail)
         munmap((void *)(a + size), tail);
-    /* A forked child has no fault handler: it must not inherit the range.
-     * Transparent huge pages would make blocks unmovable (UFFDIO_MOVE moves
+    /* Transparent huge pages would make blocks unmovable (UFFDIO_MOVE moves
      * small pages only). */
-    madvise((void *)a, size, MADV_DONTFORK);
+    if (!inherit)
+        madvise((void *)a, size, MADV_DONTFORK);
     madvise((void *)a, size, MADV_NOHUGEPAGE);
     return (void *)a;
 }
@@ -64,9 +65,34 @@ int tm_os_punch(int fd, uint64_t off, uint64_t len)
     return 0;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+int tm_os_populate_write(void *addr, size_t len)
+{
+    tm_assert(((uintptr_t)addr & 4095) == 0 && len > 0);
+    return madvise(addr, len, MADV_POPULATE_WRITE) < 0 ? -errno : 0;
+}
+
 int tm_os_zap(void *addr, size_t len)
 {
     return madvise(addr, len, MADV_DONTNEED) < 0 ? -errno : 0;
+}
+
+int tm_os_pipe(int fds[2])
+{
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -1;
+    fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    return 0;
+}
+
+int tm_os_hung_up(int fd)
+{
+    struct pollfd q = {fd, POLLIN, 0};
+    char c;
+    return poll(&q, 1, 0) == 1 && (q.revents & (POLLHUP | POLLERR)) && read(fd, &c, 1) == 0;
 }
 
 int tm_os_userfaultfd(void)

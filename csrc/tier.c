@@ -24,8 +24,10 @@ void tm_tier_close(tm_tier *t)
         t->ops->close(t);
     free(t->used_map);
     free(t->csum);
+    free(t->kept);
     t->used_map = NULL;
     t->csum = NULL;
+    t->kept = NULL;
     t->nslots = 0;
 }
 
@@ -67,8 +69,56 @@ uint64_t tm_tier_slot_alloc(tm_tier *t, uint64_t hint)
 
 void tm_tier_slot_free(tm_tier *t, uint64_t slot)
 {
+    if (t->kept && t->kept[slot]) { /* a forked child still reads it: freed when it is let go */
+        t->kept[slot] |= TM_KEPT_FREED;
+        return;
+    }
     t->used_map[slot >> 6] &= ~(1ull << (slot & 63));
     t->used--;
+}
+
+int tm_tier_keep(tm_tier *t, uint64_t slot)
+{
+    if (!t->kept && !(t->kept = calloc(t->nslots, sizeof *t->kept)))
+        return -ENOMEM;
+    tm_assert(slot_used(t, slot) && !(t->kept[slot] & TM_KEPT_FREED) &&
+              (t->kept[slot] & ~TM_KEPT_FREED) < TM_KEPT_FREED - 1);
+    if (!t->kept[slot])
+        t->kept_slots++;
+    t->kept[slot]++;
+    return 0;
+}
+
+int tm_tier_let_go(tm_tier *t, uint64_t slot)
+{
+    tm_assert(t->kept && (t->kept[slot] & ~TM_KEPT_FREED) > 0);
+    uint16_t k = --t->kept[slot];
+    if (k & ~TM_KEPT_FREED)
+        return 0;
+    t->kept[slot] = 0;
+    t->kept_slots--;
+    if (!(k & TM_KEPT_FREED))
+        return 0;
+    tm_tier_slot_free(t, slot);
+    return 1;
+}
+
+int tm_tier_kept(const tm_tier *t, uint64_t slot)
+{
+    return t->kept && t->kept[slot] != 0;
+}
+
+void tm_tier_discard(tm_tier *t, uint64_t slot, uint64_t n)
+{
+    /* Runs of slots nobody keeps: a kept slot's data is still read. */
+    for (uint64_t i = 0; i < n;) {
+        uint64_t j = i;
+        while (j < n && !tm_tier_kept(t, slot + j))
+            j++;
+        if (j > i)
+            t->ops->discard(t, slot + i, j - i);
+        i = j + 1;
+    }
 }
 
 /* 1 if this operation must fail as injected (after sleeping, if it is to be

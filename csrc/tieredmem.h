@@ -167,6 +167,9 @@ typedef struct tm_stats {
     uint64_t fault_demotions;  /* demoted by faults themselves: the background fell behind */
     uint64_t headroom;         /* bytes of DRAM the background keeps free now (its high watermark; adapts) */
     uint64_t policy_promotions;    /* promoted ahead of need on the policy's choice */
+    uint64_t fork_children;    /* fork generations whose children still live (each keeps slots) */
+    uint64_t fork_kept;        /* bytes of lower-tier slots kept for them: their blocks' data as at fork */
+    uint64_t fork_unshared;    /* victims whose pages a fork shared, made this process's own to move */
     uint64_t trace_events;     /* accesses recorded in the trace buffer */
     uint64_t trace_dropped;    /* accesses not recorded: the buffer was full */
     int32_t handler_threads;

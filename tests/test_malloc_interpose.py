@@ -222,20 +222,28 @@ def test_threads_allocate_and_free_concurrently(tmp_path):
     assert out == {"errors": [], "served": True}
 
 
-def test_fork_child_mallocs_and_frees_also_a_parent_pool_pointer(tmp_path):
+def test_fork_child_reads_reallocs_and_frees_a_parent_pool_pointer_and_mallocs_its_own(tmp_path):
     out = result(tmrun(tmp_path, script(tmp_path, """
         parent = libc.malloc(4 * MiB)
         fill(parent, 4 * MiB, 2)
+        other = libc.malloc(4 * MiB)
+        fill(other, 4 * MiB, 3)
         pid = os.fork()
         if pid == 0:
-            libc.free(parent)  # not in this process: nothing happens
+            ok = same(parent, 4 * MiB, 2) and libc.malloc_usable_size(parent) >= 4 * MiB
+            fill(parent, 4 * MiB, 5)  # the child's copy
+            libc.free(parent)  # gives the child's copy back
+            moved = libc.realloc(other, 8 * MiB)  # to the C library: the child has no pool memory
+            ok = ok and not in_pool(moved) and same(moved, 4 * MiB, 3)
             q = libc.malloc(8 * MiB)
             fill(q, 8 * MiB, 4)
-            ok = not in_pool(q) and same(q, 8 * MiB, 4) and libc.malloc_usable_size(parent) == 0
+            ok = ok and not in_pool(q) and same(q, 8 * MiB, 4)
             libc.free(libc.realloc(q, 16 * MiB))
+            libc.free(moved)
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
-        print(json.dumps({"child": status, "parent_kept": same(parent, 4 * MiB, 2), "pool": in_pool(parent)}))
+        print(json.dumps({"child": status, "parent_kept": same(parent, 4 * MiB, 2) and same(other, 4 * MiB, 3),
+                          "pool": in_pool(parent)}))
     """)))
     assert out == {"child": 0, "parent_kept": True, "pool": True}
 

@@ -336,7 +336,8 @@ class Pool:
         engine = self._open_engine()
         if n and not lib.tm_contains(engine, ffi.cast("void *", lo), n):
             raise ValueError("advise(): the array's memory is not in this pool")
-        lib.tm_advise(engine, ffi.cast("void *", lo), n, code)
+        if lib.tm_advise(engine, ffi.cast("void *", lo), n, code) < 0:
+            raise OSError(self.last_error())
 
     def start_trace(self, max_events: int = 10_000_000) -> None:
         """Record the block id of every access the engine sees (faults and

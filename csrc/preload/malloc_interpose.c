@@ -16,10 +16,10 @@
  *
  * Not attached (before the pool exists, in programs that never attach, and
  * once the pool is closed), and in a fork child, every allocation goes to the
- * next allocator. A fork child has no pool memory (the arena is
- * MADV_DONTFORK): at the fork it reserves the parent's arenas, so that its
- * own memory never lands there, and its frees of the parent's pool pointers
- * do nothing. */
+ * next allocator. A fork child reads the parent's pool memory as it was at
+ * the fork (the engine serves it there, read-only): its frees of those
+ * pointers give the child's copy back, and its reallocs move them to the
+ * next allocator. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -205,13 +205,11 @@ static size_t block_size;
  * with tm_pool_of (the range may have been reused once an engine is released). */
 static uintptr_t range_lo;
 static size_t range_len;
-/* The arenas ever attached; `parents` is set in a fork child for those it
- * reserved at the fork (pointers in them are the parent's pool memory). */
+/* The arenas ever attached. */
 #define MAX_ARENAS 16
 static struct {
     uintptr_t lo;
     size_t len;
-    int parents;
 } arenas[MAX_ARENAS];
 static int narenas;
 /* The pool new allocations come from, or NULL. attach_lock is held across
@@ -227,30 +225,10 @@ static __thread int busy __attribute__((tls_model("initial-exec")));
 /* Allocations served by the pool, and their bytes (tm_interpose_counts). */
 static uint64_t served, served_bytes;
 
-/* Reserve each attached arena that is still free in the child (a live
- * pool's is: MADV_DONTFORK left a hole); one the parent's C library had
- * reused after its pool was released is not, and its pointers are the C
- * library's. Async-signal-safe: it runs in the child of a fork. */
+/* Async-signal-safe: it runs in the child of a fork. */
 static void on_fork_child(void)
 {
     forked = 1;
-    for (int i = 0; i < narenas; i++) {
-        void *want = (void *)arenas[i].lo;
-        void *r = mmap(want, arenas[i].len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
-                       -1, 0);
-        arenas[i].parents = r == want;
-        if (r != MAP_FAILED && r != want) /* a kernel without MAP_FIXED_NOREPLACE took it as a hint */
-            munmap(r, arenas[i].len);
-    }
-}
-
-/* Precondition: a fork child, in_range(ptr). */
-static int parents_pool_memory(const void *ptr)
-{
-    for (int i = 0; i < narenas; i++)
-        if ((uintptr_t)ptr - arenas[i].lo < arenas[i].len)
-            return arenas[i].parents;
-    return 0;
 }
 
 __attribute__((constructor)) static void init(void)
@@ -266,7 +244,7 @@ static int in_range(const void *ptr)
     return (uintptr_t)ptr - lo < __atomic_load_n(&range_len, __ATOMIC_RELAXED);
 }
 
-/* The live pool holding ptr, or NULL. Precondition: in_range(ptr), not forked. */
+/* The live pool holding ptr, or NULL. Precondition: in_range(ptr). */
 static void *owner_of(const void *ptr)
 {
     busy++;
@@ -413,11 +391,6 @@ EXPORT void free(void *ptr)
             next_free(ptr);
         return;
     }
-    if (forked) {
-        if (!parents_pool_memory(ptr))
-            next_free(ptr);
-        return; /* the parent's pool memory is not in this process */
-    }
     void *p = owner_of(ptr);
     if (p)
         pool_free(p, ptr);
@@ -444,13 +417,8 @@ EXPORT void *realloc(void *ptr, size_t size)
     if (in_boot(ptr))
         return move_to_new(ptr, boot_size(ptr), size);
     void *p = NULL;
-    if (in_range(ptr)) {
-        if (forked && parents_pool_memory(ptr)) {
-            errno = ENOMEM; /* the parent's pool memory: nothing to copy from */
-            return NULL;
-        }
-        p = forked ? NULL : owner_of(ptr);
-    }
+    if (in_range(ptr))
+        p = owner_of(ptr);
     if (p) {
         size_t old = pool_size(p, ptr);
         if (size <= old && size >= current_threshold() && size > old / 2)
@@ -534,9 +502,7 @@ EXPORT size_t malloc_usable_size(void *ptr)
     if (in_boot(ptr))
         return boot_size(ptr);
     if (in_range(ptr)) {
-        if (forked && parents_pool_memory(ptr))
-            return 0;
-        void *p = forked ? NULL : owner_of(ptr);
+        void *p = owner_of(ptr);
         if (p)
             return pool_size(p, ptr);
     }
