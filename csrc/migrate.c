@@ -1277,9 +1277,32 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
     for (int64_t i = 0; i < n; i++)
         tm_assert(p->meta.tier[list[i]] == TM_UNBACKED && !(p->meta.flags[list[i]] & TM_F_BUSY));
     n = fault_room(w, n);
+    /* On a worker with unlocked loads the copy runs with the lock released,
+     * as a load's does: the blocks are busy and loading (a fault on one waits
+     * for the wake below, a release waits for the end), their room reserved. */
+    if (w->unlocked_loads) {
+        for (int64_t i = 0; i < n; i++) {
+            p->meta.flags[list[i]] |= TM_F_BUSY;
+            p->xflags[list[i]] |= TM_X_LOADING;
+        }
+        p->resident += n;
+        p->loading_blocks += n;
+        tm_unlock(p);
+    }
     int r = tm_fault_zero_fill(p, list[0], n);
+    if (w->unlocked_loads) {
+        tm_lock(p);
+        p->resident -= n;
+        p->loading_blocks -= n;
+        for (int64_t i = 0; i < n; i++) {
+            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+            p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
+        }
+        pthread_cond_broadcast(&p->io_cond);
+    }
     if (r < 0) {
         fail_fault(p, addr, "zero fill (UFFDIO_COPY) failed", r);
+        tm_fault_wake(p, list[0], n); /* those that faulted on the others meanwhile fault again */
         return;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -1394,6 +1417,11 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         tm_policy_access(p, b, serve_resident(p, b, kind, write));
         break;
     case TM_UNBACKED: {
+        if (p->meta.flags[b] & TM_F_BUSY) {
+            /* Another thread zero-fills it outside the lock: woken once mapped. */
+            p->st.busy_waits++;
+            break;
+        }
         tm_policy_access(p, b, TM_ACCESS_MISSING);
         /* A zero fill costs little next to a fault: never fill less than
          * TM_ZERO_MIN_BYTES, so a small fresh array takes one fault. */

@@ -1,12 +1,13 @@
 /* test_slots.c: the lower tiers' slot maps and the TIEREDMEM_INJECT parser
  * (csrc/tier.c).
  *
- * Links tier.c and os.c (tier.c's only outside call is tm_os_now_ns, for
- * emulated speeds); no stubs are needed. A tier is a zeroed tm_tier given a
- * slot map by tm_tier_init_slots and freed by tm_tier_close (no backend:
- * ops is NULL). Slot maps are next fit: tm_tier_slot_alloc(t, hint) takes the
- * first free slot at or after the hint (UINT64_MAX or any hint past the end:
- * the cursor, which is one past the last slot handed out), wrapping round. */
+ * Links tier.c and os.c (tier.c's only outside calls are tm_os_now_ns, for
+ * emulated speeds, and tm_assert's report); no stubs are needed. A tier is a
+ * zeroed tm_tier given a slot map by tm_tier_init_slots and freed by
+ * tm_tier_close (no backend: ops is NULL). Slot maps are next fit:
+ * tm_tier_slot_alloc(t, hint) takes the first free slot at or after the hint
+ * (UINT64_MAX or any hint past the end: the cursor, which is one past the
+ * last slot handed out), wrapping round. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -372,6 +373,84 @@ static void inject_numbers_that_do_not_fit_are_rejected(void)
     }
 }
 
+/* ---- slots kept for forked children (tm_tier_keep / tm_tier_let_go) ---- */
+
+static void a_kept_slot_freed_by_its_block_stays_used_until_let_go(void)
+{
+    tm_tier t;
+    open_tier(&t, 100);
+    uint64_t s = tm_tier_slot_alloc(&t, NOHINT);
+    CHECK_EQ(tm_tier_keep(&t, s), 0);
+    CHECK_EQ(t.kept_slots, 1);
+    tm_tier_slot_free(&t, s);
+    CHECK(slot_is_used(&t, s) && t.used == 1);
+    CHECK(tm_tier_slot_alloc(&t, s) != s); /* never handed out again meanwhile */
+    CHECK_EQ(tm_tier_let_go(&t, s), 1);    /* that freed it */
+    CHECK(!slot_is_used(&t, s));
+    CHECK_EQ(t.kept_slots, 0);
+    tm_tier_close(&t);
+}
+
+static void a_slot_kept_by_two_forks_is_freed_at_the_last_let_go(void)
+{
+    tm_tier t;
+    open_tier(&t, 100);
+    uint64_t s = tm_tier_slot_alloc(&t, NOHINT);
+    tm_tier_keep(&t, s);
+    tm_tier_keep(&t, s);
+    tm_tier_slot_free(&t, s);
+    CHECK_EQ(tm_tier_let_go(&t, s), 0);
+    CHECK(slot_is_used(&t, s) && tm_tier_kept(&t, s));
+    CHECK_EQ(tm_tier_let_go(&t, s), 1);
+    CHECK(!slot_is_used(&t, s) && !tm_tier_kept(&t, s));
+    tm_tier_close(&t);
+}
+
+static void letting_go_of_a_slot_its_block_still_holds_leaves_it_used(void)
+{
+    tm_tier t;
+    open_tier(&t, 100);
+    uint64_t s = tm_tier_slot_alloc(&t, NOHINT);
+    tm_tier_keep(&t, s);
+    CHECK_EQ(tm_tier_let_go(&t, s), 0);
+    CHECK(slot_is_used(&t, s) && !tm_tier_kept(&t, s) && t.used == 1);
+    tm_tier_slot_free(&t, s); /* an ordinary free again */
+    CHECK(!slot_is_used(&t, s) && t.used == 0);
+    tm_tier_close(&t);
+}
+
+static uint64_t discarded[16][2];
+static int ndiscarded;
+
+static void record_discard(tm_tier *t, uint64_t slot, uint64_t n)
+{
+    (void)t;
+    discarded[ndiscarded][0] = slot;
+    discarded[ndiscarded++][1] = n;
+}
+
+static void discard_punches_around_kept_slots(void)
+{
+    static const tm_tier_ops ops = {.discard = record_discard};
+    tm_tier t;
+    open_tier(&t, 100);
+    t.ops = &ops;
+    for (int i = 0; i < 10; i++)
+        tm_tier_slot_alloc(&t, NOHINT);
+    tm_tier_keep(&t, 3);
+    tm_tier_keep(&t, 4);
+    tm_tier_keep(&t, 9);
+    ndiscarded = 0;
+    tm_tier_discard(&t, 0, 10);
+    CHECK_EQ(ndiscarded, 2);
+    CHECK(discarded[0][0] == 0 && discarded[0][1] == 3);
+    CHECK(discarded[1][0] == 5 && discarded[1][1] == 4);
+    t.ops = NULL;
+    tm_tier_close(&t);
+}
+
+
+
 static const struct check checks[] = {
     CHECK_ENTRY(init_slots_gives_an_empty_map),
     CHECK_ENTRY(next_fit_gives_adjacent_slots_to_sequential_allocations),
@@ -385,6 +464,10 @@ static const struct check checks[] = {
     CHECK_ENTRY(good_inject_specs_set_the_named_fields),
     CHECK_ENTRY(bad_inject_specs_are_rejected_with_a_message),
     CHECK_ENTRY(inject_numbers_that_do_not_fit_are_rejected),
+    CHECK_ENTRY(a_kept_slot_freed_by_its_block_stays_used_until_let_go),
+    CHECK_ENTRY(a_slot_kept_by_two_forks_is_freed_at_the_last_let_go),
+    CHECK_ENTRY(letting_go_of_a_slot_its_block_still_holds_leaves_it_used),
+    CHECK_ENTRY(discard_punches_around_kept_slots),
 };
 
 int main(int argc, char **argv)
