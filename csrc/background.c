@@ -17,7 +17,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#include "internal.h"
+#include "block.h"
 
 #define TICK_NS (50ull * 1000 * 1000)
 /* The faulting thread's side of a hint fault (trap, handler wake, return),
@@ -170,7 +170,8 @@ static void sample(struct tm_pool *p)
         p->sample_hand = b + 1;
         if (p->meta.tier[b] != TM_DRAM || (p->meta.flags[b] & (TM_F_BUSY | TM_F_SAMPLED)))
             continue;
-        p->meta.flags[b] = (uint8_t)((p->meta.flags[b] & ~TM_F_REF) | TM_F_SAMPLED);
+        p->meta.flags[b] &= (uint8_t)~TM_F_REF;
+        tm_block_park(p, b);
         list[k++] = b;
         n++;
         if (k == chunk) {

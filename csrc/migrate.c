@@ -17,7 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "block.h"
 
 /* The scans below (CLOCK, slot reclaim, PMEM cascade) only walk blocks that
  * were ever allocated: the arena's address space is four times its capacity,
@@ -175,7 +175,7 @@ static int64_t park_for_sampling(struct tm_pool *p, int64_t b, int64_t n)
         parked += k;
         if (k == n)
             break;
-        p->meta.flags[b + k] &= (uint8_t)~TM_F_SAMPLED;
+        tm_block_unpark(p, b + k);
         p->st.pinned_skips++;
         b += k + 1;
         n -= k + 1;
@@ -232,7 +232,7 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
             p->meta.flags[b] &= (uint8_t)~TM_F_REF;
             if (!p->sample_budget_ppm || (f & TM_F_SAMPLED))
                 continue; /* sampling is off, or the block is parked already */
-            p->meta.flags[b] |= TM_F_SAMPLED;
+            tm_block_park(p, b);
             if (len && b != run + len) {
                 sampled += park_for_sampling(p, run, len);
                 len = 0;
@@ -242,7 +242,7 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
             len++;
             continue;
         }
-        p->meta.flags[b] |= TM_F_BUSY;
+        tm_block_take_victim(p, b);
         out[n++] = b;
     }
     if (len)
@@ -315,7 +315,7 @@ static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8
             int64_t b = out[i];
             if ((p->meta.flags[b] & TM_F_BUSY) || recent(p, b))
                 continue;
-            p->meta.flags[b] |= TM_F_BUSY;
+            tm_block_take_victim(p, b);
             out[kept] = b;
             dest[kept++] = dest[i];
         }
@@ -392,7 +392,7 @@ static void cascade_pmem(tm_worker *w, int64_t want)
         }
         tm_tier_slot_free(&p->pmem, old[i] - p->pmem.first_slot);
         tm_tier_discard(&p->pmem, old[i] - p->pmem.first_slot, 1);
-        p->meta.tier[b] = TM_NVME;
+        tm_block_cascaded(p, b);
         p->st.demotions++;
         p->st.bytes_written += p->bs;
     }
@@ -438,7 +438,7 @@ static int64_t unmap_victims(struct tm_pool *p, int64_t *list, int64_t n, uint8_
             int64_t again = k == i + moved && p->forks ? unshare_and_park(p, list[k], j - k) : 0;
             moved += again;
             if (k == i + moved) { /* pinned */
-                p->meta.flags[list[k]] &= (uint8_t)~TM_F_BUSY;
+                tm_block_victim_pinned(p, list[k]);
                 p->st.pinned_skips++;
                 moved += tm_fault_park(p, list[k] + 1, j - k - 1) + 1;
                 continue;
@@ -475,7 +475,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
 {
     struct tm_pool *p = w->pool;
     for (int64_t i = 0; i < n; i++) /* taken for this demotion alone */
-        tm_assert(p->meta.tier[list[i]] == TM_DRAM && (p->meta.flags[list[i]] & TM_F_BUSY));
+        tm_assert(tm_block_state(p, list[i]) == TM_BS_VICTIM);
     n = unmap_victims(p, list, n, dest);
     if (!n)
         return 0;
@@ -579,7 +579,6 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     int64_t nleft = 0;
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
-        p->meta.flags[b] &= (uint8_t)~(TM_F_BUSY | TM_F_SAMPLED);
         if ((i < nd && state[i] != WRITTEN) || p->meta.slot[b] == TM_NO_SLOT) {
             uint32_t g = p->meta.slot[b];
             if (g != TM_NO_SLOT) { /* a failed write left nothing valid there */
@@ -587,13 +586,10 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
                 tm_tier_discard(t, g - t->first_slot, 1);
                 slot_release(p, b);
             }
-            p->meta.flags[b] |= TM_F_DIRTY;
-            p->xflags[b] = 0;
+            tm_block_victim_stays(p, b);
             continue;
         }
-        p->meta.tier[b] = (uint8_t)slot_tier(p, p->meta.slot[b])->id;
-        p->meta.flags[b] &= (uint8_t)~(TM_F_DIRTY | TM_F_REF);
-        p->xflags[b] = 0;
+        tm_block_victim_left(p, b, slot_tier(p, p->meta.slot[b])->id);
         p->resident--;
         p->st.demotions++;
         if (i < nd)
@@ -648,7 +644,7 @@ int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *blocks, int64_t n)
         int64_t b = blocks[i];
         if (p->meta.tier[b] != TM_DRAM || (p->meta.flags[b] & TM_F_BUSY))
             continue;
-        p->meta.flags[b] |= TM_F_BUSY;
+        tm_block_take_victim(p, b);
         list[m++] = b;
     }
     uint8_t dest[m ? m : 1];
@@ -795,11 +791,10 @@ static int64_t take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int
 {
     int64_t kept = n;
     for (int64_t i = 0; i < n; i++)
-        p->meta.flags[list[i]] |= TM_F_BUSY; /* marks what is taken: no duplicates */
+        p->xflags[list[i]] |= TM_X_NAMED; /* marks what is taken: no duplicates */
     for (int64_t i = 0; i < m; i++) {
         int64_t c = cand[i];
-        int ok = c >= 0 && c < p->scan_end && (p->meta.flags[c] & TM_F_ALLOC) &&
-                 (p->meta.tier[c] == TM_PMEM || p->meta.tier[c] == TM_NVME) && !(p->meta.flags[c] & TM_F_BUSY);
+        int ok = c >= 0 && c < p->scan_end && tm_block_state(p, c) == TM_BS_LOWER && !(p->xflags[c] & TM_X_NAMED);
         if (!ok) {
             p->st.policy_errors++;
             tm_set_error(p, "policy %s named block %lld, which is not an allocated lower-tier block free to "
@@ -808,11 +803,11 @@ static int64_t take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int
         }
         if (p->meta.flags[c] & TM_F_POISON)
             continue; /* known unreadable: only a fault on it reads it again */
-        p->meta.flags[c] |= TM_F_BUSY;
+        p->xflags[c] |= TM_X_NAMED;
         list[kept++] = c;
     }
     for (int64_t i = 0; i < kept; i++)
-        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+        p->xflags[list[i]] &= (uint8_t)~TM_X_NAMED;
     return kept - n;
 }
 
@@ -937,17 +932,14 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
 {
     struct tm_pool *p = w->pool;
     for (int64_t i = 0; i < n; i++) /* free to move: no other thread has it in flight */
-        tm_assert((p->meta.flags[list[i]] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC &&
-                  (p->meta.tier[list[i]] == TM_PMEM || p->meta.tier[list[i]] == TM_NVME));
+        tm_assert(tm_block_state(p, list[i]) == TM_BS_LOWER);
     /* Victims are DRAM blocks, never one of list; the blocks cut from the
      * plan were not taken and stay below. */
     n = addr ? fault_room(w, n) : ensure_room(w, n);
     if (!n)
         return 0;
-    for (int64_t i = 0; i < n; i++) {
-        p->meta.flags[list[i]] |= TM_F_BUSY;
-        p->xflags[list[i]] |= TM_X_LOADING;
-    }
+    for (int64_t i = 0; i < n; i++)
+        tm_block_start_load(p, list[i]);
     p->resident += n;
     p->loading_blocks += n;
     if (stream) /* a stream: read ahead of it while this is read and mapped */
@@ -962,10 +954,8 @@ static int64_t promote(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, in
         tm_lock(p);
     p->resident -= n;
     p->loading_blocks -= n;
-    for (int64_t i = 0; i < n; i++) {
-        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
-        p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
-    }
+    for (int64_t i = 0; i < n; i++)
+        tm_block_end_load(p, list[i]);
     if (w->unlocked_loads)
         pthread_cond_broadcast(&p->io_cond);
     int64_t got = settle_load(p, addr, list, n, write, err, what, damaged, done, copy_err);
@@ -1028,11 +1018,7 @@ static int64_t mapped(struct tm_pool *p, uint64_t addr, const int64_t *list, int
         tm_set_error(p, "UFFDIO_COPY of prefetched blocks failed: %s", strerror(-err));
     for (int64_t k = 0; k < done; k++) {
         int64_t c = list[k];
-        tm_assert(p->meta.tier[c] == TM_PMEM || p->meta.tier[c] == TM_NVME);
-        p->meta.tier[c] = TM_DRAM;
-        p->xflags[c] = 0;
-        if (!installed_wp(p, addr, list, k, write))
-            p->meta.flags[c] |= TM_F_DIRTY;
+        tm_block_resident(p, c, !installed_wp(p, addr, list, k, write));
         if (c != b)
             tm_policy_access(p, c, TM_ACCESS_AHEAD);
     }
@@ -1136,7 +1122,7 @@ static void readahead_submit(struct tm_pool *p, int64_t start)
         return; /* no readahead: the fault path reads synchronously */
     for (int64_t i = 0; i < n; i++) {
         p->ra.slots[k][i] = p->meta.slot[list[i]];
-        p->meta.flags[list[i]] |= TM_F_BUSY;
+        tm_block_start_readahead(p, list[i]);
     }
     p->ra.n = n;
     p->st.readahead += (uint64_t)n;
@@ -1172,7 +1158,7 @@ static void readahead_drop(struct tm_pool *p)
     tm_tier_wait_reads(&p->nvme, p->ra.q);
     const int64_t *list = p->ra.blocks[p->ra.cur];
     for (int64_t i = 0; i < p->ra.n; i++)
-        p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+        tm_block_end_readahead(p, list[i]);
     p->ra.n = 0;
 }
 
@@ -1213,7 +1199,7 @@ static void readahead_finish(tm_worker *w)
         if (keep[i])
             kept++;
         else
-            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+            tm_block_end_readahead(p, list[i]);
     }
     readahead_submit(p, list[n - 1] + 1);
     /* What does not fit is dropped from the end, read again on demand. */
@@ -1222,11 +1208,11 @@ static void readahead_finish(tm_worker *w)
         if (keep[i]) {
             keep[i] = 0;
             kept--;
-            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
+            tm_block_end_readahead(p, list[i]);
         }
     for (int64_t i = 0; i < n; i++)
         if (keep[i])
-            p->xflags[list[i]] |= TM_X_LOADING;
+            tm_block_keep_readahead(p, list[i]);
     p->resident += kept; /* their room, reserved */
     p->loading_blocks += kept;
     if (w->unlocked_loads)
@@ -1251,10 +1237,8 @@ static void readahead_finish(tm_worker *w)
     p->resident -= kept;
     p->loading_blocks -= kept;
     for (int64_t i = 0; i < n; i++)
-        if (keep[i]) {
-            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
-            p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
-        }
+        if (keep[i])
+            tm_block_end_load(p, list[i]);
     uint8_t arrived[n ? n : 1];
     memset(arrived, 0, sizeof arrived);
     for (int i = 0; i < runs; i++) {
@@ -1275,16 +1259,14 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
 {
     struct tm_pool *p = w->pool;
     for (int64_t i = 0; i < n; i++)
-        tm_assert(p->meta.tier[list[i]] == TM_UNBACKED && !(p->meta.flags[list[i]] & TM_F_BUSY));
+        tm_assert(tm_block_state(p, list[i]) == TM_BS_UNBACKED);
     n = fault_room(w, n);
     /* On a worker with unlocked loads the copy runs with the lock released,
      * as a load's does: the blocks are busy and loading (a fault on one waits
      * for the wake below, a release waits for the end), their room reserved. */
     if (w->unlocked_loads) {
-        for (int64_t i = 0; i < n; i++) {
-            p->meta.flags[list[i]] |= TM_F_BUSY;
-            p->xflags[list[i]] |= TM_X_LOADING;
-        }
+        for (int64_t i = 0; i < n; i++)
+            tm_block_start_load(p, list[i]);
         p->resident += n;
         p->loading_blocks += n;
         tm_unlock(p);
@@ -1294,10 +1276,8 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
         tm_lock(p);
         p->resident -= n;
         p->loading_blocks -= n;
-        for (int64_t i = 0; i < n; i++) {
-            p->meta.flags[list[i]] &= (uint8_t)~TM_F_BUSY;
-            p->xflags[list[i]] &= (uint8_t)~TM_X_LOADING;
-        }
+        for (int64_t i = 0; i < n; i++)
+            tm_block_end_load(p, list[i]);
         pthread_cond_broadcast(&p->io_cond);
     }
     if (r < 0) {
@@ -1306,9 +1286,7 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
         return;
     }
     for (int64_t i = 0; i < n; i++) {
-        p->meta.tier[list[i]] = TM_DRAM;
-        p->meta.flags[list[i]] |= TM_F_DIRTY; /* no lower copy exists */
-        p->xflags[list[i]] = 0;
+        tm_block_resident(p, list[i], 1); /* no lower copy exists */
         if (i)
             tm_policy_access(p, list[i], TM_ACCESS_AHEAD);
     }
@@ -1341,7 +1319,7 @@ static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
         return TM_ACCESS_MINOR;
     }
     uint64_t t0 = tm_os_now_ns();
-    p->meta.flags[b] &= (uint8_t)~TM_F_SAMPLED;
+    tm_block_unpark(p, b);
     if (write)
         p->meta.flags[b] |= TM_F_DIRTY;
     /* Moved back writable: a clean block's checksum decides at demotion
@@ -1476,7 +1454,7 @@ static int in_flight(const struct tm_pool *p, int64_t b, int64_t n)
     if (!p->writeback_blocks && !p->loading_blocks)
         return 0;
     for (int64_t i = b; i < b + n; i++)
-        if ((p->meta.tier[i] == TM_DRAM && (p->meta.flags[i] & TM_F_BUSY)) || (p->xflags[i] & TM_X_LOADING))
+        if (tm_block_state(p, i) == TM_BS_VICTIM || tm_block_state(p, i) == TM_BS_LOADING)
             return 1;
     return 0;
 }
@@ -1513,11 +1491,7 @@ void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
         }
         if (p->meta.tier[i] == TM_DRAM)
             p->resident--;
-        p->meta.tier[i] = TM_UNBACKED;
-        p->meta.flags[i] &= TM_F_POISON; /* arena.c clears poison */
-        p->xflags[i] = 0;
-        p->meta.access_count[i] = 0;
-        p->meta.last_access[i] = 0;
+        tm_block_release(p, i); /* arena.c clears poison */
     }
     tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
     tm_os_zap(shadow_of(p, b), (size_t)n << p->bshift); /* blocks parked by sampling */
@@ -1531,7 +1505,7 @@ void tm_migrate_quiesce(struct tm_pool *p)
     for (int64_t b = 0; b < p->scan_end; b++) {
         if (p->meta.tier[b] != TM_DRAM || !(p->meta.flags[b] & TM_F_SAMPLED))
             continue;
-        p->meta.flags[b] &= (uint8_t)~TM_F_SAMPLED;
+        tm_block_unpark(p, b);
         if (!(p->meta.flags[b] & TM_F_DIRTY))
             p->xflags[b] |= TM_X_VERIFY; /* moved back writable, as after a hint */
         unpark_run(p, b, 1);
