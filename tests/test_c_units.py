@@ -13,7 +13,11 @@ and exits non-zero on a failure; that output is the assertion message.
                    model with the free list's invariants after every step.
   test_slots.c     csrc/tier.c (+ os.c for tm_os_now_ns): next-fit slot maps
                    (hint, cursor, wrap, word boundaries, full map, used and
-                   peak, a randomized next-fit model) and tm_inject_parse.
+                   peak, a randomized next-fit model), slots kept for forked
+                   children, and tm_inject_parse.
+  test_block.c     csrc/block.h (+ os.c for tm_assert's report): each path of
+                   the block state diagram, and a transition from a state it
+                   does not start from aborting.
   test_checksum.c  csrc/checksum.c: CRC-32C vectors and a bitwise reference,
                    block checksums (quarters, other lengths, bit flips).
 
@@ -39,6 +43,7 @@ C_TESTS = {
     "test_extent": (["extent.c"], []),
     "test_slots": (["tier.c", "os.c"], []),
     "test_checksum": (["checksum.c"], ["-pthread"]),
+    "test_block": (["os.c"], []),
 }
 
 CFLAGS = ["-O1", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}", f"-I{CDIR}"]

@@ -1,0 +1,211 @@
+/* test_block.c: block states and their transitions (csrc/block.h).
+ *
+ * Links os.c (tm_assert's report). A pool here is a zeroed struct tm_pool
+ * with metadata arrays for a few blocks; nothing is mapped. Each check walks
+ * one path of the state diagram in block.h and reads the state back with
+ * tm_block_state; the last ones take a transition from a state it does not
+ * start from, in a child process, which must abort naming the assertion. */
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "block.h"
+#include "check.h"
+
+#define N 8
+
+static uint8_t tier[N], flags[N], xflags[N], count[N];
+static uint16_t last[N];
+static uint32_t slot[N];
+
+static struct tm_pool *pool(void)
+{
+    static struct tm_pool p;
+    memset(&p, 0, sizeof p);
+    memset(tier, 0, sizeof tier);
+    memset(flags, 0, sizeof flags);
+    memset(xflags, 0, sizeof xflags);
+    for (int i = 0; i < N; i++)
+        slot[i] = TM_NO_SLOT;
+    p.meta = (tm_meta){.tier = tier, .flags = flags, .access_count = count, .last_access = last, .slot = slot,
+                       .nblocks = N};
+    p.xflags = xflags;
+    return &p;
+}
+
+/* Block b allocated, in `t` (at slot 7 if below DRAM). */
+static void put(struct tm_pool *p, int64_t b, uint8_t t)
+{
+    p->meta.flags[b] = TM_F_ALLOC;
+    p->meta.tier[b] = t;
+    if (tm_tier_is_lower(t))
+        p->meta.slot[b] = 7;
+}
+
+static void a_zero_fill_takes_an_unbacked_block_to_dirty_resident(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 0, TM_UNBACKED);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_UNBACKED);
+    tm_block_start_load(p, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_LOADING);
+    CHECK(!tm_block_free_to_move(p, 0));
+    tm_block_end_load(p, 0);
+    tm_block_resident(p, 0, 1);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_RESIDENT);
+    CHECK(p->meta.flags[0] & TM_F_DIRTY);
+}
+
+static void a_load_takes_a_lower_block_to_clean_resident(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 1, TM_NVME);
+    CHECK_EQ(tm_block_state(p, 1), TM_BS_LOWER);
+    tm_block_start_load(p, 1);
+    tm_block_end_load(p, 1);
+    CHECK_EQ(tm_block_state(p, 1), TM_BS_LOWER); /* back, until mapped */
+    tm_block_resident(p, 1, 0);
+    CHECK_EQ(tm_block_state(p, 1), TM_BS_RESIDENT);
+    CHECK(!(p->meta.flags[1] & TM_F_DIRTY) && p->meta.slot[1] == 7);
+}
+
+static void a_kept_readahead_block_loads_and_a_dropped_one_stays_lower(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 0, TM_NVME);
+    put(p, 1, TM_NVME);
+    tm_block_start_readahead(p, 0);
+    tm_block_start_readahead(p, 1);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_READAHEAD);
+    tm_block_keep_readahead(p, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_LOADING);
+    tm_block_end_readahead(p, 1);
+    CHECK_EQ(tm_block_state(p, 1), TM_BS_LOWER);
+    tm_block_end_load(p, 0);
+    tm_block_resident(p, 0, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_RESIDENT);
+}
+
+static void a_victim_leaves_for_its_slots_tier_clean(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 2, TM_DRAM);
+    p->meta.flags[2] |= TM_F_DIRTY | TM_F_REF;
+    p->meta.slot[2] = 9;
+    tm_block_take_victim(p, 2);
+    CHECK_EQ(tm_block_state(p, 2), TM_BS_VICTIM);
+    tm_block_victim_left(p, 2, TM_PMEM);
+    CHECK_EQ(tm_block_state(p, 2), TM_BS_LOWER);
+    CHECK(p->meta.tier[2] == TM_PMEM && !(p->meta.flags[2] & (TM_F_DIRTY | TM_F_REF)));
+}
+
+static void a_victim_whose_write_failed_stays_resident_and_dirty(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 3, TM_DRAM);
+    tm_block_park(p, 3);
+    CHECK_EQ(tm_block_state(p, 3), TM_BS_PARKED);
+    tm_block_take_victim(p, 3);
+    tm_block_victim_stays(p, 3);
+    CHECK_EQ(tm_block_state(p, 3), TM_BS_RESIDENT);
+    CHECK(p->meta.flags[3] & TM_F_DIRTY);
+}
+
+static void a_pinned_victim_goes_back_as_it_was(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 4, TM_DRAM);
+    tm_block_take_victim(p, 4);
+    tm_block_victim_pinned(p, 4);
+    CHECK_EQ(tm_block_state(p, 4), TM_BS_RESIDENT);
+    CHECK(!(p->meta.flags[4] & TM_F_DIRTY));
+}
+
+static void the_cascade_moves_a_pmem_block_to_nvme(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 5, TM_PMEM);
+    tm_block_cascaded(p, 5);
+    CHECK_EQ(tm_block_state(p, 5), TM_BS_LOWER);
+    CHECK_EQ(p->meta.tier[5], TM_NVME);
+}
+
+static void a_release_frees_a_block_and_keeps_its_poison(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 6, TM_DRAM);
+    p->meta.flags[6] |= TM_F_POISON | TM_F_HOT;
+    tm_block_release(p, 6);
+    CHECK_EQ(tm_block_state(p, 6), TM_BS_FREE);
+    CHECK_EQ(p->meta.flags[6], TM_F_POISON);
+    CHECK_EQ(p->meta.tier[6], TM_UNBACKED);
+}
+
+/* Whether fn(p) aborts in a child, as a failed tm_assert does. */
+static bool aborts(void (*fn)(struct tm_pool *))
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(2); /* the report is expected: keep the test's output clean */
+        fn(pool());
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+}
+
+static void load_a_resident_block(struct tm_pool *p)
+{
+    put(p, 0, TM_DRAM);
+    tm_block_start_load(p, 0);
+}
+
+static void take_a_loading_block_as_victim(struct tm_pool *p)
+{
+    put(p, 0, TM_NVME);
+    tm_block_start_load(p, 0);
+    p->meta.tier[0] = TM_DRAM; /* as if mapped while still flagged in flight */
+    tm_block_take_victim(p, 0);
+}
+
+static void read_ahead_a_block_in_pmem(struct tm_pool *p)
+{
+    put(p, 0, TM_PMEM);
+    tm_block_start_readahead(p, 0);
+}
+
+static void release_a_victim(struct tm_pool *p)
+{
+    put(p, 0, TM_DRAM);
+    tm_block_take_victim(p, 0);
+    tm_block_release(p, 0);
+}
+
+static void a_transition_from_the_wrong_state_aborts(void)
+{
+    CHECKF(aborts(load_a_resident_block), "loading a resident block");
+    CHECKF(aborts(take_a_loading_block_as_victim), "taking a block in flight as a victim");
+    CHECKF(aborts(read_ahead_a_block_in_pmem), "reading ahead from PMEM");
+    CHECKF(aborts(release_a_victim), "releasing a block being demoted");
+}
+
+static const struct check checks[] = {
+    CHECK_ENTRY(a_zero_fill_takes_an_unbacked_block_to_dirty_resident),
+    CHECK_ENTRY(a_load_takes_a_lower_block_to_clean_resident),
+    CHECK_ENTRY(a_kept_readahead_block_loads_and_a_dropped_one_stays_lower),
+    CHECK_ENTRY(a_victim_leaves_for_its_slots_tier_clean),
+    CHECK_ENTRY(a_victim_whose_write_failed_stays_resident_and_dirty),
+    CHECK_ENTRY(a_pinned_victim_goes_back_as_it_was),
+    CHECK_ENTRY(the_cascade_moves_a_pmem_block_to_nvme),
+    CHECK_ENTRY(a_release_frees_a_block_and_keeps_its_poison),
+    CHECK_ENTRY(a_transition_from_the_wrong_state_aborts),
+};
+
+int main(int argc, char **argv)
+{
+    return RUN_CHECKS(checks, argc, argv);
+}
