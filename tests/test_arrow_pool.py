@@ -320,12 +320,41 @@ def test_without_pyarrow_everything_else_works_and_arrow_pool_names_what_to_inst
     assert res.stderr == ""
 
 
-def test_tieredmem_run_makes_pyarrows_default_pool_tieredmem(tmp_path):
+def run_script(tmp_path, text, env=None):
+    """stdout of `text` run under `tieredmem run` (64 MiB of DRAM)."""
     script = tmp_path / "script.py"
-    script.write_text("import pyarrow as pa\nprint(pa.default_memory_pool().backend_name)\n")
-    (tmp_path / "nvme").mkdir()
-    res = subprocess.run([sys.executable, "-m", "tieredmem", "run", "--quiet", "--dram", "64MiB", "--nvme", "256MiB",
+    script.write_text(textwrap.dedent(text))
+    (tmp_path / "nvme").mkdir(exist_ok=True)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TIEREDMEM_") and k != "LD_PRELOAD"}
+    environ.pop("ARROW_DEFAULT_MEMORY_POOL", None)
+    res = subprocess.run([sys.executable, "-m", "tieredmem", "run", "--quiet", "--dram", "64MiB", "--nvme", "1GiB",
                           "--nvme-path", str(tmp_path / "nvme"), str(script)],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**environ, **(env or {})})
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "tieredmem"
+    return res.stdout.strip()
+
+
+def test_tieredmem_run_makes_pyarrows_default_pool_tieredmem(tmp_path):
+    assert run_script(tmp_path, "import pyarrow as pa\nprint(pa.default_memory_pool().backend_name)\n") == "tieredmem"
+
+
+PARQUET_WRITE = """
+    import os, numpy as np, pyarrow as pa, pyarrow.parquet as pq, tieredmem.malloc
+    t = pa.table({"x": np.arange(4 << 20, dtype=np.int64), "s": pa.array([str(i % 5000) for i in range(4 << 20)])})
+    before = tieredmem.malloc.counts()["bytes"]
+    pq.write_table(t, "t.parquet", compression="snappy")
+    print(os.environ.get("ARROW_DEFAULT_MEMORY_POOL"), (tieredmem.malloc.counts()["bytes"] - before) >> 20)
+"""
+
+
+def test_under_run_the_parquet_writers_own_buffers_are_pool_memory(tmp_path):
+    # Arrow C++ takes them from its default pool, not pyarrow's: the system
+    # allocator's under run, whose large mallocs the interposer places.
+    allocator, mib = run_script(tmp_path, PARQUET_WRITE).split()
+    assert allocator == "system"
+    assert int(mib) >= 32, f"only {mib} MiB of the Parquet writer's buffers reached the pool"
+
+
+def test_under_run_an_arrow_allocator_the_user_chose_is_kept(tmp_path):
+    allocator, _ = run_script(tmp_path, PARQUET_WRITE, env={"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}).split()
+    assert allocator == "mimalloc"

@@ -245,6 +245,11 @@ def run(args, parser) -> int:
     numpy_alloc.install(pool)
     if interposer:
         malloc.attach(pool)
+        # Arrow C++ allocates some buffers (the Parquet reader's and writer's)
+        # from its own default pool, which pyarrow cannot set: with the system
+        # allocator's, they are mallocs, and the interposer places the large
+        # ones. Read when Arrow first allocates, so set before the program runs.
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     start = time.perf_counter()
     try:
         code = run_program(args)
