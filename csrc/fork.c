@@ -34,6 +34,7 @@ void tm_fork_prepare(struct tm_pool *p)
     p->pending_wfd = -1;
     if (p->child)
         return; /* a child's view: its own child inherits it as it is, and the generation's pipe */
+    p->fork_err[0] = 0; /* this fork's alone */
     tm_migrate_quiesce(p);
     p->forks++;
     int64_t n = 0;
@@ -54,7 +55,7 @@ void tm_fork_prepare(struct tm_pool *p)
         uint32_t g = p->meta.slot[b];
         if (!(p->meta.flags[b] & TM_F_ALLOC) || g == TM_NO_SLOT || p->meta.tier[b] == TM_DRAM)
             continue;
-        tm_tier *t = p->pmem.nslots && g < p->pmem.first_slot + p->pmem.nslots ? &p->pmem : &p->nvme;
+        tm_tier *t = tm_slot_tier(p, g);
         if (tm_tier_keep(t, g - t->first_slot) < 0)
             break;
         slots[k++] = g;
@@ -86,7 +87,7 @@ static void let_go(struct tm_pool *p, const tm_fork_gen *g)
 {
     for (int64_t i = 0; i < g->n; i++) {
         uint32_t s = g->slots[i];
-        tm_tier *t = p->pmem.nslots && s < p->pmem.first_slot + p->pmem.nslots ? &p->pmem : &p->nvme;
+        tm_tier *t = tm_slot_tier(p, s);
         tm_tier_let_go(t, s - t->first_slot);
     }
 }
@@ -196,7 +197,7 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
     } else {
         /* With the blocks after it whose slots follow its own, in one read:
          * a scan takes a fault per run, not per block. */
-        tm_tier *t = p->pmem.nslots && g < p->pmem.first_slot + p->pmem.nslots ? &p->pmem : &p->nvme;
+        tm_tier *t = tm_slot_tier(p, g);
         while (n < p->child_run && b + n < p->nblocks && p->meta.slot[b + n] == g + n &&
                p->meta.tier[b + n] == tier && (p->meta.flags[b + n] & (TM_F_ALLOC | TM_F_POISON)) == TM_F_ALLOC &&
                !(p->xflags[b + n] & TM_X_CHILD) && g + n < t->first_slot + t->nslots)

@@ -364,6 +364,12 @@ static inline void *tm_block_addr(const struct tm_pool *p, int64_t b)
     return p->base + ((size_t)b << p->bshift);
 }
 
+/* The tier of global slot id g (slot ids are unique across tiers). */
+static inline tm_tier *tm_slot_tier(struct tm_pool *p, uint32_t g)
+{
+    return (p->pmem.nslots && g < p->pmem.first_slot + p->pmem.nslots) ? &p->pmem : &p->nvme;
+}
+
 /* Record an error for tm_last_error (lock held or pool private). */
 void tm_set_error(struct tm_pool *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

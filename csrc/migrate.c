@@ -36,14 +36,9 @@ static tm_tier *tier_by_id(struct tm_pool *p, int id)
     return id == TM_PMEM ? &p->pmem : &p->nvme;
 }
 
-static tm_tier *slot_tier(struct tm_pool *p, uint32_t g)
-{
-    return (p->pmem.nslots && g < p->pmem.first_slot + p->pmem.nslots) ? &p->pmem : &p->nvme;
-}
-
 static uint64_t slot_local(struct tm_pool *p, uint32_t g)
 {
-    return g - slot_tier(p, g)->first_slot;
+    return g - tm_slot_tier(p, g)->first_slot;
 }
 
 static void slot_release(struct tm_pool *p, int64_t b)
@@ -51,7 +46,7 @@ static void slot_release(struct tm_pool *p, int64_t b)
     uint32_t g = p->meta.slot[b];
     if (g == TM_NO_SLOT)
         return;
-    tm_tier *t = slot_tier(p, g);
+    tm_tier *t = tm_slot_tier(p, g);
     tm_tier_slot_free(t, g - t->first_slot);
     p->meta.slot[b] = TM_NO_SLOT;
 }
@@ -65,7 +60,7 @@ static uint64_t slot_steal(struct tm_pool *p, tm_tier *t)
         uint32_t g = p->meta.slot[b];
         if (p->meta.tier[b] != TM_DRAM || g == TM_NO_SLOT || (p->meta.flags[b] & TM_F_BUSY))
             continue;
-        if (slot_tier(p, g) != t || tm_tier_kept(t, g - t->first_slot))
+        if (tm_slot_tier(p, g) != t || tm_tier_kept(t, g - t->first_slot))
             continue; /* a kept slot is never rewritten */
         p->meta.slot[b] = TM_NO_SLOT;
         p->meta.flags[b] |= TM_F_DIRTY;
@@ -94,14 +89,14 @@ static int slot_take(struct tm_pool *p, tm_tier *t, int64_t b)
 static void seal(struct tm_pool *p, int64_t b, const uint8_t *data)
 {
     uint32_t g = p->meta.slot[b];
-    tm_tier *t = slot_tier(p, g);
+    tm_tier *t = tm_slot_tier(p, g);
     t->csum[g - t->first_slot] = tm_block_checksum(data, p->bs);
 }
 
 static int intact(struct tm_pool *p, int64_t b, const uint8_t *data)
 {
     uint32_t g = p->meta.slot[b];
-    tm_tier *t = slot_tier(p, g);
+    tm_tier *t = tm_slot_tier(p, g);
     return t->csum[g - t->first_slot] == tm_block_checksum(data, p->bs);
 }
 
@@ -118,7 +113,7 @@ static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t
     int k = 0;
     for (int64_t i = 0; i < n; i++) {
         uint32_t g = p->meta.slot[list[i]];
-        if (g == TM_NO_SLOT || slot_tier(p, g) != t || (skip && skip[i]))
+        if (g == TM_NO_SLOT || tm_slot_tier(p, g) != t || (skip && skip[i]))
             continue;
         uint64_t s = g - t->first_slot;
         uint8_t *at = in_shadow ? p->shadow + ((size_t)list[i] << p->bshift) : buf + ((size_t)i << p->bshift);
@@ -493,7 +488,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     for (int64_t i = 0; i < nd; i++) {
         int64_t b = list[i];
         uint32_t g = p->meta.slot[b];
-        if (g != TM_NO_SLOT && tm_tier_kept(slot_tier(p, g), slot_local(p, g)))
+        if (g != TM_NO_SLOT && tm_tier_kept(tm_slot_tier(p, g), slot_local(p, g)))
             slot_release(p, b); /* a forked child reads its old data there: written elsewhere */
         tm_tier *first = dest[i] == TM_NVME ? &p->nvme : &p->pmem;
         tm_tier *second = first == &p->pmem ? &p->nvme : &p->pmem;
@@ -522,7 +517,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     }
     uint8_t sent[nstate]; /* the tier each victim's first write went to */
     for (int64_t i = 0; i < nd; i++) {
-        sent[i] = state[i] == TO_WRITE ? (uint8_t)slot_tier(p, p->meta.slot[list[i]])->id : 0;
+        sent[i] = state[i] == TO_WRITE ? (uint8_t)tm_slot_tier(p, p->meta.slot[list[i]])->id : 0;
         if (sent[i])
             seal(p, list[i], shadow_of(p, list[i]));
     }
@@ -551,7 +546,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
             }
             for (int64_t i = 0; i < nd; i++) {
                 int64_t b = list[i];
-                if (state[i] != TO_WRITE || slot_tier(p, p->meta.slot[b]) != t)
+                if (state[i] != TO_WRITE || tm_slot_tier(p, p->meta.slot[b]) != t)
                     continue;
                 if (attempt == 0 && sent[i] != id)
                     continue; /* moved here after the first writes: written next */
@@ -582,14 +577,14 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
         if ((i < nd && state[i] != WRITTEN) || p->meta.slot[b] == TM_NO_SLOT) {
             uint32_t g = p->meta.slot[b];
             if (g != TM_NO_SLOT) { /* a failed write left nothing valid there */
-                tm_tier *t = slot_tier(p, g);
+                tm_tier *t = tm_slot_tier(p, g);
                 tm_tier_discard(t, g - t->first_slot, 1);
                 slot_release(p, b);
             }
             tm_block_victim_stays(p, b);
             continue;
         }
-        tm_block_victim_left(p, b, slot_tier(p, p->meta.slot[b])->id);
+        tm_block_victim_left(p, b, tm_slot_tier(p, p->meta.slot[b])->id);
         p->resident--;
         p->st.demotions++;
         if (i < nd)
@@ -876,7 +871,7 @@ static int64_t load(tm_worker *w, uint64_t addr, const int64_t *list, int64_t n,
     }
     if (*err < 0 && n > 1 && addr) { /* retry the block the thread waits for on its own */
         n = 1;
-        tm_tier *t = slot_tier(p, p->meta.slot[list[0]]);
+        tm_tier *t = tm_slot_tier(p, p->meta.slot[list[0]]);
         tm_io one = {slot_local(p, p->meta.slot[list[0]]), w->iobuf, 1};
         if (tm_tier_readv(t, w->ioq, &one, 1) == 0)
             *err = -EAGAIN; /* the batch failed, this block did not */
@@ -897,7 +892,7 @@ static int64_t load(tm_worker *w, uint64_t addr, const int64_t *list, int64_t n,
 static int64_t settle_load(struct tm_pool *p, uint64_t addr, int64_t *list, int64_t n, int write, int err,
                            const char *what, int64_t damaged, int64_t done, int copy_err)
 {
-    const char *tier = slot_tier(p, p->meta.slot[list[0]])->id == TM_PMEM ? "pmem" : "nvme";
+    const char *tier = tm_slot_tier(p, p->meta.slot[list[0]])->id == TM_PMEM ? "pmem" : "nvme";
     if (err < 0 && err != -EAGAIN && addr) {
         fail_fault(p, addr, !strcmp(tier, "pmem") ? "pmem read failed" : "nvme read failed", err);
         return 0;
@@ -1473,7 +1468,7 @@ void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
     uint64_t run_start = 0, run_len = 0;
     for (int64_t i = b; i <= b + n; i++) {
         uint32_t g = i < b + n ? p->meta.slot[i] : TM_NO_SLOT;
-        tm_tier *t = g != TM_NO_SLOT ? slot_tier(p, g) : NULL;
+        tm_tier *t = g != TM_NO_SLOT ? tm_slot_tier(p, g) : NULL;
         uint64_t s = t ? g - t->first_slot : 0;
         if (run_len && (t != run_tier || s != run_start + run_len)) {
             tm_tier_discard(run_tier, run_start, run_len);
