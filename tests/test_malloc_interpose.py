@@ -44,6 +44,12 @@ def fill(ptr, n, byte):
 def same(ptr, n, byte):
     return ctypes.string_at(ptr, n) == bytes([byte]) * n
 MiB = 1 << 20
+def cache():  # the interposer's cache of freed pool blocks (tm_interpose_cache_counts)
+    out = (ctypes.c_uint64 * 6)()
+    libc.tm_interpose_cache_counts(out)
+    return dict(zip(("reused", "kept", "given_back", "blocks", "bytes", "limit"), out))
+def live(pool):
+    return lib.tm_live_allocations(pool._open_engine())
 """
 
 
@@ -111,6 +117,139 @@ def test_large_calloc_reads_as_zero_also_after_reuse(tmp_path):
         print(json.dumps({"first": first, "again": in_pool(b) and same(b, 6 * MiB, 0)}))
     """)))
     assert out == {"first": True, "again": True}
+
+
+def test_a_freed_block_is_reused_by_the_next_allocation_of_its_size_without_a_fault(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, """
+        import tieredmem
+        pool = tieredmem.installed()
+        a = libc.malloc(2 * MiB)
+        fill(a, 2 * MiB, 1)
+        libc.free(a)
+        c0, z0 = cache(), pool.stats()["zero_fills"]
+        b = libc.malloc(2 * MiB)
+        fill(b, 2 * MiB, 2)
+        c1, z1 = cache(), pool.stats()["zero_fills"]
+        print(json.dumps({"same": a == b, "reused": c1["reused"] - c0["reused"], "zero_fills": z1 - z0,
+                          "kept": c0["blocks"]}))
+    """)))
+    assert out == {"same": True, "reused": 1, "zero_fills": 0, "kept": 1}
+
+
+def test_calloc_of_a_reused_block_reads_as_zero(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, """
+        a = libc.malloc(2 * MiB)
+        fill(a, 2 * MiB, 0xff)
+        libc.free(a)
+        before = cache()["reused"]
+        b = libc.calloc(2 * MiB, 1)
+        print(json.dumps({"same": a == b, "reused": cache()["reused"] - before, "zero": same(b, 2 * MiB, 0)}))
+    """)))
+    assert out == {"same": True, "reused": 1, "zero": True}
+
+
+def test_a_reused_larger_block_keeps_its_usable_size_and_reallocs_in_place(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, """
+        a = libc.malloc(MiB + MiB // 4)  # 20 blocks of 64 KiB
+        libc.free(a)
+        b = libc.malloc(MiB)  # 16 blocks: the kept 20 waste less than a quarter
+        fill(b, MiB, 6)
+        size = libc.malloc_usable_size(b)
+        c = libc.realloc(b, MiB + MiB // 4)
+        print(json.dumps({"same": a == b, "size": size, "in_place": c == b, "kept": same(c, MiB, 6)}))
+    """), "--block-size", "64KiB"))
+    assert out == {"same": True, "size": MiB + MiB // 4, "in_place": True, "kept": True}
+
+
+def test_kept_blocks_are_bounded_by_an_eighth_of_the_dram_budget(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, """
+        import tieredmem
+        pool = tieredmem.installed()
+        c0, l0 = cache(), live(pool)
+        ptrs = [libc.malloc(MiB) for _ in range(20)]
+        for p in ptrs:
+            fill(p, MiB, 1)
+        for p in ptrs:
+            libc.free(p)
+        c1, l1 = cache(), live(pool)
+        print(json.dumps({"limit": c1["limit"], "bytes": c1["bytes"], "blocks": c1["blocks"],
+                          "given_back": c1["given_back"] - c0["given_back"],
+                          "live_is_kept": l1 - l0 == c1["blocks"] - c0["blocks"]}))
+    """)))
+    assert out == {"limit": 8 * MiB, "bytes": 8 * MiB, "blocks": 8, "given_back": 12, "live_is_kept": True}
+
+
+def test_kept_blocks_idle_for_a_second_are_given_back(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, """
+        import time
+        a = libc.malloc(2 * MiB)
+        libc.free(a)
+        kept = cache()["blocks"]
+        time.sleep(1.3)
+        b = libc.malloc(4 * MiB)  # another size: it looks at the cache and gives the idle block back
+        c = cache()
+        print(json.dumps({"kept": kept, "after": c["blocks"], "given_back": c["given_back"], "other": a != b}))
+    """)))
+    assert out == {"kept": 1, "after": 0, "given_back": 1, "other": True}
+
+
+def test_kept_blocks_can_be_turned_off(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, """
+        a = libc.malloc(2 * MiB)
+        libc.free(a)
+        print(json.dumps(cache()))
+    """), env={"TIEREDMEM_MALLOC_KEEP": "0"}))
+    assert (out["limit"], out["blocks"], out["kept"]) == (0, 0, 0)
+
+
+def test_detach_gives_kept_blocks_back_to_the_pool(tmp_path):
+    out = result(preloaded(tmp_path, script(tmp_path, own_pool=True, body="""
+        pool = new_pool()
+        before = live(pool)
+        a = libc.malloc(4 * MiB)
+        libc.free(a)
+        res = {"kept": cache()["blocks"], "live_kept": live(pool) - before}
+        tieredmem.malloc.detach(pool._open_engine())
+        res.update(after=cache()["blocks"], live_after=live(pool) - before)
+        pool.close()
+        res["released"] = bool(lib.tm_pool_released(pool._p))
+        print(json.dumps(res))
+    """)))
+    assert out == {"kept": 1, "live_kept": 1, "after": 0, "live_after": 0, "released": True}
+
+
+def test_close_of_a_pool_with_kept_blocks_releases_its_engine(tmp_path):
+    out = result(preloaded(tmp_path, script(tmp_path, own_pool=True, body="""
+        pool = new_pool()
+        libc.free(libc.malloc(4 * MiB))
+        kept = cache()["blocks"]
+        pool.close()
+        print(json.dumps({"kept": kept, "after": cache()["blocks"], "released": bool(lib.tm_pool_released(pool._p))}))
+    """)))
+    assert out == {"kept": 1, "after": 0, "released": True}
+
+
+def test_fork_child_does_not_reuse_or_keep_into_the_parents_cache(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, """
+        a, other = libc.malloc(2 * MiB), libc.malloc(2 * MiB)
+        libc.free(a)  # kept by the parent
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            c0 = cache()
+            b = libc.malloc(2 * MiB)  # the C library's: the child has no pool memory, kept or not
+            libc.free(other)  # the child's copy given back, not kept
+            c1 = cache()
+            os.write(w, json.dumps({"b_pool": in_pool(b), "b_is_a": b == a, "reused": c1["reused"] - c0["reused"],
+                                    "kept": c1["kept"] - c0["kept"]}).encode())
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        child = json.loads(os.read(r, 4096))
+        c = libc.malloc(2 * MiB)  # the parent still reuses its kept block
+        print(json.dumps({"status": status, "child": child, "parent_reuses": c == a}))
+    """)))
+    assert out == {"status": 0, "child": {"b_pool": False, "b_is_a": False, "reused": 0, "kept": 0},
+                   "parent_reuses": True}
 
 
 def test_realloc_up_across_the_threshold_keeps_the_content(tmp_path):

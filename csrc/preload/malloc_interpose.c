@@ -19,16 +19,27 @@
  * next allocator. A fork child reads the parent's pool memory as it was at
  * the fork (the engine serves it there, read-only): its frees of those
  * pointers give the child's copy back, and its reallocs move them to the
- * next allocator. */
+ * next allocator.
+ *
+ * Freed pool allocations are kept a while for reuse (the cache below): a
+ * fresh pool block costs a userfaultfd zero fill on its first touch and its
+ * free zaps the pages, where glibc would reuse memory it kept. Kept blocks
+ * stay live pool allocations (they count against the pool), bounded by a
+ * share of the DRAM budget and one second idle, and are given back when the
+ * pool is full and on detach. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "../tieredmem.h" /* tm_stats: the DRAM budget, read once at attach */
 
 #define EXPORT __attribute__((visibility("default")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
@@ -253,28 +264,177 @@ static void *owner_of(const void *ptr)
     return p;
 }
 
-/* size bytes of pool memory (block aligned, reading as zero), or NULL: none
- * attached, the caller is inside the engine or this library, a fork child,
- * or the pool cannot serve it (full or closed). Precondition: size >= threshold. */
-static void *pool_alloc(size_t size)
+/* ---- kept blocks ----------------------------------------------------------
+ * Freed allocations of the attached pool, kept mapped for reuse by a later
+ * allocation of (about) the same size: their pages are resident already, so
+ * reusing one costs no fault, where a fresh tm_alloc costs a userfaultfd zero
+ * fill per block on first touch and tm_free zaps the pages again. Oldest
+ * first; guarded by attach_lock. At most keep_limit bytes (a share of the
+ * DRAM budget, or TIEREDMEM_MALLOC_KEEP bytes, read at attach; 0: none kept)
+ * and KEEP_SLOTS blocks; one idle KEEP_NS is given back (when the next large
+ * allocation or free looks). They are live allocations of the pool, in its
+ * arena, so the budget holds; they are given back when the pool is full and
+ * on detach. A fork child neither keeps nor takes: its copy of this array
+ * names the parent's allocations. */
+#define KEEP_SLOTS 128
+#define KEEP_NS 1000000000ull
+#define KEEP_SHARE 8                  /* keep_limit: dram / KEEP_SHARE ... */
+#define KEEP_MAX ((size_t)64 << 20)   /* ... and at most this */
+#define KEEP_FALLBACK ((size_t)8 << 20) /* if the DRAM budget cannot be read */
+static struct kept {
+    void *ptr;
+    size_t bytes; /* its allocation's size, whole blocks */
+    uint64_t since;
+} kept[KEEP_SLOTS];
+static int nkept;
+static size_t kept_bytes, keep_limit;
+/* tm_interpose_cache_counts: allocations served by a kept block, frees that
+ * kept theirs, kept blocks given back to the engine. */
+static uint64_t reused, kept_frees, given_back;
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Move the n oldest kept blocks to out; returns n. attach_lock held. */
+static int take_oldest(int n, void **out)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = kept[i].ptr;
+        kept_bytes -= kept[i].bytes;
+    }
+    memmove(kept, kept + n, (size_t)(nkept - n) * sizeof kept[0]);
+    nkept -= n;
+    given_back += (uint64_t)n;
+    return n;
+}
+
+/* How many of the oldest kept blocks have been idle too long. attach_lock held. */
+static int expired(uint64_t now)
+{
+    int n = 0;
+    while (n < nkept && now - kept[n].since > KEEP_NS)
+        n++;
+    return n;
+}
+
+/* Free blocks taken from the cache into p (busy: what tm_free allocates is
+ * the next allocator's). */
+static void give_back(void *p, void **ptrs, int n)
+{
+    busy++;
+    for (int i = 0; i < n; i++)
+        eng.free(p, ptrs[i]);
+    busy--;
+}
+
+/* A kept block for size bytes: the smallest that holds them without wasting
+ * more than a quarter, the newest of those; NULL if none. *bytes is its
+ * size. attach_lock held. */
+static void *take_kept(size_t size, size_t *bytes)
+{
+    size_t need = (size + block_size - 1) / block_size * block_size;
+    if (!need)
+        need = block_size;
+    int best = -1;
+    for (int i = nkept - 1; i >= 0; i--)
+        if (kept[i].bytes >= need && kept[i].bytes - need <= need / 4 && (best < 0 || kept[i].bytes < kept[best].bytes))
+            best = i;
+    if (best < 0)
+        return NULL;
+    void *r = kept[best].ptr;
+    *bytes = kept[best].bytes;
+    kept_bytes -= kept[best].bytes;
+    memmove(kept + best, kept + best + 1, (size_t)(nkept - best - 1) * sizeof kept[0]);
+    nkept--;
+    reused++;
+    return r;
+}
+
+/* size bytes of pool memory (block aligned; reading as zero if `zero`), or
+ * NULL: none attached, the caller is inside the engine or this library, a
+ * fork child, or the pool cannot serve it (full or closed). A kept block
+ * serves it if one fits. Precondition: size >= threshold. */
+static void *pool_alloc(size_t size, int zero)
 {
     /* acquire: pairs with attach's release, so eng is seen set */
     if (busy || forked || __atomic_load_n(&threshold, __ATOMIC_ACQUIRE) == SIZE_MAX)
         return NULL;
     busy++;
-    void *r = NULL;
+    void *r = NULL, *owner = NULL, *old[KEEP_SLOTS];
+    int nold = 0;
+    size_t reused_bytes = 0;
     if (!eng.in_engine()) {
         pthread_mutex_lock(&attach_lock);
-        if (pool)
-            r = eng.alloc(pool, size);
+        if ((owner = pool)) {
+            if (nkept) {
+                nold = take_oldest(expired(now_ns()), old);
+                r = take_kept(size, &reused_bytes);
+            }
+            if (!r) {
+                r = eng.alloc(pool, size);
+                if (!r && errno == ENOMEM && nkept) { /* full: the kept blocks first */
+                    void *all[KEEP_SLOTS];
+                    give_back(pool, all, take_oldest(nkept, all));
+                    r = eng.alloc(pool, size);
+                }
+            }
+        }
         pthread_mutex_unlock(&attach_lock);
     }
+    if (nold)
+        give_back(owner, old, nold);
     busy--;
     if (r) {
+        if (reused_bytes && zero)
+            memset(r, 0, size); /* a kept block holds what its last owner wrote */
         __atomic_add_fetch(&served, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&served_bytes, size, __ATOMIC_RELAXED);
     }
     return r;
+}
+
+/* Keep ptr, an allocation of p, for reuse instead of freeing it; 0 if it is
+ * not kept (p is not the attached pool, the caller is inside the engine or
+ * this library, a fork child, or it is larger than keep_limit). Makes room
+ * by giving back the oldest kept blocks. Precondition: p = owner_of(ptr). */
+static int keep(void *p, void *ptr)
+{
+    if (busy || forked || p != __atomic_load_n(&pool, __ATOMIC_RELAXED) || !keep_limit)
+        return 0;
+    busy++;
+    int done = 0, nold = 0;
+    void *old[KEEP_SLOTS];
+    if (!eng.in_engine()) {
+        size_t bytes = eng.alloc_size(p, ptr);
+        pthread_mutex_lock(&attach_lock);
+        if (p == pool && bytes && bytes <= keep_limit) {
+            done = 1;
+            for (int i = 0; i < nkept; i++)
+                if (kept[i].ptr == ptr)
+                    goto out; /* a double free: kept once */
+            uint64_t now = now_ns();
+            int n = expired(now);
+            size_t left = kept_bytes;
+            for (int i = 0; i < n; i++)
+                left -= kept[i].bytes;
+            while (n < nkept && (left + bytes > keep_limit || nkept - n >= KEEP_SLOTS))
+                left -= kept[n++].bytes;
+            nold = take_oldest(n, old);
+            kept[nkept++] = (struct kept){ptr, bytes, now};
+            kept_bytes += bytes;
+            kept_frees++;
+        }
+    out:
+        pthread_mutex_unlock(&attach_lock);
+    }
+    if (nold)
+        give_back(p, old, nold);
+    busy--;
+    return done;
 }
 
 /* Precondition: p = owner_of(ptr) is not NULL. */
@@ -293,6 +453,45 @@ static size_t pool_size(void *p, const void *ptr)
     return n;
 }
 
+/* p's DRAM budget in bytes, from the engine's tm_get_stats (found through
+ * the library that holds tm_alloc, which is already loaded); 0 if unknown. */
+static size_t dram_budget(void *p, void *alloc)
+{
+    Dl_info info;
+    size_t r = 0;
+    busy++;
+    if (dladdr(alloc, &info) && info.dli_fname) {
+        void *lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+        if (lib) {
+            void (*get)(void *, tm_stats *) = (void (*)(void *, tm_stats *))dlsym(lib, "tm_get_stats");
+            if (get) {
+                tm_stats s;
+                get(p, &s);
+                r = (size_t)s.dram.capacity;
+            }
+            dlclose(lib);
+        }
+    }
+    busy--;
+    return r;
+}
+
+/* How many bytes of freed blocks to keep for p: TIEREDMEM_MALLOC_KEEP bytes if
+ * set, else dram / KEEP_SHARE, at most KEEP_MAX. */
+static size_t keep_limit_for(void *p, void *alloc)
+{
+    const char *env = getenv("TIEREDMEM_MALLOC_KEEP");
+    if (env && *env) {
+        char *end;
+        unsigned long long n = strtoull(env, &end, 10);
+        if (!*end)
+            return (size_t)n;
+    }
+    size_t dram = dram_budget(p, alloc);
+    size_t limit = dram ? dram / KEEP_SHARE : KEEP_FALLBACK;
+    return limit < KEEP_MAX ? limit : KEEP_MAX;
+}
+
 /* Serve allocations of at least `threshold` bytes from `p` from now on;
  * returns 0, or -1 (nothing attached) if MAX_ARENAS arenas were attached
  * already. Preconditions: p is an open pool of the engine whose entry points
@@ -303,6 +502,9 @@ EXPORT int tm_interpose_attach(void *p, size_t thresh, size_t block, void *arena
                                 size_t (*alloc_size)(void *, const void *), void *(*pool_of)(const void *),
                                 int (*in_engine)(void))
 {
+    size_t limit = keep_limit_for(p, (void *)alloc);
+    void *old[KEEP_SLOTS], *old_pool;
+    int nold = 0;
     pthread_mutex_lock(&attach_lock);
     int known = 0;
     for (int i = 0; i < narenas; i++)
@@ -332,23 +534,34 @@ EXPORT int tm_interpose_attach(void *p, size_t thresh, size_t block, void *arena
      * still covers every earlier arena, whichever pair it reads. */
     __atomic_store_n(&range_len, hi - lo, __ATOMIC_RELAXED);
     __atomic_store_n(&range_lo, lo, __ATOMIC_RELEASE);
+    if ((old_pool = pool) && pool != p) /* kept blocks of the pool attached before */
+        nold = take_oldest(nkept, old);
     block_size = block;
+    keep_limit = limit;
     pool = p;
     __atomic_store_n(&threshold, thresh ? thresh : 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&attach_lock);
+    if (nold)
+        give_back(old_pool, old, nold);
     return 0;
 }
 
-/* Allocate nothing more from p (nothing happens if p is not attached). Its
- * pointers are still freed into it, however long after. */
+/* Allocate nothing more from p (nothing happens if p is not attached), and
+ * give its kept blocks back to it before returning. Its pointers are still
+ * freed into it, however long after. */
 EXPORT void tm_interpose_detach(void *p)
 {
+    void *old[KEEP_SLOTS];
+    int nold = 0;
     pthread_mutex_lock(&attach_lock);
     if (pool == p) {
+        nold = take_oldest(nkept, old);
         pool = NULL;
         __atomic_store_n(&threshold, SIZE_MAX, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&attach_lock);
+    if (nold)
+        give_back(p, old, nold);
 }
 
 /* Since the process started: out[0] allocations served by a pool, out[1]
@@ -357,6 +570,22 @@ EXPORT void tm_interpose_counts(uint64_t out[2])
 {
     out[0] = __atomic_load_n(&served, __ATOMIC_RELAXED);
     out[1] = __atomic_load_n(&served_bytes, __ATOMIC_RELAXED);
+}
+
+/* The cache of freed blocks: out[0] allocations served by a kept block,
+ * out[1] frees that kept their block, out[2] kept blocks given back to the
+ * engine (aged out, evicted for room, the pool full, or detached), out[3]
+ * blocks kept now, out[4] their bytes, out[5] the limit on those bytes. */
+EXPORT void tm_interpose_cache_counts(uint64_t out[6])
+{
+    pthread_mutex_lock(&attach_lock);
+    out[0] = reused;
+    out[1] = kept_frees;
+    out[2] = given_back;
+    out[3] = (uint64_t)nkept;
+    out[4] = kept_bytes;
+    out[5] = keep_limit;
+    pthread_mutex_unlock(&attach_lock);
 }
 
 /* ---- the interposed functions ----------------------------------------------
@@ -371,7 +600,7 @@ EXPORT void *malloc(size_t size)
 {
     if (LIKELY(size < current_threshold()))
         return next_malloc(size);
-    void *r = pool_alloc(size);
+    void *r = pool_alloc(size, 0);
     return r ? r : next_malloc(size);
 }
 
@@ -380,7 +609,7 @@ EXPORT void *calloc(size_t n, size_t size)
     size_t total;
     if (__builtin_mul_overflow(n, size, &total) || LIKELY(total < current_threshold()))
         return next_calloc(n, size); /* an overflow is the next allocator's to report */
-    void *r = pool_alloc(total); /* fresh pool memory reads as zero */
+    void *r = pool_alloc(total, 1); /* fresh pool memory reads as zero; a kept block is cleared */
     return r ? r : next_calloc(n, size);
 }
 
@@ -392,9 +621,10 @@ EXPORT void free(void *ptr)
         return;
     }
     void *p = owner_of(ptr);
-    if (p)
-        pool_free(p, ptr);
-    else
+    if (p) {
+        if (!keep(p, ptr))
+            pool_free(p, ptr);
+    } else
         next_free(ptr); /* the range of a released arena, reused by the C library */
 }
 
@@ -426,7 +656,7 @@ EXPORT void *realloc(void *ptr, size_t size)
         return move_to_new(ptr, old, size);
     }
     if (size >= current_threshold()) {
-        void *q = pool_alloc(size);
+        void *q = pool_alloc(size, 0);
         if (q) {
             size_t old = next_usable_size(ptr);
             memcpy(q, ptr, old < size ? old : size);
@@ -453,7 +683,7 @@ EXPORT void *reallocarray(void *ptr, size_t n, size_t size)
 static void *pool_aligned(size_t align, size_t size)
 {
     int fits = align <= block_size && !(align & (align - 1));
-    return size >= current_threshold() && fits ? pool_alloc(size) : NULL;
+    return size >= current_threshold() && fits ? pool_alloc(size, 0) : NULL;
 }
 
 EXPORT int posix_memalign(void **out, size_t align, size_t size)
