@@ -237,6 +237,12 @@ static int64_t clock_victims(struct tm_pool *p, int64_t want, int64_t *out)
             len++;
             continue;
         }
+        if (len && b >= run && b < run + len) {
+            /* The hand came round to the run flagged for sampling before it
+             * was parked: park it first, so that a victim is whole in one place. */
+            sampled += park_for_sampling(p, run, len);
+            len = 0;
+        }
         tm_block_take_victim(p, b);
         out[n++] = b;
     }
