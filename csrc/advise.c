@@ -7,7 +7,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "internal.h"
+#include "block.h"
 
 int tm_range_advice(const struct tm_pool *p, int64_t b)
 {
@@ -51,7 +51,7 @@ static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
     while (b < e && room > 0) {
         int64_t n = 0, max = p->batch_blocks < room ? p->batch_blocks : room;
         for (; b < e && n < max; b++)
-            if ((p->meta.flags[b] & TM_F_ALLOC) && (p->meta.tier[b] == TM_PMEM || p->meta.tier[b] == TM_NVME))
+            if (tm_block_state(p, b) == TM_BS_LOWER) /* one in flight is already on its way */
                 w->list[n++] = b;
         if (!n)
             break;

@@ -229,7 +229,7 @@ static tm_pool *create_pool(const tm_config *cfg)
     pthread_mutex_init(&p->lock, NULL);
     p->bs = bs;
     p->bshift = __builtin_ctzll(bs);
-    p->uffd = p->stop_fd = -1;
+    p->uffd = p->stop_fd = p->fill_fd = -1;
     p->dram_blocks = (int64_t)(cfg->dram_bytes / bs);
     p->batch_blocks = (int64_t)(TM_BATCH_BYTES / bs);
     if (p->batch_blocks > p->dram_blocks / 4)

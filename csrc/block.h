@@ -14,11 +14,11 @@
  *   PARKED     in DRAM, its pages in the shadow for a hint sample
  *   LOWER      in PMEM or NVMe, at its slot
  *   LOADING    being zero-filled or read into DRAM, outside the lock
- *   READAHEAD  in NVMe and being read ahead of a stream
+ *   READAHEAD  in PMEM or NVMe and being read ahead of a stream
  *   VICTIM     in DRAM and being demoted (written back, or dropped if clean)
  *
  *   UNBACKED, LOWER -> LOADING -> RESIDENT (or back, if it did not arrive)
- *   LOWER (NVMe) -> READAHEAD -> LOADING, or back to LOWER
+ *   LOWER -> READAHEAD -> LOADING, or back to LOWER
  *   RESIDENT, PARKED -> VICTIM -> LOWER, or RESIDENT (pinned, or not written)
  *   RESIDENT <-> PARKED (sampling)
  *   LOWER (PMEM) -> LOWER (NVMe) (the cascade)
@@ -101,10 +101,10 @@ static inline void tm_block_resident(struct tm_pool *p, int64_t b, int dirty)
         p->meta.flags[b] |= TM_F_DIRTY;
 }
 
-/* LOWER (NVMe) -> READAHEAD. */
+/* LOWER -> READAHEAD. */
 static inline void tm_block_start_readahead(struct tm_pool *p, int64_t b)
 {
-    tm_assert(tm_block_state(p, b) == TM_BS_LOWER && p->meta.tier[b] == TM_NVME);
+    tm_assert(tm_block_state(p, b) == TM_BS_LOWER);
     p->meta.flags[b] |= TM_F_BUSY;
 }
 

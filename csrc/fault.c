@@ -160,13 +160,21 @@ static void *handler_main(void *arg)
     struct tm_pool *p = w->pool;
     tm_engine_depth = 1; /* for its whole life: it serves pool memory, so it must never be given any */
     tm_os_pin_self(w->cpu);
-    struct pollfd fds[2] = {{p->uffd, POLLIN, 0}, {p->stop_fd, POLLIN, 0}};
+    struct pollfd fds[3] = {{p->uffd, POLLIN, 0}, {p->stop_fd, POLLIN, 0}, {p->fill_fd, POLLIN, 0}};
     struct uffd_msg msg;
     for (;;) {
-        if (poll(fds, 2, -1) < 0 && errno != EINTR)
+        if (poll(fds, 3, -1) < 0 && errno != EINTR)
             break;
         if (fds[1].revents)
             break;
+        uint64_t kicks;
+        if (fds[2].revents && read(p->fill_fd, &kicks, sizeof kicks) == (ssize_t)sizeof kicks) {
+            tm_lock(p); /* the one that read the count maps; the others find it taken */
+            tm_migrate_fill(w);
+            tm_unlock(p);
+        }
+        if (!fds[0].revents)
+            continue;
         /* Every handler wakes; the one on the faulting CPU usually wins and
          * the others find nothing to read. One message at a time: a fault
          * may wait for I/O, and a fault read along with it would wait too
@@ -192,7 +200,8 @@ int tm_fault_start(struct tm_pool *p)
         n = 1;
     }
     p->stop_fd = eventfd(0, EFD_CLOEXEC);
-    if (p->stop_fd < 0)
+    p->fill_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->stop_fd < 0 || p->fill_fd < 0)
         return -errno;
     /* Handler threads take no signals: those belong to the application. */
     sigset_t all, old;
@@ -227,9 +236,19 @@ void tm_fault_stop(struct tm_pool *p)
     p->nworkers = 0;
     if (p->stop_fd >= 0)
         close(p->stop_fd);
+    if (p->fill_fd >= 0)
+        close(p->fill_fd);
     if (p->uffd >= 0)
         close(p->uffd);
-    p->stop_fd = p->uffd = -1;
+    p->stop_fd = p->fill_fd = p->uffd = -1;
+}
+
+void tm_fault_kick_fill(struct tm_pool *p)
+{
+    uint64_t one = 1;
+    if (p->fill_fd >= 0 && write(p->fill_fd, &one, sizeof one) < 0) {
+        /* EAGAIN: the count is saturated, a kick is pending anyway */
+    }
 }
 
 int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n)

@@ -272,7 +272,9 @@ void tm_fork_child(struct tm_pool *p)
         close(p->uffd);
     if (p->stop_fd >= 0)
         close(p->stop_fd);
-    p->uffd = p->stop_fd = -1;
+    if (p->fill_fd >= 0)
+        close(p->fill_fd);
+    p->uffd = p->stop_fd = p->fill_fd = -1;
     p->nworkers = 0;
     p->bg_started = 0;
     p->child = 1;

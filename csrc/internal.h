@@ -58,6 +58,13 @@ void tm_os_assert_fail(const char *cond, const char *file, int line, const char 
  * made of huge pages; a fork child inherits it (copy-on-write) only if
  * `inherit`. NULL and errno on failure. */
 void *tm_os_reserve(size_t size, size_t align, int inherit);
+/* Precondition: size is a multiple of 4096. A buffer for tier I/O, in
+ * transparent huge pages where the system allows: a disk request holds at
+ * most max_segments pages (254 here: about 1 MiB of small pages), so only in
+ * huge pages does a read of several MiB reach the disk as one request. Not
+ * inherited by a fork child; `populate`d now, or on first use. Free it with
+ * tm_os_unmap(buf, size). NULL on failure (errno). */
+void *tm_os_io_buffer(size_t size, int populate);
 void tm_os_unmap(void *addr, size_t size);
 /* Free the file pages in [off, off+len); both block aligned. Also removes
  * them from every mapping of the file. */
@@ -106,6 +113,7 @@ typedef struct tm_tier tm_tier;
 typedef struct tm_emulation {
     uint64_t read_ns, write_ns;      /* per request */
     uint64_t read_mbps, write_mbps;  /* 10^6 bytes per second */
+    uint64_t read_busy, write_busy;  /* when the medium is free (ns): threads share its bandwidth */
 } tm_emulation;
 
 /* A thread's queue of NVMe requests in flight (tier_nvme.c): each thread that
@@ -215,25 +223,43 @@ int tm_extents_free(tm_extents *e, int64_t start, int64_t len);
 
 /* ---- the pool ------------------------------------------------------- */
 
-/* Stream readahead: the next run of a sequential scan, read from NVMe into
- * one of two buffers while the application works on the last run. */
+/* Stream readahead: the next runs of a sequential scan, read from the lower
+ * tiers into buffers of their own while the application works on the last
+ * run. Up to `depth` runs are in flight at once, so that the disk always has
+ * several large requests to work on; each run has its own I/O queue, so that
+ * waiting for one never reaps another's events. */
+#define TM_RA_MAX 4
+enum tm_ra_state {
+    TM_RA_IDLE,     /* its buffer is free */
+    TM_RA_READING,  /* its NVMe reads are in flight */
+    TM_RA_WAITING,  /* a handler waits for them without the lock */
+    TM_RA_MAPPING,  /* its blocks are being mapped: the buffer is in use */
+};
+typedef struct tm_ra_run {
+    enum tm_ra_state state;
+    int64_t start, end;    /* the arena range scanned: the stream's next run starts at end */
+    int64_t n;             /* blocks read; block i is at buf + i blocks */
+    int64_t *blocks;       /* their ids, ascending */
+    uint32_t *slots;       /* their slots when submitted (PMEM or NVMe) */
+    uint8_t *buf;          /* batch_max blocks, page aligned */
+    tm_ioq *q;
+    int async;             /* mapped by an idle handler once read, ahead of the stream */
+} tm_ra_run;
 typedef struct tm_readahead {
-    int64_t n;             /* blocks in flight into buffer `cur`; 0: none */
-    int cur;
-    int64_t *blocks[2];    /* their ids, ascending; block i is at buf + i blocks */
-    uint32_t *slots[2];    /* their slots when submitted */
-    uint8_t *buf[2];       /* TM_BATCH_BYTES each, page aligned */
-    tm_ioq *q;             /* the readahead's own queue: a batch waited for on a
-                              worker's queue never reaps a readahead's events */
-    int waiting;           /* a handler waits for it without the lock */
-    int mapping[2];        /* buffer k is being mapped: no readahead into it */
+    tm_ra_run run[TM_RA_MAX];
+    int depth;             /* runs with buffers: a share of the DRAM budget */
 } tm_readahead;
 
 /* A detected access stream: faults at `next` or up to `window` blocks past
  * it continue it (blocks still resident may lie between); `stride` > 1 is a
- * strided stream. */
+ * strided stream. A sequential stream has passed [start, next): those blocks
+ * are demoted first (migrate.c, "streams: use-once and loops"); [lo, hi) of
+ * them were looked at already. */
 typedef struct tm_stream {
     int64_t next, window, stride, last;
+    int64_t start, lo, hi;
+    int64_t ahead;   /* end of its readahead when last reached: faults up to there continue it */
+    uint64_t born;   /* fault count when it started */
     uint64_t used;   /* fault count when last matched: the LRU entry is reused */
 } tm_stream;
 #define TM_STREAMS 8
@@ -277,6 +303,7 @@ struct tm_pool {
 
     int uffd;
     int stop_fd;          /* eventfd: tells handler threads to exit */
+    int fill_fd;          /* eventfd: tells idle handlers that readahead runs wait to be mapped */
     int dirty_tracking;   /* clean blocks are mapped write-protected */
     tm_worker workers[TM_MAX_HANDLERS];
     int nworkers;
@@ -407,11 +434,16 @@ int tm_fault_init_child(struct tm_pool *p);
  * them. 0 or -errno. */
 int tm_fault_unshare(struct tm_pool *p, int64_t b, int64_t n);
 int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n);
+/* Wake an idle handler to map the readahead runs marked async. */
+void tm_fault_kick_fill(struct tm_pool *p);
 
 /* ---- migrate.c ------------------------------------------------------ */
 
 /* Serve a fault at `addr` (lock held). kind: 0 missing, 1 minor, 2 wp. */
 void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write);
+/* Map the readahead runs marked async as their reads complete (lock held,
+ * released while waiting): an idle handler's work. */
+void tm_migrate_fill(tm_worker *w);
 /* Demote up to `want` blocks chosen by the policy; returns how many left DRAM. */
 int64_t tm_migrate_demote(tm_worker *w, int64_t want);
 /* Demote the blocks of list[0..n) that are in DRAM and not busy (n at most

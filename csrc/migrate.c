@@ -102,14 +102,16 @@ static int intact(struct tm_pool *p, int64_t b, const uint8_t *data)
 
 /* ---- I/O helpers ---------------------------------------------------- */
 
-/* Requests for blocks list[0..n), merging runs of adjacent slots up to
- * io_max_blocks (several requests of a batch in flight read faster than one
- * large one on virtio disks). Block list[i]'s data is at buf + i blocks, or,
- * when `in_shadow`, at its own place in the shadow. Only blocks whose slot is
- * in tier t and, if skip is given, whose skip[i] is 0. */
+/* Requests for blocks list[0..n), merging runs of adjacent slots. Block
+ * list[i]'s data is at buf + i blocks (an I/O buffer in huge pages: a run is
+ * one request, up to a batch), or, when `in_shadow`, at its own place in the
+ * shadow (small pages: requests of io_max_blocks, which the disk takes
+ * whole). Only blocks whose slot is in tier t and, if skip is given, whose
+ * skip[i] is 0. */
 static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t n, uint8_t *buf, int in_shadow,
                      tm_io *ios, const uint8_t *skip)
 {
+    int64_t max = in_shadow ? p->io_max_blocks : p->batch_max;
     int k = 0;
     for (int64_t i = 0; i < n; i++) {
         uint32_t g = p->meta.slot[list[i]];
@@ -117,7 +119,7 @@ static int build_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t
             continue;
         uint64_t s = g - t->first_slot;
         uint8_t *at = in_shadow ? p->shadow + ((size_t)list[i] << p->bshift) : buf + ((size_t)i << p->bshift);
-        if (k > 0 && ios[k - 1].slot + ios[k - 1].nblocks == s && ios[k - 1].nblocks < p->io_max_blocks &&
+        if (k > 0 && ios[k - 1].slot + ios[k - 1].nblocks == s && ios[k - 1].nblocks < max &&
             (uint8_t *)ios[k - 1].buf + ((size_t)ios[k - 1].nblocks << p->bshift) == at) {
             ios[k - 1].nblocks++;
         } else {
@@ -284,14 +286,117 @@ void tm_policy_access(struct tm_pool *p, int64_t b, int kind)
     }
 }
 
+/* ---- streams: use-once and loops ------------------------------------ */
+
+/* Blocks a sequential stream has passed are demoted before the policy is
+ * asked, the most recently passed first. For a scan they are used once; for
+ * a loop larger than DRAM the block just passed is the one needed last
+ * (Belady's choice), so the blocks the loop's last pass did not reach stay
+ * resident across passes and each pass reads about footprint - DRAM + guard.
+ * A hot set outside the streams is left to the policy. The `guard` blocks
+ * behind a stream's head are kept while the stream is active: code working
+ * in chunks reads a chunk again just after passing it. It is not once it
+ * has not matched for TM_STREAMS faults, or once a stream started since
+ * behind its guard (a loop's next pass: its first victims are then the last
+ * pass's last blocks, not the ones it is about to hit). docs/policies.md,
+ * "Streams: use-once and loops", has the rule and the simulator's model. */
+static int64_t stream_guard(const struct tm_pool *p)
+{
+    int64_t g = p->dram_blocks / 16;
+    return g > p->batch_blocks ? g : p->batch_blocks;
+}
+
+/* Take b if it is resident, not advised hot and not one of the latest
+ * faults' (marked BUSY: streams' regions may overlap). */
+static int stream_takes(struct tm_pool *p, int64_t b)
+{
+    uint8_t f = p->meta.flags[b];
+    if (p->meta.tier[b] != TM_DRAM || (f & (TM_F_ALLOC | TM_F_BUSY | TM_F_HOT)) != TM_F_ALLOC || recent(p, b))
+        return 0;
+    tm_block_take_victim(p, b);
+    return 1;
+}
+
+/* Take up to `want` blocks of stream s's passed region below `top`, from the
+ * top down: first those passed since it was last looked at ([hi, top)), then
+ * those below what was looked at ([start, lo)). [lo, hi) grows to cover what
+ * is looked at; if a new look stops short of hi, it restarts there (blocks
+ * in between are looked at again later). */
+static int64_t stream_take(struct tm_pool *p, tm_stream *s, int64_t top, int64_t want, int64_t *out)
+{
+    int64_t n = 0, x = top - 1;
+    for (; x >= s->hi && x >= s->start && n < want; x--)
+        if (stream_takes(p, x))
+            out[n++] = x;
+    if (x >= s->hi && x >= s->start) { /* stopped short of the old range */
+        s->lo = x + 1;
+        s->hi = top;
+        return n;
+    }
+    if (top > s->hi)
+        s->hi = top;
+    for (x = s->lo - 1; x >= s->start && n < want; x--)
+        if (stream_takes(p, x))
+            out[n++] = x;
+    s->lo = x + 1;
+    return n;
+}
+
+static int stream_active(const struct tm_pool *p, const tm_stream *s, int64_t guard)
+{
+    if (s->used + TM_STREAMS < p->st.faults)
+        return 0;
+    for (int i = 0; i < TM_STREAMS; i++) {
+        const tm_stream *t = &p->streams[i];
+        if (t->window && t->born > s->used && t->start < s->next - guard)
+            return 0;
+    }
+    return 1;
+}
+
+static int64_t stream_victims(struct tm_pool *p, int64_t want, int64_t *out)
+{
+    tm_stream *order[TM_STREAMS];
+    int ns = 0;
+    for (int i = 0; i < TM_STREAMS; i++) { /* sequential ones, most recently used first */
+        tm_stream *s = &p->streams[i];
+        if (!s->window || s->stride != 1)
+            continue;
+        int k = ns++;
+        for (; k > 0 && order[k - 1]->used < s->used; k--)
+            order[k] = order[k - 1];
+        order[k] = s;
+    }
+    int64_t n = 0, guard = stream_guard(p);
+    uint8_t active[TM_STREAMS];
+    for (int i = 0; i < ns && n < want; i++) {
+        tm_stream *s = order[i];
+        active[i] = (uint8_t)stream_active(p, s, guard);
+        int64_t top = active[i] ? s->next - guard : s->next;
+        if (top > s->start)
+            n += stream_take(p, s, top, want - n, out + n);
+    }
+    /* Before the policy: guarded blocks the stream's latest fault has
+     * passed, the most recent first (the policy could take blocks mapped
+     * ahead of a stream, certain to be read again). */
+    for (int i = 0; i < ns && n < want; i++) {
+        tm_stream *s = order[i];
+        int64_t lo = s->next - guard > s->start ? s->next - guard : s->start;
+        for (int64_t x = s->last - 1; active[i] && x >= lo && n < want; x--)
+            if (stream_takes(p, x))
+                out[n++] = x;
+    }
+    p->st.stream_victims += (uint64_t)n;
+    return n;
+}
+
 /* The policy's victims, each checked; any bad answer rejects the whole
  * answer in favour of CLOCK. Chosen blocks come back marked BUSY, with the
  * tier each should go to in dest[] (0: the engine's choice). */
-static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8_t *dest)
+static int64_t policy_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8_t *dest)
 {
     if (want <= 0)
         return 0;
-    memset(dest, 0, (size_t)want);
     if (p->policy.select_victims) {
         tm_policy_info(p);
         int64_t n = p->policy.select_victims(p->policy.state, p->meta.tier, p->meta.flags, p->scan_end, want, out,
@@ -330,6 +435,18 @@ static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8
         memset(dest, 0, (size_t)want);
     }
     return clock_victims(p, want, out);
+}
+
+/* Victims for `want` blocks: the streams' passed blocks, then the
+ * policy's. Chosen blocks come back marked BUSY, with the tier each should
+ * go to in dest[] (0: the engine's choice). */
+static int64_t pick_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8_t *dest)
+{
+    if (want <= 0)
+        return 0;
+    memset(dest, 0, (size_t)want);
+    int64_t n = stream_victims(p, want, out);
+    return n + policy_victims(p, want - n, out + n, dest + n);
 }
 
 /* ---- PMEM -> NVMe --------------------------------------------------- */
@@ -721,7 +838,7 @@ static tm_stream *stream_of(struct tm_pool *p, int64_t b)
     tm_stream *found = NULL, *oldest = &p->streams[0], *latest = &p->streams[0];
     for (int i = 0; i < TM_STREAMS && !found; i++) {
         tm_stream *s = &p->streams[i];
-        if (s->window && b >= s->next && b <= s->next + s->window) {
+        if (s->window && b >= s->next && (b <= s->next + s->window || b < s->ahead)) {
             s->stride = 1;
             found = s;
         } else if (s->window && s->stride > 1 && b == s->last + s->stride) {
@@ -737,7 +854,8 @@ static tm_stream *stream_of(struct tm_pool *p, int64_t b)
     } else {
         int64_t d = latest->window ? b - latest->last : 0;
         found = oldest;
-        *found = (tm_stream){.next = b + 1, .window = 1, .stride = d > 1 && d <= TM_MAX_STRIDE ? d : 1};
+        *found = (tm_stream){.next = b + 1, .window = 1, .stride = d > 1 && d <= TM_MAX_STRIDE ? d : 1,
+                             .start = b, .lo = b, .hi = b, .born = p->st.faults};
     }
     found->last = b;
     found->used = p->st.faults;
@@ -1038,14 +1156,10 @@ static int64_t install(struct tm_pool *p, uint64_t addr, const int64_t *list, in
     return mapped(p, addr, list, done, write, err);
 }
 
-/* ---- stream readahead ------------------------------------------------ */
-
 int tm_worker_init(struct tm_pool *p, tm_worker *w, int populate)
 {
     w->pool = p;
-    uint8_t *buf = mmap(NULL, (size_t)p->batch_max << p->bshift, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
-    w->iobuf = buf == MAP_FAILED ? NULL : buf;
+    w->iobuf = tm_os_io_buffer((size_t)p->batch_max << p->bshift, populate);
     w->list = calloc((size_t)p->batch_max * 3, sizeof(int64_t));
     w->ioq = tm_ioq_create(); /* NULL: synchronous requests */
     return w->iobuf && w->list ? 0 : -ENOMEM;
@@ -1054,7 +1168,7 @@ int tm_worker_init(struct tm_pool *p, tm_worker *w, int populate)
 void tm_worker_fini(tm_worker *w)
 {
     if (w->iobuf)
-        munmap(w->iobuf, (size_t)w->pool->batch_max << w->pool->bshift);
+        tm_os_unmap(w->iobuf, (size_t)w->pool->batch_max << w->pool->bshift);
     free(w->list);
     tm_ioq_destroy(w->ioq);
     w->iobuf = NULL;
@@ -1062,147 +1176,257 @@ void tm_worker_fini(tm_worker *w)
     w->ioq = NULL;
 }
 
+/* Runs of readahead: a share of the DRAM budget (an eighth) in buffers, at
+ * least three (one mapped as the stream reaches it, one mapped ahead of it,
+ * one the stream's next fault reaches), at most TM_RA_MAX. Buffers are
+ * touched only when a stream uses them. */
+static int readahead_depth(const struct tm_pool *p)
+{
+    int64_t d = p->dram_blocks / 8 / p->batch_max;
+    return d < 3 ? 3 : d > TM_RA_MAX ? TM_RA_MAX : (int)d;
+}
+
+/* Reap run r's NVMe reads (none in a pool without NVMe). */
+static int readahead_wait(struct tm_pool *p, tm_ra_run *r)
+{
+    return p->nvme.nslots ? tm_tier_wait_reads(&p->nvme, r->q) : 0;
+}
+
 int tm_migrate_init(struct tm_pool *p)
 {
     size_t len = (size_t)p->batch_max << p->bshift;
     for (int i = 0; i < TM_RECENT; i++)
         p->recent[i] = -1;
-    for (int k = 0; k < 2; k++) {
-        uint8_t *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        p->ra.buf[k] = buf == MAP_FAILED ? NULL : buf;
-        p->ra.slots[k] = calloc((size_t)p->batch_max, sizeof(uint32_t));
-        p->ra.blocks[k] = calloc((size_t)p->batch_max, sizeof(int64_t));
-        if (!p->ra.buf[k] || !p->ra.slots[k] || !p->ra.blocks[k])
+    int depth = readahead_depth(p);
+    for (int k = 0; k < depth; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        r->buf = tm_os_io_buffer(len, 0);
+        r->slots = calloc((size_t)p->batch_max, sizeof(uint32_t));
+        r->blocks = calloc((size_t)p->batch_max, sizeof(int64_t));
+        if (!r->buf || !r->slots || !r->blocks)
             return -ENOMEM;
+        r->q = tm_ioq_create();
+        if (!r->q)
+            break; /* no native AIO left: fewer runs, or no readahead */
+        p->ra.depth = k + 1;
     }
-    p->ra.q = tm_ioq_create(); /* NULL: no readahead */
     return 0;
 }
 
 void tm_migrate_fini(struct tm_pool *p)
 {
-    if (p->ra.n)
-        tm_tier_wait_reads(&p->nvme, p->ra.q);
-    p->ra.n = 0;
-    tm_ioq_destroy(p->ra.q);
-    p->ra.q = NULL;
-    for (int k = 0; k < 2; k++) {
-        if (p->ra.buf[k])
-            munmap(p->ra.buf[k], (size_t)p->batch_max << p->bshift);
-        free(p->ra.slots[k]);
-        free(p->ra.blocks[k]);
-        p->ra.buf[k] = NULL;
-        p->ra.slots[k] = NULL;
-        p->ra.blocks[k] = NULL;
+    for (int k = 0; k < TM_RA_MAX; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        if (r->state == TM_RA_READING)
+            readahead_wait(p, r);
+        tm_ioq_destroy(r->q);
+        tm_os_unmap(r->buf, (size_t)p->batch_max << p->bshift);
+        free(r->slots);
+        free(r->blocks);
+        *r = (tm_ra_run){0};
     }
+    p->ra.depth = 0;
 }
 
-/* Start reading the NVMe blocks of the next batch of arena blocks from
- * `start` (skipping those still in DRAM) into the free readahead buffer,
- * without waiting. They are marked busy: nothing but a release can change
- * them until readahead_finish. */
-static void readahead_submit(struct tm_pool *p, int64_t start)
+/* ---- stream readahead ------------------------------------------------ */
+
+/* Start reading run r: the lower-tier blocks of the next batch of arena
+ * blocks from `start`, skipping those in DRAM. NVMe blocks are read
+ * asynchronously into r's buffer; PMEM ones, a copy, when the run is
+ * finished (by an idle handler, if it is mapped ahead). They are marked
+ * busy: nothing but a release can change them until then. Returns whether a
+ * run was started. */
+static int readahead_run(struct tm_pool *p, tm_ra_run *r, int64_t start)
 {
-    int k = p->ra.cur;
-    if (p->ra.n || p->ra.mapping[k] || !p->nvme.nslots || !p->ra.buf[k])
-        return;
-    int64_t *list = p->ra.blocks[k], n = 0;
-    for (int64_t c = start; c < p->nblocks && c < start + 2 * p->batch_blocks && n < p->batch_blocks; c++) {
+    int64_t *list = r->blocks, n = 0, c = start;
+    for (; c < p->nblocks && c < start + 2 * p->batch_blocks && n < p->batch_blocks; c++) {
         uint8_t t = p->meta.tier[c];
         if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & (TM_F_BUSY | TM_F_POISON)) ||
-            (t != TM_NVME && t != TM_DRAM))
+            t == TM_UNBACKED)
             break;
-        if (t == TM_NVME)
+        if (t != TM_DRAM)
             list[n++] = c;
     }
     if (!n)
-        return;
+        return 0;
     tm_io ios[n];
-    int nio = build_ios(p, &p->nvme, list, n, p->ra.buf[k], 0, ios, NULL);
-    if (tm_tier_submit_readv(&p->nvme, p->ra.q, ios, nio) < 0)
-        return; /* no readahead: the fault path reads synchronously */
+    int nio = build_ios(p, &p->nvme, list, n, r->buf, 0, ios, NULL);
+    if (nio && tm_tier_submit_readv(&p->nvme, r->q, ios, nio) < 0)
+        return 0; /* no readahead: the fault path reads synchronously */
     for (int64_t i = 0; i < n; i++) {
-        p->ra.slots[k][i] = p->meta.slot[list[i]];
+        r->slots[i] = p->meta.slot[list[i]];
         tm_block_start_readahead(p, list[i]);
     }
-    p->ra.n = n;
+    r->start = start;
+    r->end = c;
+    r->n = n;
+    r->async = 0;
+    r->state = TM_RA_READING;
     p->st.readahead += (uint64_t)n;
+    return 1;
 }
 
-/* Whether b is one of the readahead's blocks. Not a range test: the blocks
- * between them were resident at submission, and one of those may since have
- * gone down and be loading on another thread (busy, but not ours to map). */
-static int in_readahead(const struct tm_pool *p, int64_t b)
+/* Keep the stream whose next run starts at `start` read ahead: follow its
+ * runs in flight, then start new ones into free buffers, up to depth - 1
+ * (a buffer stays for the run being mapped). */
+static void readahead_submit(struct tm_pool *p, int64_t start)
 {
-    if (p->ra.waiting)
-        return 0; /* another handler finishes it: b is busy until then */
-    const int64_t *list = p->ra.blocks[p->ra.cur];
-    int64_t lo = 0, hi = p->ra.n; /* ascending */
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (list[mid] < b)
-            lo = mid + 1;
-        else
-            hi = mid;
+    int ahead = 0;
+    for (int k = 0; k < p->ra.depth && ahead < p->ra.depth; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        if (r->state != TM_RA_IDLE && r->state != TM_RA_MAPPING && r->start == start) {
+            start = r->end;
+            ahead++;
+            k = -1; /* from the first again: the runs are in no order */
+        }
     }
-    return lo < p->ra.n && list[lo] == b;
+    for (int k = 0; k < p->ra.depth && ahead < p->ra.depth - 1; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        if (r->state != TM_RA_IDLE)
+            continue;
+        if (!readahead_run(p, r, start))
+            return;
+        start = r->end;
+        ahead++;
+    }
 }
 
-/* Drop the readahead in flight (lock held, nobody finishing it): its I/O is
- * reaped and its blocks are free to move again. A release calls it, so that
- * a readahead never outlives the blocks it was read for. */
-static void readahead_drop(struct tm_pool *p)
+/* After a fault reached the stream's readahead at `start`: the runs in
+ * flight after it are mapped by an idle handler as soon as they are read,
+ * while the application works, all but the last, which the stream's next
+ * fault reaches and which keeps the readahead going (its fault starts the
+ * next runs), as the kernel's PG_readahead mark does. */
+static void readahead_mark_async(struct tm_pool *p, int64_t start)
 {
-    tm_assert(!p->ra.waiting);
-    if (!p->ra.n)
-        return;
-    tm_tier_wait_reads(&p->nvme, p->ra.q);
-    const int64_t *list = p->ra.blocks[p->ra.cur];
-    for (int64_t i = 0; i < p->ra.n; i++)
-        tm_block_end_readahead(p, list[i]);
-    p->ra.n = 0;
+    tm_ra_run *chain[TM_RA_MAX];
+    int n = 0;
+    for (int k = 0; k < p->ra.depth && n < p->ra.depth; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        if (r->state == TM_RA_READING && r->start == start) {
+            chain[n++] = r;
+            start = r->end;
+            k = -1;
+        }
+    }
+    for (int i = 0; i + 1 < n; i++)
+        chain[i]->async = 1;
+    if (n > 1)
+        tm_fault_kick_fill(p);
 }
 
-/* Wait for the readahead, start the next one into the other buffer (so the
- * disk works while this one is mapped and used), and map what is still
- * valid: blocks in the same NVMe slot as when read. On a worker with
- * unlocked loads the wait, the checksums and the copies run with the lock
- * released: the blocks stay busy (a fault on one waits for the wake at the
- * end); while it waits, `waiting` keeps other faults from finishing it and
- * releases from dropping it; while it maps, its blocks are loading (a
- * release waits) and its buffer is kept from the next readahead. */
-static void readahead_finish(tm_worker *w)
+/* The end of the runs in flight that follow each other from `start`
+ * (start if none). */
+static int64_t readahead_chain_end(const struct tm_pool *p, int64_t start)
+{
+    for (int k = 0; k < p->ra.depth; k++) {
+        const tm_ra_run *r = &p->ra.run[k];
+        if ((r->state == TM_RA_READING || r->state == TM_RA_WAITING) && r->start == start) {
+            start = r->end;
+            k = -1;
+        }
+    }
+    return start;
+}
+
+/* The run being read that holds b, or NULL. Not a range test: the blocks
+ * between a run's were resident at submission, and one of those may since
+ * have gone down and be loading on another thread (busy, but not ours to
+ * map). A run being waited for is another handler's: b is busy until then. */
+static tm_ra_run *readahead_holding(struct tm_pool *p, int64_t b)
+{
+    for (int k = 0; k < p->ra.depth; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        if (r->state != TM_RA_READING || b < r->start || b >= r->end)
+            continue;
+        int64_t lo = 0, hi = r->n; /* ascending */
+        while (lo < hi) {
+            int64_t mid = lo + (hi - lo) / 2;
+            if (r->blocks[mid] < b)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < r->n && r->blocks[lo] == b)
+            return r;
+    }
+    return NULL;
+}
+
+static int readahead_busy(const struct tm_pool *p)
+{
+    for (int k = 0; k < p->ra.depth; k++)
+        if (p->ra.run[k].state == TM_RA_WAITING || p->ra.run[k].state == TM_RA_MAPPING)
+            return 1;
+    return 0;
+}
+
+/* Drop the runs being read that hold a block of [b, b+n) (lock held; no run
+ * is waited for): their I/O is reaped and their blocks are free to move
+ * again. A release calls it, so that a readahead never outlives the blocks
+ * it was read for. */
+static void readahead_drop(struct tm_pool *p, int64_t b, int64_t n)
+{
+    for (int k = 0; k < p->ra.depth; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        tm_assert(r->state != TM_RA_WAITING);
+        if (r->state != TM_RA_READING || r->start >= b + n || r->end <= b)
+            continue;
+        readahead_wait(p, r);
+        for (int64_t i = 0; i < r->n; i++)
+            tm_block_end_readahead(p, r->blocks[i]);
+        r->n = 0;
+        r->state = TM_RA_IDLE;
+    }
+}
+
+/* Copy run r's kept PMEM blocks into its buffer (no lock: they are busy).
+ * Returns whether they arrived. */
+static int readahead_copy_pmem(struct tm_pool *p, tm_ra_run *r, const uint8_t *keep)
+{
+    uint8_t skip[r->n ? r->n : 1];
+    for (int64_t i = 0; i < r->n; i++)
+        skip[i] = !keep[i];
+    tm_io ios[r->n ? r->n : 1];
+    int k = p->pmem.nslots ? build_ios(p, &p->pmem, r->blocks, r->n, r->buf, 0, ios, skip) : 0;
+    return !k || tm_tier_readv(&p->pmem, NULL, ios, k) == 0;
+}
+
+/* Wait for run r, start the next runs (so the disk works while this one is
+ * mapped and used), and map what is still valid: blocks in the same slot as
+ * when read. On a worker with unlocked loads the wait, the PMEM copies, the
+ * checksums and the copies into DRAM run with the lock released: the blocks
+ * stay busy (a fault on one waits for the wake at the end); while it waits,
+ * the run's state keeps other faults from finishing it and releases from
+ * dropping it; while it maps, its blocks are loading (a release waits) and
+ * its buffer is kept from the next readahead. */
+static void readahead_finish(tm_worker *w, tm_ra_run *r)
 {
     struct tm_pool *p = w->pool;
-    int k = p->ra.cur;
-    int64_t *list = p->ra.blocks[k];
-    const uint32_t *slots = p->ra.slots[k];
-    uint8_t *buf = p->ra.buf[k];
-    int64_t n = p->ra.n;
-    p->ra.waiting = 1;
+    int64_t *list = r->blocks, n = r->n;
+    uint8_t *buf = r->buf;
+    r->state = TM_RA_WAITING;
     if (w->unlocked_loads)
         tm_unlock(p);
-    int r = tm_tier_wait_reads(&p->nvme, p->ra.q);
+    int rr = readahead_wait(p, r);
     if (w->unlocked_loads)
         tm_lock(p);
-    p->ra.waiting = 0;
+    r->state = TM_RA_MAPPING;
     pthread_cond_broadcast(&p->io_cond); /* a release may wait for that */
-    p->ra.n = 0;
-    p->ra.cur ^= 1;
-    p->ra.mapping[k] = 1;
-    /* A readahead larger than a batch was sized before the budget shrank and
-     * might not fit: like a failed one, its blocks are read again on demand. */
-    int valid = r >= 0 && n <= p->batch_blocks;
+    /* A run larger than a batch was sized before the budget shrank and might
+     * not fit: like a failed one, its blocks are read again on demand. */
+    int valid = rr >= 0 && n <= p->batch_blocks;
     uint8_t keep[n];
     int64_t kept = 0;
     for (int64_t i = 0; i < n; i++) {
-        keep[i] = valid && p->meta.tier[list[i]] == TM_NVME && p->meta.slot[list[i]] == slots[i];
+        keep[i] = valid && tm_tier_is_lower(p->meta.tier[list[i]]) && p->meta.slot[list[i]] == r->slots[i];
         if (keep[i])
             kept++;
         else
             tm_block_end_readahead(p, list[i]);
     }
-    readahead_submit(p, list[n - 1] + 1);
+    readahead_submit(p, r->end);
+    if (!r->async)
+        readahead_mark_async(p, r->end);
     /* What does not fit is dropped from the end, read again on demand. */
     int64_t fit = kept ? ensure_room(w, kept) : 0;
     for (int64_t i = n - 1; i >= 0 && kept > fit; i--)
@@ -1218,12 +1442,14 @@ static void readahead_finish(tm_worker *w)
     p->loading_blocks += kept;
     if (w->unlocked_loads)
         tm_unlock(p);
+    int pmem_ok = readahead_copy_pmem(p, r, keep);
     /* Runs of kept blocks that arrived intact, each mapped with one copy. */
     int64_t start[n ? n : 1], len[n ? n : 1], done[n ? n : 1];
     int err[n ? n : 1], runs = 0;
     for (int64_t i = 0; i < n;) {
         int64_t j = i;
-        while (j < n && keep[j] && intact(p, list[j], buf + ((size_t)j << p->bshift)))
+        while (j < n && keep[j] && (pmem_ok || tm_slot_tier(p, r->slots[j]) != &p->pmem) &&
+               intact(p, list[j], buf + ((size_t)j << p->bshift)))
             j++;
         if (j > i) {
             start[runs] = i;
@@ -1245,6 +1471,8 @@ static void readahead_finish(tm_worker *w)
     for (int i = 0; i < runs; i++) {
         mapped(p, 0, list + start[i], done[i], 0, err[i]); /* wakes those */
         memset(arrived + start[i], 1, (size_t)done[i]);
+        if (r->async)
+            p->st.readahead_mapped_ahead += (uint64_t)done[i];
     }
     /* Threads that faulted on blocks not mapped fault again and are served. */
     int64_t rest[n ? n : 1], nrest = 0;
@@ -1252,8 +1480,21 @@ static void readahead_finish(tm_worker *w)
         if (!arrived[i])
             rest[nrest++] = list[i];
     for_runs(p, rest, nrest, tm_fault_wake);
-    p->ra.mapping[k] = 0;
+    r->n = 0;
+    r->state = TM_RA_IDLE;
     pthread_cond_broadcast(&p->io_cond);
+}
+
+void tm_migrate_fill(tm_worker *w)
+{
+    struct tm_pool *p = w->pool;
+    for (int k = 0; k < p->ra.depth; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        if (r->state == TM_RA_READING && r->async) {
+            readahead_finish(w, r);
+            k = -1; /* the lock was released: look again from the first */
+        }
+    }
 }
 
 static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
@@ -1396,32 +1637,41 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
         tm_policy_access(p, b, serve_resident(p, b, kind, write));
         break;
     case TM_UNBACKED: {
+        tm_policy_access(p, b, TM_ACCESS_MISSING);
         if (p->meta.flags[b] & TM_F_BUSY) {
             /* Another thread zero-fills it outside the lock: woken once mapped. */
             p->st.busy_waits++;
             break;
         }
-        tm_policy_access(p, b, TM_ACCESS_MISSING);
         /* A zero fill costs little next to a fault: never fill less than
          * TM_ZERO_MIN_BYTES, so a small fresh array takes one fault. */
         tm_stream *s = stream_of(p, b);
         int64_t n = sequential_run(p, b, s->window > p->zero_min_blocks ? s->window : p->zero_min_blocks, list);
         s->next = b + n;
+        /* What a stream fills is new data, read next rather than used once:
+         * it passes only blocks it reads back. */
+        s->start = s->lo = s->hi = s->next;
         zero_fill(w, addr, list, n);
         break;
     }
     default: {
-        if ((p->meta.flags[b] & TM_F_BUSY) && !in_readahead(p, b)) {
-            /* Another thread loads it outside the lock: woken once mapped. */
+        tm_ra_run *ra = readahead_holding(p, b);
+        tm_policy_access(p, b, TM_ACCESS_MISSING);
+        if ((p->meta.flags[b] & TM_F_BUSY) && !ra) {
+            /* Another thread loads it (or an idle handler maps it ahead)
+             * outside the lock: woken once mapped. */
             p->st.busy_waits++;
             break;
         }
-        tm_policy_access(p, b, TM_ACCESS_MISSING);
         tm_stream *s = stream_of(p, b);
-        if (in_readahead(p, b)) {
+        if (ra) {
             /* The stream reached its readahead: map it; the next is read. */
-            s->next = p->ra.blocks[p->ra.cur][p->ra.n - 1] + 1;
-            readahead_finish(w);
+            s->next = ra->blocks[ra->n - 1] + 1;
+            int64_t end = ra->end;
+            readahead_finish(w, ra);
+            /* The runs after it are mapped ahead, without faults: the
+             * stream's next fault may be as far as their end. */
+            s->ahead = readahead_chain_end(p, end);
             if (p->meta.tier[b] == TM_DRAM)
                 break;
             make_fault_room(w, b); /* others used the room while it waited */
@@ -1450,8 +1700,9 @@ void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write)
 
 static int in_flight(const struct tm_pool *p, int64_t b, int64_t n)
 {
-    if (p->ra.waiting)
-        return 1;
+    for (int k = 0; k < p->ra.depth; k++)
+        if (p->ra.run[k].state == TM_RA_WAITING)
+            return 1;
     if (!p->writeback_blocks && !p->loading_blocks)
         return 0;
     for (int64_t i = b; i < b + n; i++)
@@ -1468,7 +1719,7 @@ void tm_migrate_wait_settled(struct tm_pool *p, int64_t b, int64_t n)
 
 void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
 {
-    readahead_drop(p); /* it may hold these slots' old data */
+    readahead_drop(p, b, n); /* it may hold these slots' old data */
     tm_advice_forget(p, b, n);
     tm_tier *run_tier = NULL; /* a run of adjacent slots, discarded at once */
     uint64_t run_start = 0, run_len = 0;
@@ -1500,9 +1751,9 @@ void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n)
 
 void tm_migrate_quiesce(struct tm_pool *p)
 {
-    while (p->ra.waiting || p->ra.mapping[0] || p->ra.mapping[1] || p->writeback_blocks || p->loading_blocks)
+    while (readahead_busy(p) || p->writeback_blocks || p->loading_blocks)
         pthread_cond_wait(&p->io_cond, &p->lock);
-    readahead_drop(p);
+    readahead_drop(p, 0, p->nblocks);
     for (int64_t b = 0; b < p->scan_end; b++) {
         if (p->meta.tier[b] != TM_DRAM || !(p->meta.flags[b] & TM_F_SAMPLED))
             continue;

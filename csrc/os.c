@@ -19,6 +19,10 @@
 
 #include "internal.h"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
 void tm_os_assert_fail(const char *cond, const char *file, int line, const char *func)
 {
     /* stdio may be unusable in a broken process: one write(2), then abort. */
@@ -52,6 +56,31 @@ void *tm_os_reserve(size_t size, size_t align, int inherit)
     return (void *)a;
 }
 
+#define HUGE_PAGE (2ul << 20)
+
+void *tm_os_io_buffer(size_t size, int populate)
+{
+    tm_assert(size > 0 && (size & 4095) == 0);
+    /* Aligned to a huge page, so that its huge pages can be used whole. */
+    size_t span = size + HUGE_PAGE;
+    uint8_t *r = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r == MAP_FAILED)
+        return NULL;
+    uintptr_t a = ((uintptr_t)r + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    if (a > (uintptr_t)r)
+        munmap(r, a - (uintptr_t)r);
+    size_t tail = (uintptr_t)r + span - (a + size);
+    if (tail)
+        munmap((void *)(a + size), tail);
+    /* Where THP is "never", small pages: requests are then split, not refused. */
+    madvise((void *)a, size, MADV_HUGEPAGE);
+    madvise((void *)a, size, MADV_DONTFORK); /* a fork child never uses it */
+    if (populate && madvise((void *)a, size, MADV_POPULATE_WRITE) < 0) {
+        /* touched later, on first use */
+    }
+    return (void *)a;
+}
+
 void tm_os_unmap(void *addr, size_t size)
 {
     if (addr)
@@ -64,10 +93,6 @@ int tm_os_punch(int fd, uint64_t off, uint64_t len)
         return -errno;
     return 0;
 }
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
-#endif
 
 int tm_os_populate_write(void *addr, size_t len)
 {

@@ -137,16 +137,25 @@ static int injected(tm_inject *in, uint64_t *count)
 }
 
 /* Emulated speed: stretch a transfer that started at t0 to its latency per
- * request plus its size over the bandwidth. Spinning, not sleeping: a CPU
- * copying from slow memory is busy, not idle. */
-static void emulate(const tm_tier *t, const tm_io *ios, int n, uint64_t ns_per_req, uint64_t mbps, uint64_t t0)
+ * request plus its size over the bandwidth. The bandwidth is the medium's,
+ * shared by all threads: a transfer starts when the one before it on any
+ * thread is done (*busy). Spinning, not sleeping: a CPU copying from slow
+ * memory is busy, not idle. */
+static void emulate(const tm_tier *t, const tm_io *ios, int n, uint64_t ns_per_req, uint64_t mbps, uint64_t t0,
+                    uint64_t *busy)
 {
     if (!ns_per_req && !mbps)
         return;
     uint64_t bytes = 0;
     for (int i = 0; i < n; i++)
         bytes += (uint64_t)ios[i].nblocks * t->bs;
-    uint64_t until = t0 + (uint64_t)n * ns_per_req + (mbps ? bytes * 1000 / mbps : 0);
+    uint64_t ready = t0 + (uint64_t)n * ns_per_req, until = ready;
+    if (mbps) {
+        uint64_t seen = __atomic_load_n(busy, __ATOMIC_RELAXED);
+        do
+            until = (seen > ready ? seen : ready) + bytes * 1000 / mbps;
+        while (!__atomic_compare_exchange_n(busy, &seen, until, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    }
     while (tm_os_now_ns() < until) {
     }
 }
@@ -157,7 +166,7 @@ int tm_tier_readv(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
         return t->inject_read.short_io ? -EIO : -t->inject_read.err;
     uint64_t t0 = tm_os_now_ns();
     int r = t->ops->readv(t, q, ios, n);
-    emulate(t, ios, n, t->emu.read_ns, t->emu.read_mbps, t0);
+    emulate(t, ios, n, t->emu.read_ns, t->emu.read_mbps, t0, &t->emu.read_busy);
     return r;
 }
 
@@ -167,7 +176,7 @@ int tm_tier_writev(tm_tier *t, tm_ioq *q, const tm_io *ios, int n)
         return t->inject_write.short_io ? -EIO : -t->inject_write.err;
     uint64_t t0 = tm_os_now_ns();
     int r = t->ops->writev(t, q, ios, n);
-    emulate(t, ios, n, t->emu.write_ns, t->emu.write_mbps, t0);
+    emulate(t, ios, n, t->emu.write_ns, t->emu.write_mbps, t0, &t->emu.write_busy);
     return r;
 }
 

@@ -146,7 +146,9 @@ typedef struct tm_stats {
     uint64_t promotions;       /* blocks brought into DRAM from a lower tier */
     uint64_t prefetched;       /* of which ahead of a fault */
     uint64_t readahead;        /* of which read asynchronously ahead of a stream */
+    uint64_t readahead_mapped_ahead; /* of which mapped by an idle handler before the stream reached them */
     uint64_t demotions;        /* blocks moved down a tier */
+    uint64_t stream_victims;   /* victims chosen among blocks a stream had passed, before the policy */
     uint64_t clean_drops;      /* of which dropped without a write */
     uint64_t bytes_read;       /* from lower tiers */
     uint64_t bytes_written;    /* to lower tiers */

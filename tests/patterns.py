@@ -68,9 +68,13 @@ def first_mismatch(a, seed, lo=0, hi=None):
 
 def push_out(pool, region, other, rounds=8):
     """Touch `other` (pool memory outside region) until no byte of region is
-    left in DRAM; return region's placement."""
+    left in DRAM, then advise what is left out (passes over `other` are a
+    loop, whose own blocks the engine demotes first); return region's
+    placement."""
     for _ in range(rounds):
         if pool.placement(region)["dram"] == 0:
             break
         other += 1
+    if pool.placement(region)["dram"]:
+        pool.advise(region, "dontneed")
     return pool.placement(region)

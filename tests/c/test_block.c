@@ -75,7 +75,7 @@ static void a_kept_readahead_block_loads_and_a_dropped_one_stays_lower(void)
 {
     struct tm_pool *p = pool();
     put(p, 0, TM_NVME);
-    put(p, 1, TM_NVME);
+    put(p, 1, TM_PMEM); /* a stream's run reads both lower tiers */
     tm_block_start_readahead(p, 0);
     tm_block_start_readahead(p, 1);
     CHECK_EQ(tm_block_state(p, 0), TM_BS_READAHEAD);
@@ -172,9 +172,9 @@ static void take_a_loading_block_as_victim(struct tm_pool *p)
     tm_block_take_victim(p, 0);
 }
 
-static void read_ahead_a_block_in_pmem(struct tm_pool *p)
+static void read_ahead_a_resident_block(struct tm_pool *p)
 {
-    put(p, 0, TM_PMEM);
+    put(p, 0, TM_DRAM);
     tm_block_start_readahead(p, 0);
 }
 
@@ -189,7 +189,7 @@ static void a_transition_from_the_wrong_state_aborts(void)
 {
     CHECKF(aborts(load_a_resident_block), "loading a resident block");
     CHECKF(aborts(take_a_loading_block_as_victim), "taking a block in flight as a victim");
-    CHECKF(aborts(read_ahead_a_block_in_pmem), "reading ahead from PMEM");
+    CHECKF(aborts(read_ahead_a_resident_block), "reading ahead a block in DRAM");
     CHECKF(aborts(release_a_victim), "releasing a block being demoted");
 }
 
