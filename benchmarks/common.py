@@ -181,6 +181,32 @@ def comparison_rows(records, baseline, candidate, metrics):
     return rows
 
 
+def figure_row(records, system, key, label, unit=1):
+    """A table row of one figure: median/min/max of `key` over the system's runs,
+    in `unit`s (MiB for bytes, say); the system's status if it was not run."""
+    summary = summarize(records[system], key)
+    if summary is None:
+        return {"system": system, "metric": records[system]["status"]}
+    return {"system": system, "metric": label, **{k: v / unit for k, v in summary.items()}}
+
+
+def ratio_row(records, figure, baseline, label, target=None):
+    """A table row of median(figure) / median(baseline), judged against `target`
+    ((op, value) or None). figure and baseline are (system, key) pairs, so that
+    a figure can be compared with another system's differently named one. No
+    ratio if either system was not run."""
+    row = {"system": figure[0], "metric": label}
+    num, den = (summarize(records[system], key) for system, key in (figure, baseline))
+    if num is None or den is None or not den["median"]:
+        return row
+    row["ratio"] = num["median"] / den["median"]
+    if target is not None:
+        op, value = target
+        row["target"] = f"{op} {value}"
+        row["met"] = "yes" if TARGET_OPS[op](row["ratio"], value) else "no"
+    return row
+
+
 def render_markdown(report, title):
     cfg = report["config"]
     lines = [
@@ -207,13 +233,40 @@ def publish(report, out, name, title):
     (out / f"{name}.md").write_text(markdown)
 
 
-def in_subprocess(module, func, *args, timeout=900):
+def in_subprocess(module, func, *args, timeout=900, preexec_fn=None):
     """func(*args) from `module`, run in a fresh interpreter; its dict result.
     Systems that allocate memory are measured each in its own process, so that
     neither inherits the other's memory state (a pool's 4 KiB shared-memory
-    pages left behind cost numpy its transparent huge pages, for instance)."""
+    pages left behind cost numpy its transparent huge pages, for instance).
+    preexec_fn runs in the forked child before exec (to enter a cgroup)."""
     code = f"import json; from {module} import {func}; print(json.dumps({func}(*{args!r}), default=str))"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                         preexec_fn=preexec_fn)
     if res.returncode != 0:
         raise NotRun(f"{func} exited with {res.returncode}: {res.stderr.strip()[-300:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def in_memory_cgroup(module, func, *args, tag="bench"):
+    """func(cgroup_path, cgroup_version, *args) from `module`, run as in_subprocess
+    does but inside a new memory cgroup of its own. The group starts unlimited: the
+    child limits it once its interpreter is up (tieredmem.bench.cgroup.limit_self),
+    so that the limit comes on top of what the interpreter itself takes. The result
+    gets the group's "cgroup_stats" (peak, OOM kills). NotRun if no memory cgroup
+    can be made here (the reason says why) or the child was OOM-killed."""
+    from tieredmem.bench import cgroup  # only the systems measured in a cgroup need it
+    try:
+        group = cgroup.MemCgroup(cgroup.find_location(), tag)
+    except cgroup.CgroupUnavailable as exc:
+        raise NotRun(f"no memory cgroup: {exc}") from None
+    try:
+        result = in_subprocess(module, func, group.path, group.version, *args, preexec_fn=group.add_self_fn())
+    except NotRun:
+        if group.stats()["oom_kill"]:
+            raise NotRun(f"{func} was OOM-killed in its memory cgroup") from None
+        raise
+    else:
+        result["cgroup_stats"] = group.stats()
+        return result
+    finally:
+        group.remove()
