@@ -55,12 +55,12 @@ labels = pd.DataFrame({"key": "key-" + pd.Series(np.arange(KEYS)).astype("str"),
                        "label": pd.Series(WORDS[np.arange(KEYS) % 11]).astype("str").str.title()})
 by_key = by_key.reset_index().merge(labels, on="key", how="left")
 
-# the large merge: every row gets its store's region and rate (many to one, on an integer key;
-# on the string key, pandas 3.1 would make one Python str per row, outside any pool: docs/arrow.md)
-stores = pd.DataFrame({"store": np.arange(STORES, dtype=np.int32),
-                       "region": pd.Series(WORDS[np.arange(STORES) % 7]).astype("str") + "-zone",
-                       "rate": 1.0 + np.arange(STORES) % 13 / 100})
-joined = df.merge(stores, on="store", how="left")
+# the large merge: every row gets its key's region and rate (many to one, on the string key;
+# pandas 3.1 makes one Python str per row for it, in pymalloc's arenas: docs/arrow.md)
+regions = pd.DataFrame({"key": "key-" + pd.Series(np.arange(KEYS)).astype("str"),
+                        "region": pd.Series(WORDS[np.arange(KEYS) % 7]).astype("str") + "-zone",
+                        "rate": 1.0 + np.arange(KEYS) % 13 / 100})
+joined = df.merge(regions, on="key", how="left")
 del df
 joined["weighted"] = joined["x"] * joined["qty"] * joined["rate"]
 by_region = joined.groupby(["region", "has_echo"]).agg(weighted=("weighted", "sum"), rows=("id", "count"),

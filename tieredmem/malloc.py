@@ -31,6 +31,18 @@ def _entry(name):
 _attach = _entry("tm_interpose_attach")
 _detach = _entry("tm_interpose_detach")
 _counts = _entry("tm_interpose_counts")
+_arena_counts = _entry("tm_interpose_arena_counts")
+
+
+def _entry_with_gil(name):
+    """The interposer's function `name`, called holding the GIL (ctypes.PyDLL), or None."""
+    try:
+        return getattr(ctypes.PyDLL(None), name)
+    except AttributeError:
+        return None
+
+
+_arenas_install = _entry_with_gil("tm_interpose_arenas_install")
 
 
 def loaded() -> bool:
@@ -48,15 +60,46 @@ def counts() -> dict:
     return {"allocations": out[0], "bytes": out[1]}
 
 
+def arena_counts() -> dict:
+    """pymalloc's arenas (install_arenas): "installed", the arenas the pool
+    served ("pool") and took back ("pool_freed"), the arenas the previous
+    allocator served since the install ("other") and took back ("other_freed",
+    also ones from before), and the bytes of pool arenas now ("pool_bytes");
+    zeros if the interposer is not loaded."""
+    out = (ctypes.c_uint64 * 6)()
+    if _arena_counts is not None:
+        _arena_counts(out)
+    names = ("installed", "pool", "pool_freed", "other", "other_freed", "pool_bytes")
+    return dict(zip(names, (bool(out[0]), *out[1:])))
+
+
+def install_arenas() -> bool:
+    """Make the interposer pymalloc's arena allocator (PyObject_SetArenaAllocator),
+    for the life of the process: from then on Python's small objects (str,
+    int, tuple, ... below 512 bytes) are made in arenas of the attached pool,
+    when one is attached and its block size is at most an arena (1 MiB), and in
+    the previous allocator's otherwise (docs/malloc.md). False if the
+    interposer is not loaded; True if installed, now or before."""
+    if _arenas_install is None:
+        return False
+    api = ctypes.pythonapi
+    _arenas_install(ctypes.c_void_p(ctypes.cast(api.PyObject_GetArenaAllocator, ctypes.c_void_p).value),
+                    ctypes.c_void_p(ctypes.cast(api.PyObject_SetArenaAllocator, ctypes.c_void_p).value))
+    return True
+
+
 def _address(name):
     return ctypes.c_void_p(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))))
 
 
-def attach(pool, threshold=None):
+def attach(pool, threshold=None, arenas=False):
     """Serve the C library's allocations of at least `threshold` bytes (default:
     the pool's threshold), and at least a block, from `pool` until the pool is
-    closed: a smaller one would take a whole block of the DRAM budget. False if
-    the interposer is not loaded, or has had its fill of arenas (16)."""
+    closed: a smaller one would take a whole block of the DRAM budget. With
+    `arenas`, pymalloc's arenas too (install_arenas; `run` does this): objects
+    made meanwhile keep their arenas, and so the engine, alive after the pool
+    is closed, until the last object in them goes. False if the interposer is
+    not loaded, or has had its fill of arenas (16)."""
     if not loaded():
         return False
     engine = pool._open_engine()
@@ -64,8 +107,11 @@ def attach(pool, threshold=None):
     arena_len = lib.tm_get_meta(engine).nblocks * pool.block_size
     handle = ctypes.c_void_p(int(ffi.cast("uintptr_t", engine)))
     arena = ctypes.c_void_p(int(ffi.cast("uintptr_t", lib.tm_arena_base(engine))))
-    return _attach(handle, ctypes.c_size_t(thr), ctypes.c_size_t(pool.block_size), arena, ctypes.c_size_t(arena_len),
-                   *(_address(f) for f in ("tm_alloc", "tm_free", "tm_alloc_size", "tm_pool_of", "tm_in_engine"))) == 0
+    ok = _attach(handle, ctypes.c_size_t(thr), ctypes.c_size_t(pool.block_size), arena, ctypes.c_size_t(arena_len),
+                 *(_address(f) for f in ("tm_alloc", "tm_free", "tm_alloc_size", "tm_pool_of", "tm_in_engine"))) == 0
+    if ok and arenas:
+        install_arenas()
+    return ok
 
 
 def detach(engine):

@@ -26,7 +26,10 @@
  * free zaps the pages, where glibc would reuse memory it kept. Kept blocks
  * stay live pool allocations (they count against the pool), bounded by a
  * share of the DRAM budget and one second idle, and are given back when the
- * pool is full and on detach. */
+ * pool is full and on detach.
+ *
+ * Under `run` this library is also CPython's arena allocator (pymalloc's
+ * arenas, below): Python's small objects are pool memory too. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -357,8 +360,9 @@ static void *take_kept(size_t size, size_t *bytes)
 /* size bytes of pool memory (block aligned; reading as zero if `zero`), or
  * NULL: none attached, the caller is inside the engine or this library, a
  * fork child, or the pool cannot serve it (full or closed). A kept block
- * serves it if one fits. Precondition: size >= threshold. */
-static void *pool_alloc(size_t size, int zero)
+ * serves it if one fits. Not counted (pool_alloc counts). Precondition:
+ * size >= block_size. */
+static void *pool_take(size_t size, int zero)
 {
     /* acquire: pairs with attach's release, so eng is seen set */
     if (busy || forked || __atomic_load_n(&threshold, __ATOMIC_ACQUIRE) == SIZE_MAX)
@@ -388,9 +392,17 @@ static void *pool_alloc(size_t size, int zero)
     if (nold)
         give_back(owner, old, nold);
     busy--;
+    if (r && reused_bytes && zero)
+        memset(r, 0, size); /* a kept block holds what its last owner wrote */
+    return r;
+}
+
+/* pool_take for the C library's functions, counted (tm_interpose_counts).
+ * Precondition: size >= threshold. */
+static void *pool_alloc(size_t size, int zero)
+{
+    void *r = pool_take(size, zero);
     if (r) {
-        if (reused_bytes && zero)
-            memset(r, 0, size); /* a kept block holds what its last owner wrote */
         __atomic_add_fetch(&served, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&served_bytes, size, __ATOMIC_RELAXED);
     }
@@ -586,6 +598,105 @@ EXPORT void tm_interpose_cache_counts(uint64_t out[6])
     out[4] = kept_bytes;
     out[5] = keep_limit;
     pthread_mutex_unlock(&attach_lock);
+}
+
+/* ---- pymalloc's arenas ---------------------------------------------------
+ * CPython's small-object allocator (pymalloc) carves its objects out of
+ * arenas (1 MiB on 64-bit CPython 3.10+, 256 KiB before) that it maps itself
+ * through its arena allocator, not malloc: neither the interposed functions
+ * nor numpy's handler see them. tm_interpose_arenas_install puts this
+ * library's arena allocator in its place (PyObject_SetArenaAllocator), for
+ * the life of the process: from then on an arena is a pool allocation of the
+ * attached pool when one is attached and the arena is at least a block (a
+ * smaller one would take a whole block of the budget), whatever the
+ * threshold; otherwise (none attached, a fork child, a full or closed pool,
+ * the caller inside the engine) it is the previous allocator's. Its free
+ * decides by address, as free() does: an arena of a pool (one that is
+ * attached, detached or closed: it is freed into its engine, or kept like a
+ * freed malloc) or the previous allocator's (every arena from before the
+ * install, and every fallback). pymalloc calls both with the GIL held; the
+ * pool's side takes attach_lock anyway, the counts are atomic.
+ *
+ * The layout of CPython's PyObjectArenaAllocator (Include/cpython/objimpl.h,
+ * the same since 3.4); the library does not link libpython: the caller
+ * passes PyObject_GetArenaAllocator and PyObject_SetArenaAllocator. */
+typedef struct {
+    void *ctx;
+    void *(*alloc)(void *ctx, size_t size);
+    void (*free)(void *ctx, void *ptr, size_t size);
+} arena_allocator;
+
+static arena_allocator prev_arenas; /* set once, before ours is installed */
+static int arenas_installed;        /* written with the GIL held */
+/* tm_interpose_arena_counts: arenas the pool served and the pool took back,
+ * arenas the previous allocator served and took back, the bytes of pool
+ * arenas now. */
+static uint64_t arenas_pool, arenas_pool_freed, arenas_prev, arenas_prev_freed;
+static int64_t arena_pool_bytes;
+
+static void *arena_alloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    /* acquire: pairs with attach's release, so block_size is seen set */
+    if (__atomic_load_n(&threshold, __ATOMIC_ACQUIRE) != SIZE_MAX && size >= block_size) {
+        void *r = pool_take(size, 0);
+        if (r) {
+            __atomic_add_fetch(&arenas_pool, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&arena_pool_bytes, (int64_t)size, __ATOMIC_RELAXED);
+            return r;
+        }
+    }
+    __atomic_add_fetch(&arenas_prev, 1, __ATOMIC_RELAXED);
+    return prev_arenas.alloc(prev_arenas.ctx, size);
+}
+
+static void arena_free(void *ctx, void *ptr, size_t size)
+{
+    (void)ctx;
+    if (ptr && in_range(ptr)) {
+        void *p = owner_of(ptr);
+        if (p) { /* in a fork child: the child's copy goes, as for free() */
+            if (!keep(p, ptr))
+                pool_free(p, ptr);
+            __atomic_add_fetch(&arenas_pool_freed, 1, __ATOMIC_RELAXED);
+            __atomic_sub_fetch(&arena_pool_bytes, (int64_t)size, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+    __atomic_add_fetch(&arenas_prev_freed, 1, __ATOMIC_RELAXED);
+    prev_arenas.free(prev_arenas.ctx, ptr, size);
+}
+
+/* Make this library pymalloc's arena allocator, keeping the one installed
+ * before for what the pool does not serve; 1 if installed now, 0 if it was
+ * already. Never undone: arenas live as long as an object in them, and each
+ * must be freed by the allocator that made it. Precondition: the GIL is held
+ * (ctypes.PyDLL), so that no arena is made or freed meanwhile; get and set
+ * are CPython's PyObject_GetArenaAllocator and PyObject_SetArenaAllocator. */
+EXPORT int tm_interpose_arenas_install(void (*get)(arena_allocator *), void (*set)(arena_allocator *))
+{
+    if (arenas_installed)
+        return 0;
+    get(&prev_arenas);
+    arena_allocator mine = {NULL, arena_alloc, arena_free};
+    set(&mine); /* CPython copies the struct */
+    arenas_installed = 1;
+    return 1;
+}
+
+/* out[0] 1 if installed, out[1] arenas the pool served, out[2] pool arenas
+ * freed, out[3] arenas the previous allocator served since the install,
+ * out[4] of its arenas freed since (including ones from before the
+ * install), out[5] bytes of pool arenas now. */
+EXPORT void tm_interpose_arena_counts(uint64_t out[6])
+{
+    out[0] = (uint64_t)arenas_installed;
+    out[1] = __atomic_load_n(&arenas_pool, __ATOMIC_RELAXED);
+    out[2] = __atomic_load_n(&arenas_pool_freed, __ATOMIC_RELAXED);
+    out[3] = __atomic_load_n(&arenas_prev, __ATOMIC_RELAXED);
+    out[4] = __atomic_load_n(&arenas_prev_freed, __ATOMIC_RELAXED);
+    int64_t b = __atomic_load_n(&arena_pool_bytes, __ATOMIC_RELAXED);
+    out[5] = b > 0 ? (uint64_t)b : 0;
 }
 
 /* ---- the interposed functions ----------------------------------------------

@@ -4,7 +4,8 @@
 
 Like `python -m cProfile`: the program runs in this interpreter as __main__,
 with its own sys.argv, exit code and traceback. The C library's allocations
-of at least the threshold go to the pool too (docs/malloc.md): for that, run
+of at least the threshold go to the pool too, and pymalloc's arenas (Python's
+small objects) (docs/malloc.md): for that, run
 re-executes the interpreter once with a malloc interposer preloaded, keeping
 the process, its argv and its environment. Every option also reads an
 environment variable (TIEREDMEM_DRAM, TIEREDMEM_PMEM, ...); options win."""
@@ -53,6 +54,10 @@ def add_arguments(parser):
                         help="no summary on stderr at exit; env TIEREDMEM_QUIET=1")
     parser.add_argument("--no-malloc", action="store_true", default=os.environ.get("TIEREDMEM_MALLOC", "") == "0",
                         help="leave the C library's allocations (malloc) outside the pool; env TIEREDMEM_MALLOC=0")
+    parser.add_argument("--no-pymalloc", action="store_true",
+                        default=os.environ.get("TIEREDMEM_PYMALLOC", "") == "0",
+                        help="leave Python's small objects (pymalloc's arenas) outside the pool (--no-malloc does "
+                             "too); env TIEREDMEM_PYMALLOC=0")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     parser.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args...] (or the module's args)")
 
@@ -184,7 +189,8 @@ def summary(stats: dict, elapsed: float) -> str:
             f"promotions {stats['promotions']}, demotions {stats['demotions']}; "
             f"{stats['fault_ns'] / 1e9:.2f} s waiting on faults; "
             f"resident outside the pool {format_size(stats['outside_pool'])}" +
-            (f"; malloc: {stats['malloc']['allocations']} allocations in the pool" if stats["malloc"] else ""))
+            (f"; malloc: {stats['malloc']['allocations']} allocations in the pool" if stats["malloc"] else "") +
+            (f"; pymalloc: {stats['pymalloc']['pool']} arenas in the pool" if stats.get("pymalloc") else ""))
 
 
 def restore_environment() -> bool:
@@ -244,7 +250,9 @@ def run(args, parser) -> int:
     stats_path = os.path.abspath(args.stats) if args.stats else None  # the program may chdir
     numpy_alloc.install(pool)
     if interposer:
-        malloc.attach(pool)
+        # Python's small objects too (pymalloc's arenas, which Python maps
+        # itself): docs/malloc.md.
+        malloc.attach(pool, arenas=not args.no_pymalloc)
         # Arrow C++ allocates some buffers (the Parquet reader's and writer's)
         # from its own default pool, which pyarrow cannot set: with the system
         # allocator's, they are mallocs, and the interposer places the large
@@ -264,6 +272,8 @@ def report(pool, settings, start, quiet, stats_path, code):
     elapsed = time.perf_counter() - start
     stats = pool.stats()
     stats["malloc"] = malloc.counts() if malloc.loaded() else None
+    arenas = malloc.arena_counts()
+    stats["pymalloc"] = arenas if arenas["installed"] else None
     if not quiet:
         print(summary(stats, elapsed), file=sys.stderr)
     if stats_path:
