@@ -1,13 +1,15 @@
 """Policy simulator benchmark: replay throughput, and hit ratios against Belady.
 
-* throughput: events/s of tm.policy.simulate for each policy (without and
-  with a PMEM tier) and of tm.policy.belady, side by side on one Zipf(0.99)
+* throughput: events/s of tm.policy.simulate for each policy (with the
+  stream layer, the default, without and with a PMEM tier; and without the
+  layer) and of tm.policy.belady, side by side on one Zipf(0.99)
   trace of 10 M events, DRAM = 10% of its distinct blocks. Calls are timed
   end to end (validation and id remap included) after a warm-up call that
   compiles the kernels; median/min/max over repetitions, interleaved.
-* hit ratios: every policy's DRAM hit ratio on every synthetic trace at DRAM
-  = 10%, 25% and 50% of the trace's distinct blocks, with Belady's MIN and
-  each policy's share of it.
+* hit ratios: every policy's DRAM hit ratio, with the stream layer and
+  without it (streams=False), on every synthetic trace at DRAM = 10%, 25%
+  and 50% of the trace's distinct blocks, with Belady's MIN and each
+  policy's share of it.
 
 Run from the repo root:  python -m benchmarks.bench_policy_sim [--quick]
 """
@@ -43,6 +45,7 @@ def replay_calls(trace, dram, pmem):
     for name in policy.POLICIES:
         calls[name] = lambda name=name: policy.simulate(trace, name, dram)
         calls[f"{name}+pmem"] = lambda name=name: policy.simulate(trace, name, dram, pmem)
+        calls[f"{name} (no streams)"] = lambda name=name: policy.simulate(trace, name, dram, streams=False)
     calls["belady"] = lambda: policy.belady(trace, dram)
     return calls
 
@@ -65,6 +68,7 @@ def throughput_rows(reps):
     warm = trace[:10_000]
     for name in policy.POLICIES:  # compile (or load from cache) every kernel
         policy.simulate(warm, name, 100, 100)
+        policy.simulate(warm, name, 100, 100, per_access=True)
     policy.belady(warm, 100)
     records = c.interleave(reps, systems)
     rows = []
@@ -104,15 +108,17 @@ def ratio_cell(ratio, bound):
 
 
 def ratio_table(footprint, length):
-    columns = ["trace", "DRAM", "belady"] + list(policy.POLICIES)
+    names = list(policy.POLICIES)
+    columns = (["trace", "DRAM", "belady"] + [f"{p} + streams" for p in names]
+               + [f"{p} alone" for p in names])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, trace in synthetic_traces(footprint, length).items():
         distinct = distinct_blocks(trace)
         for share in DRAM_SHARES:
             dram = max(1, int(share * distinct))
             bound = policy.belady(trace, dram)
-            cells = [ratio_cell(policy.simulate(trace, p, dram)["dram_hit_ratio"], bound)
-                     for p in policy.POLICIES]
+            cells = [ratio_cell(policy.simulate(trace, p, dram, streams=streams)["dram_hit_ratio"], bound)
+                     for streams in (True, False) for p in names]
             lines.append(f"| {name} | {share:.0%} ({dram}) | {bound:.3f} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -138,7 +144,8 @@ def main(argv=None):
     print(f"## Throughput\n\n{header}\n\n{c.markdown_table(rows)}\n")
     print(f"## DRAM hit ratio (share of Belady's)\n\n{cfg['length']} events per trace "
           f"(scan: 2 passes) over {cfg['footprint']} blocks; DRAM as a share of the "
-          f"trace's distinct blocks.\n")
+          f"trace's distinct blocks; each policy with the stream layer (the default) "
+          f"and alone (streams=False).\n")
     print(ratio_table(cfg["footprint"], cfg["length"]))
 
 

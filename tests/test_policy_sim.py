@@ -1,7 +1,12 @@
 """Specification of the offline policy simulator (tieredmem.policy): exact
 hit counts on hand-computed traces, Belady's MIN against exhaustive search,
-properties on the synthetic traces, and input validation. Throughput is
-measured by benchmarks/bench_policy_sim.py, not asserted here."""
+properties on the synthetic traces, the stream layer (use-once and loops),
+and input validation. Throughput is measured by benchmarks/bench_policy_sim.py,
+not asserted here.
+
+The hand-computed traces and the policies' reference model replay the
+policies alone (streams=False): their block ids are consecutive, which the
+stream layer would read as streams. The stream layer has its own section."""
 import functools
 import itertools
 
@@ -10,13 +15,14 @@ import pytest
 
 from tieredmem import policy
 from tieredmem.policy import belady, simulate, traces
-from tieredmem.policy.simulate import COOL_PERIOD_FACTOR
+from tieredmem.policy.simulate import COOL_PERIOD_FACTOR, stream_sizes
 
 POLICIES = ("lru", "fifo", "hotness")
 
 
 def hits(trace, name, dram, pmem=0):
-    return simulate(trace, name, dram, pmem)["dram_hits"]
+    """DRAM hits of the policy alone."""
+    return simulate(trace, name, dram, pmem, streams=False)["dram_hits"]
 
 
 # ---------------------------------------------------------------- hand-computed traces
@@ -69,7 +75,7 @@ def test_hotness_counts_decay():
 def test_pmem_catches_a_demoted_block(name):
     # DRAM 1, PMEM 1. 1 demotes 0 to PMEM; 0 is a PMEM hit and demotes 1;
     # 2 demotes 0, which pushes 1 out of PMEM; so 1 is read from NVMe.
-    result = simulate([0, 1, 0, 2, 1], name, 1, pmem_blocks=1)
+    result = simulate([0, 1, 0, 2, 1], name, 1, pmem_blocks=1, streams=False)
     assert result["dram_hits"] == 0
     assert result["misses"] == 5
     assert result["pmem_hits"] == 1
@@ -83,7 +89,7 @@ def test_pmem_evicts_in_demotion_order(name):
     # DRAM 1, PMEM 2. After 0, 1, 2: PMEM holds [0, 1] in demotion order.
     # 0 is a PMEM hit (leaves PMEM) and demotes 2: PMEM [1, 2]. 3 demotes 0,
     # which evicts 1, the oldest demotion, so 1 is an NVMe read.
-    result = simulate([0, 1, 2, 0, 3, 1], name, 1, pmem_blocks=2)
+    result = simulate([0, 1, 2, 0, 3, 1], name, 1, pmem_blocks=2, streams=False)
     assert result["pmem_hits"] == 1
     assert result["first_accesses"] == 4
     assert result["nvme_reads"] == 1
@@ -115,7 +121,9 @@ def _reference_victim(name, in_dram, count, dram):
     return min(cold, key=in_dram.get)
 
 
-def _reference(trace, name, dram, pmem):
+def _reference(trace, name, dram, pmem, streams=None):
+    """(dram hits, pmem hits, first accesses); with streams (a
+    _ReferenceStreams), victims come from it first."""
     in_dram = {}  # block -> last access (lru, hotness) or arrival (fifo)
     in_pmem = []  # in demotion order
     count = {}
@@ -134,8 +142,12 @@ def _reference(trace, name, dram, pmem):
         if b in in_pmem:
             pmem_hits += 1
             in_pmem.remove(b)
+        if streams:
+            streams.miss(b)
         if len(in_dram) == dram:
-            victim = _reference_victim(name, in_dram, count, dram)
+            victim = streams.victim(in_dram) if streams else None
+            if victim is None:
+                victim = _reference_victim(name, in_dram, count, dram)
             del in_dram[victim]
             if pmem:
                 if len(in_pmem) == pmem:
@@ -143,6 +155,53 @@ def _reference(trace, name, dram, pmem):
                 in_pmem.append(victim)
         in_dram[b] = i
     return dram_hits, pmem_hits, first
+
+
+class _ReferenceStreams:
+    """The stream layer as docs/policies.md states it, in original ids."""
+
+    def __init__(self, dram):
+        self.batch = max(1, min(64, dram // 4))
+        self.guard = max(self.batch, dram // 8)
+        self.records = [None] * 8
+        self.misses = 0
+
+    def miss(self, b):
+        self.misses += 1
+        for s in self.records:
+            if s and s["next"] <= b <= s["next"] + s["window"]:
+                s.update(window=min(2 * s["window"], self.batch), next=b + 1, used=self.misses)
+                return
+        # the least recently used record, the first of them (empty ones: 0)
+        i = min(range(8), key=lambda i: (self.records[i]["used"] if self.records[i] else 0, i))
+        self.records[i] = {"start": b, "next": b + 1, "window": 1, "used": self.misses,
+                           "scanned": None}
+
+    def victim(self, resident):
+        """A resident block of a passed region outside its guard, or None."""
+        for s in sorted(filter(None, self.records), key=lambda s: -s["used"]):
+            start, top = s["start"], s["next"] - self.guard
+            if s["scanned"] is None:  # all of [start, top) unseen
+                for x in range(top - 1, start - 1, -1):
+                    if x in resident:
+                        s["scanned"] = [x, top]
+                        return x
+                if top > start:
+                    s["scanned"] = [start, top]
+                continue
+            lo, hi = s["scanned"]
+            for x in range(top - 1, hi - 1, -1):  # passed since the last scan
+                if x in resident:
+                    # contiguous with [lo, hi) if x == hi, else it restarts at x
+                    s["scanned"] = [lo if x == hi else x, top]
+                    return x
+            s["scanned"][1] = top
+            for x in range(lo - 1, start - 1, -1):
+                if x in resident:
+                    s["scanned"][0] = x
+                    return x
+            s["scanned"][0] = start
+        return None
 
 
 def _reference_cases(seed):
@@ -160,9 +219,32 @@ def _reference_cases(seed):
 def test_kernels_match_the_reference_model(name, seed):
     for trace in _reference_cases(seed):
         for dram, pmem in ((1, 0), (3, 4), (5, 0), (8, 10), (12, 3)):
-            r = simulate(trace, name, dram, pmem)
+            r = simulate(trace, name, dram, pmem, streams=False)
             got = (r["dram_hits"], r["pmem_hits"], r["first_accesses"])
             assert got == _reference(trace.tolist(), name, dram, pmem), (dram, pmem)
+
+
+def _stream_reference_cases(seed):
+    # Consecutive ids (scans, loops, the mixed trace's scan), sparse ones and
+    # random ones; DRAM sizes around the guard's steps.
+    yield traces.loop(37 + seed, 900)
+    yield traces.scan(60, passes=3)
+    yield traces.mixed(80, 1500, seed=seed)
+    yield traces.mixed(300, 3000, seed=seed, scan_share=0.3)
+    yield 2 * traces.loop(50, 600) + (traces.zipf(50, 600, seed=seed) % 2)
+    yield traces.shifting_hot_set(60, 900, seed=seed)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("seed", range(2))
+def test_kernels_with_streams_match_the_reference_model(name, seed):
+    for trace in _stream_reference_cases(seed):
+        distinct = len(np.unique(trace))
+        for dram, pmem in ((1, 0), (4, 3), (9, 0), (16, 10), (33, 0), (distinct - 1, 5)):
+            r = simulate(trace, name, dram, pmem)
+            got = (r["dram_hits"], r["pmem_hits"], r["first_accesses"])
+            want = _reference(trace.tolist(), name, dram, pmem, _ReferenceStreams(dram))
+            assert got == want, (dram, pmem)
 
 
 # ---------------------------------------------------------------- belady
@@ -217,71 +299,94 @@ def test_belady_bounds_every_policy(trace_name):
     distinct = len(np.unique(trace))
     for dram in sorted({1, 7, distinct // 10, distinct // 4, distinct // 2, distinct - 1}):
         bound = belady(trace, dram)
-        for name, pmem in itertools.product(POLICIES, (0, distinct // 4)):
-            ratio = simulate(trace, name, dram, pmem)["dram_hit_ratio"]
-            assert ratio <= bound, (name, dram, pmem)
+        for name, pmem, streams in itertools.product(POLICIES, (0, distinct // 4), (True, False)):
+            ratio = simulate(trace, name, dram, pmem, streams=streams)["dram_hit_ratio"]
+            assert ratio <= bound, (name, dram, pmem, streams)
 
 
 # ---------------------------------------------------------------- properties
 
+@pytest.mark.parametrize("streams", (True, False))
 @pytest.mark.parametrize("name", POLICIES)
-def test_first_accesses_are_misses(name):
+def test_first_accesses_are_misses(name, streams):
     trace = np.arange(50)
-    result = simulate(trace, name, 100)
+    result = simulate(trace, name, 100, streams=streams)
     assert result["dram_hits"] == 0
     assert result["misses"] == result["first_accesses"] == 50
     assert result["nvme_reads"] == 0
     assert belady(trace, 100) == 0.0
 
 
+@pytest.mark.parametrize("streams", (True, False))
 @pytest.mark.parametrize("name", POLICIES)
-def test_everything_fits(name):
+def test_everything_fits(name, streams):
     trace = traces.zipf(200, 3000, seed=5)
     distinct = len(np.unique(trace))
     expected = 1 - distinct / len(trace)
-    assert simulate(trace, name, distinct)["dram_hit_ratio"] == pytest.approx(expected)
+    assert simulate(trace, name, distinct, streams=streams)["dram_hit_ratio"] == pytest.approx(expected)
     assert belady(trace, distinct) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("streams", (True, False))
 @pytest.mark.parametrize("name", POLICIES)
-def test_accounting_adds_up(name):
+def test_accounting_adds_up(name, streams):
     trace = traces.mixed(400, 5000, seed=6)
-    r = simulate(trace, name, 40, pmem_blocks=60)
+    r = simulate(trace, name, 40, pmem_blocks=60, streams=streams)
     assert r["dram_hits"] + r["misses"] == len(trace)
     assert r["pmem_hits"] + r["first_accesses"] + r["nvme_reads"] == r["misses"]
     assert r["first_accesses"] == r["distinct_blocks"] == len(np.unique(trace))
 
 
+@pytest.mark.parametrize("streams", (True, False))
 @pytest.mark.parametrize("name", POLICIES)
-def test_pmem_leaves_dram_alone(name):
+def test_pmem_leaves_dram_alone(name, streams):
     # A PMEM hit is a DRAM miss like any other, so DRAM sees the same
     # sequence of misses with or without PMEM.
     trace = traces.shifting_hot_set(400, 5000, seed=7)
-    without = simulate(trace, name, 30)
-    with_pmem = simulate(trace, name, 30, pmem_blocks=50)
+    without = simulate(trace, name, 30, streams=streams)
+    with_pmem = simulate(trace, name, 30, pmem_blocks=50, streams=streams)
     assert with_pmem["dram_hits"] == without["dram_hits"]
     assert with_pmem["pmem_hits"] > 0
     assert without["pmem_hits"] == 0
     assert without["nvme_reads"] == without["misses"] - without["first_accesses"]
 
 
+@pytest.mark.parametrize("streams", (True, False))
 @pytest.mark.parametrize("name", POLICIES)
-def test_no_nvme_reads_when_both_tiers_hold_everything(name):
+def test_no_nvme_reads_when_both_tiers_hold_everything(name, streams):
     trace = traces.zipf(300, 4000, seed=8)
-    assert simulate(trace, name, 100, pmem_blocks=200)["nvme_reads"] == 0
+    assert simulate(trace, name, 100, pmem_blocks=200, streams=streams)["nvme_reads"] == 0
 
 
 @pytest.mark.parametrize("name", POLICIES)
-def test_block_ids_are_only_names(name):
+def test_block_ids_are_only_names_to_the_policies(name):
     # Sparse ids take the np.unique remap, small dtypes and views the table;
     # all must give the results of the dense trace.
     trace = traces.mixed(300, 3000, seed=9)
-    expected = simulate(trace, name, 30, 20)
+    expected = simulate(trace, name, 30, 20, streams=False)
     doubled = np.repeat(trace, 2)[::2]
     for variant in (trace * 10**12 + 7, trace.astype(np.uint16), doubled, list(trace)):
-        result = simulate(variant, name, 30, 20)
+        result = simulate(variant, name, 30, 20, streams=False)
         assert {k: result[k] for k in expected} == expected
     assert belady(trace * 10**12, 30) == belady(trace, 30)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_stream_layer_reads_only_the_order_and_spacing_of_ids(name):
+    # An offset (either remap), a small dtype or a view change nothing; ids
+    # spread apart leave no two blocks adjacent, so no stream passes a block
+    # and the layer gives what the policy alone does.
+    trace = traces.mixed(300, 3000, seed=9)
+    expected = simulate(trace, name, 30, 20)
+    assert expected["stream_victims"] > 0
+    doubled = np.repeat(trace, 2)[::2]
+    for variant in (trace + 10**12, trace + 5, trace.astype(np.uint16), doubled, list(trace)):
+        result = simulate(variant, name, 30, 20)
+        assert {k: result[k] for k in expected} == expected
+    spread = simulate(trace * 1000, name, 30, 20)
+    alone = simulate(trace, name, 30, 20, streams=False)
+    assert spread["stream_victims"] == 0
+    assert spread["dram_hits"] == alone["dram_hits"] != expected["dram_hits"]
 
 
 def test_empty_trace():
@@ -388,3 +493,133 @@ def test_mixed_interleaves_scan_and_zipf():
 def test_generator_arguments_are_checked(call):
     with pytest.raises(ValueError):
         call()
+
+
+# ---------------------------------------------------------------- the stream layer
+# docs/policies.md, "Streams: use-once and loops": victims come first from
+# the blocks detected streams have passed, most recently passed first, never
+# from the guard of G blocks behind a stream's head; then from the policy.
+
+def test_batch_and_guard_sizes():
+    # batch = min(64, DRAM // 4), at least 1; G = max(batch, DRAM // 8)
+    assert stream_sizes(1) == (1, 1)
+    assert stream_sizes(7) == (1, 1)
+    assert stream_sizes(200) == (50, 50)
+    assert stream_sizes(1024) == (64, 128)
+    assert stream_sizes(50_000) == (64, 6250)
+
+
+LOOP_N, LOOP_DRAM, LOOP_PASSES = 1536, 1024, 12  # a loop over 1.5x DRAM
+
+
+def _loop_misses_per_pass(name, streams):
+    trace = traces.loop(LOOP_N, LOOP_N * LOOP_PASSES)
+    hit = simulate(trace, name, LOOP_DRAM, streams=streams, per_access=True)["hit"]
+    return (~hit).reshape(LOOP_PASSES, LOOP_N).sum(axis=1)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_loop_larger_than_dram_misses_at_most_n_minus_d_plus_guard_per_pass(name):
+    _, guard = stream_sizes(LOOP_DRAM)
+    per_pass = _loop_misses_per_pass(name, streams=True)
+    assert per_pass[0] == LOOP_N
+    assert per_pass[1:].max() <= LOOP_N - LOOP_DRAM + guard, per_pass
+    # at 1.5x DRAM that is issue 12's bound: 1.25x (footprint - DRAM)
+    assert per_pass[1:].max() <= 1.25 * (LOOP_N - LOOP_DRAM)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_loop_larger_than_dram_misses_every_block_without_streams(name):
+    # LRU, FIFO and counts all evict the block needed soonest: no hit at all
+    assert (_loop_misses_per_pass(name, streams=False) == LOOP_N).all()
+
+
+MIXED_FOOTPRINT = 4000
+MIXED = traces.mixed(MIXED_FOOTPRINT, 80_000, seed=4)
+MIXED_HOT = MIXED < MIXED_FOOTPRINT // 2  # the Zipf part; the scan is above
+
+
+def _mixed_hit(name, share, streams):
+    dram = int(share * MIXED_FOOTPRINT)
+    return simulate(MIXED, name, dram, streams=streams, per_access=True)["hit"]
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("share", (0.1, 0.25, 0.5))
+def test_mixed_hot_set_hits_at_least_as_often_with_streams(name, share):
+    with_layer = _mixed_hit(name, share, True)[MIXED_HOT].mean()
+    alone = _mixed_hit(name, share, False)[MIXED_HOT].mean()
+    assert with_layer >= alone
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("share", (0.25, 0.5))
+def test_mixed_scan_keeps_part_of_itself_with_streams_only(name, share):
+    # the scan over the upper half is a loop larger than the DRAM left to it
+    assert _mixed_hit(name, share, True)[~MIXED_HOT].mean() > 0.05
+    assert _mixed_hit(name, share, False)[~MIXED_HOT].mean() == 0.0
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_scan_victim_is_the_latest_passed_block_behind_the_guard(name):
+    # Each miss on b continues the stream (next = b + 1): the layer takes
+    # b - G, the most recently passed block outside the guard. Sparse ids
+    # (the np.unique remap) are reported as given.
+    dram = 200
+    _, guard = stream_sizes(dram)
+    trace = traces.scan(1000) + 10**12
+    victim = simulate(trace, name, dram, per_access=True)["victim"]
+    assert (victim[:dram] == -1).all()
+    assert (victim[dram:] == trace[dram:] - guard).all()
+
+
+def _chunks_read_twice(chunk, nblocks):
+    """Each chunk of `chunk` blocks read twice, the chunks in order; and a
+    mask of the second reads."""
+    starts = range(0, nblocks, chunk)
+    trace = np.concatenate([np.tile(np.arange(c, c + chunk), 2) for c in starts])
+    second = np.tile(np.repeat([False, True], chunk), len(starts))
+    return trace, second
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_a_chunk_reread_within_the_guard_always_hits(name):
+    dram = 256
+    _, guard = stream_sizes(dram)
+    trace, second = _chunks_read_twice(guard, 8 * dram)
+    hit = simulate(trace, name, dram, per_access=True)["hit"]
+    assert hit[second].all()
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_a_chunk_one_block_longer_than_the_guard_loses_its_first_block(name):
+    # The guard is G blocks, no more: the chunk's first block is the
+    # latest passed outside it when the chunk's last block comes in.
+    dram = 256
+    _, guard = stream_sizes(dram)
+    chunk = guard + 1
+    trace, second = _chunks_read_twice(chunk, 8 * dram)
+    hit = simulate(trace, name, dram, per_access=True)["hit"]
+    misses = np.flatnonzero(second & ~hit)
+    first_of_chunk = np.flatnonzero(second)[::chunk]
+    steady = first_of_chunk[first_of_chunk > 2 * dram]  # DRAM full for a while
+    assert np.isin(steady, misses).all()
+    assert np.isin(misses, first_of_chunk).all()
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("share", (0.1, 0.25, 0.5))
+def test_scan_and_loop_score_near_belady_with_streams(name, share):
+    for trace in (traces.scan(3000, passes=2), traces.loop(3000, 30_000)):
+        dram = int(share * 3000)
+        bound = belady(trace, dram)
+        assert simulate(trace, name, dram)["dram_hit_ratio"] >= 0.8 * bound
+        assert simulate(trace, name, dram, streams=False)["dram_hit_ratio"] == 0.0
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_stream_victims_counts_the_layers_choices(name):
+    # A scan larger than DRAM: every victim is the layer's.
+    r = simulate(traces.scan(500), name, 100)
+    assert r["stream_victims"] == 400
+    assert simulate(traces.scan(500), name, 100, streams=False)["stream_victims"] == 0

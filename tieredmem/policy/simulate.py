@@ -19,12 +19,31 @@ Policies:
   the histogram calls alike), or, when every block in DRAM is hot, the least
   recently used block of the coldest bin.
 
+Every policy is composed with the engine's stream layer (streams=True, the
+default; streams=False replays the policy alone). Streams are detected from
+misses only, as the engine sees faults, not hits: up to NSTREAMS records
+{start, next, window, used}; a miss at b continues the first record with
+next <= b <= next + window (window doubles up to `batch`, next = b + 1),
+else replaces the least recently used record with {b, b + 1, 1}. A stream's
+passed region is [start, next). When a victim is needed the layer first
+takes a resident block from the passed regions, streams most recently used
+first, each scanned downward from next - G - 1 to start (the most recently
+passed block first): the G blocks behind a stream's head, its guard, are
+never taken. Only if no stream yields a block does the policy choose, by
+its own rule; a block the layer takes leaves the policy's structures too.
+batch = max(1, min(64, dram_blocks // 4)) and G = max(batch, dram_blocks // 8),
+as in the engine (a 4 MiB batch of 64 KiB blocks, capped at a quarter of
+DRAM). The simulator has no prefetch: a miss brings in its block only.
+docs/policies.md, "Streams: use-once and loops", explains the rule.
+
 PMEM, for every policy, evicts to NVMe in FIFO order of demotion. Since a
 PMEM hit promotes the block (it leaves PMEM), that order is also LRU order
 of the blocks' last DRAM residency.
 
-All kernels run in numba on a trace remapped to dense ids 0..nblocks-1 and
-never raise: arguments are validated here in Python first.
+All kernels run in numba on a trace remapped to dense ids 0..nblocks-1, in
+the order of the original ids (the stream layer needs their order and
+spacing: it sees the original ids through ids[dense id]), and never raise:
+arguments are validated here in Python first.
 """
 import operator
 
@@ -37,8 +56,8 @@ POLICIES = ("lru", "fifo", "hotness")
 NEW, DRAM, PMEM, NVME = 0, 1, 2, 3
 
 # tally[] slots shared by the kernels (an array, so helpers can update them)
-DRAM_HITS, PMEM_HITS, FIRST_ACCESSES, DRAM_USED, PMEM_USED = range(5)
-TALLY_SIZE = 5
+DRAM_HITS, PMEM_HITS, FIRST_ACCESSES, DRAM_USED, PMEM_USED, STREAM_VICTIMS = range(6)
+TALLY_SIZE = 6
 
 # Dense ids and list links are int32 to halve the cache footprint of the
 # per-block arrays; the sentinels come after the last block id, so a trace
@@ -92,34 +111,47 @@ def _validated_trace(trace):
 
 @njit(cache=True)
 def _remap_by_table(trace, max_id):
-    """Dense ids in order of first appearance."""
-    table = np.full(max_id + 1, -1, np.int32)
-    dense = np.empty(trace.size, np.int32)
-    nblocks = 0
+    """Dense ids in the order of the original ids, and the original ids
+    (ascending) by dense id."""
+    table = np.zeros(max_id + 1, np.int32)
     for i in range(trace.size):
-        b = trace[i]
-        d = table[b]
-        if d < 0:
-            d = nblocks
-            table[b] = d
-            nblocks += 1
-        dense[i] = d
-    return dense, nblocks
+        table[trace[i]] = 1
+    nblocks = 0
+    for v in range(max_id + 1):
+        nblocks += table[v]
+    ids = np.empty(nblocks, np.int64)
+    d = 0
+    for v in range(max_id + 1):
+        if table[v]:
+            table[v] = d
+            ids[d] = v
+            d += 1
+    dense = np.empty(trace.size, np.int32)
+    for i in range(trace.size):
+        dense[i] = table[trace[i]]
+    return dense, ids
 
 
 def _dense_trace(trace):
-    """(trace as dense int32 ids, number of distinct blocks). Every policy is
-    blind to id values, so any dense numbering gives the same results."""
+    """(trace as dense int32 ids, ids, base, orig): the original id of dense
+    id d is base + ids[d]; orig is the trace as int64 ids less base. Dense
+    ids follow the original ids' order, so ids is ascending. The policies
+    are blind to id values; the stream layer reads ids and orig (only their
+    order and spacing matter to it)."""
     arr = _validated_trace(trace)
     if arr.size == 0:
-        return np.zeros(0, np.int32), 0
+        return np.zeros(0, np.int32), np.zeros(0, np.int64), 0, np.zeros(0, np.int64)
     max_id = int(arr.max())
     if max_id < TABLE_IDS_PER_EVENT * arr.size + TABLE_IDS_MIN:
-        dense, nblocks = _remap_by_table(np.ascontiguousarray(arr, dtype=np.int64), max_id)
-    else:
-        _, inverse = np.unique(arr, return_inverse=True)
-        dense, nblocks = inverse.astype(np.int32), int(inverse.max()) + 1
-    return dense, nblocks
+        orig = np.ascontiguousarray(arr, dtype=np.int64)
+        dense, ids = _remap_by_table(orig, max_id)
+        return dense, ids, 0, orig
+    ids, inverse = np.unique(arr, return_inverse=True)
+    # relative to the smallest: only order and spacing matter, and a uint64
+    # id beyond int64's range must not wrap
+    base = ids[0]
+    return (inverse.astype(np.int32).ravel(), (ids - base).astype(np.int64), int(base),
+            (arr - base).astype(np.int64))
 
 
 # ---------------------------------------------------------------- shared kernel parts
@@ -194,16 +226,164 @@ def _demote(victim, where, links, pmem_list, pmem_cap, tally):
     where[victim] = PMEM
 
 
-# ---------------------------------------------------------------- lru, fifo
+# ---------------------------------------------------------------- the stream layer
+# streams[i] is one record; S_WINDOW == 0 marks an empty one. Original ids
+# (S_START, S_NEXT) decide what continues a stream; the passed region is
+# scanned in dense ids, which follow the original order: [S_START_D, S_TOP_D)
+# are the dense ids of the blocks in [start, next - G). [S_LO, S_HI) is the
+# scanned interval: blocks in it were taken or skipped and are not looked at
+# again (S_LO == S_HI: empty). S_HI_ID is the original id it ends at: next - G
+# when it was last extended (ids absent from the trace lie between dense ids,
+# and the rule is stated over all ids, as the engine's blocks). order[] lists
+# the records most recently used first (each miss sets one record's S_USED to
+# a new count, so no two non-empty records tie).
+NSTREAMS = 8
+(S_START, S_NEXT, S_WINDOW, S_USED, S_START_D, S_TOP_D, S_LO, S_HI, S_HI_ID) = range(9)
+S_FIELDS = 9
+STREAM_BATCH_MAX = 64  # blocks: the engine's 4 MiB batch of 64 KiB blocks
+
+
+def stream_sizes(dram_blocks):
+    """(batch, guard) in blocks for a DRAM of dram_blocks, as in the engine:
+    batch = min(64, dram_blocks // 4), at least 1; guard G = max(batch,
+    dram_blocks // 8), the blocks behind a stream's head the layer never takes."""
+    batch = max(1, min(STREAM_BATCH_MAX, dram_blocks // 4))
+    return batch, max(batch, dram_blocks // 8)
+
 
 @njit(cache=True)
-def _simulate_queue(trace, nblocks, dram_cap, pmem_cap, move_on_hit):
-    """LRU (move_on_hit) or FIFO: DRAM is one list, victims taken at its head."""
+def _new_streams():
+    order = np.empty(NSTREAMS, np.int64)
+    for k in range(NSTREAMS):
+        order[k] = k
+    return np.zeros((NSTREAMS, S_FIELDS), np.int64), order
+
+
+@njit(cache=True, inline='always')
+def _stream_miss(d, b, ids, streams, order, nmiss, batch, guard):
+    """A miss on block b, dense id d (the misses so far, this one included:
+    nmiss): continue the first stream it falls in, or replace the least
+    recently used record (the first of the least, as the engine does) with a
+    new one. (b comes from the trace, read in order: looking it up in ids[]
+    would be a cache miss per miss.)"""
+    found = -1
+    oldest = 0
+    for i in range(NSTREAMS):
+        w = streams[i, S_WINDOW]
+        if w and streams[i, S_NEXT] <= b <= streams[i, S_NEXT] + w:
+            found = i
+            break
+        if streams[i, S_USED] < streams[oldest, S_USED]:
+            oldest = i
+    if found >= 0:
+        w = 2 * streams[found, S_WINDOW]
+        streams[found, S_WINDOW] = w if w < batch else batch
+        streams[found, S_NEXT] = b + 1
+        top = b + 1 - guard
+        t = streams[found, S_TOP_D]
+        while t < ids.size and ids[t] < top:
+            t += 1
+        streams[found, S_TOP_D] = t
+    else:
+        found = oldest
+        streams[found, S_START] = b
+        streams[found, S_NEXT] = b + 1
+        streams[found, S_WINDOW] = 1
+        # the region below next - G is empty: G >= 1
+        streams[found, S_START_D] = d
+        streams[found, S_TOP_D] = d
+        streams[found, S_LO] = d
+        streams[found, S_HI] = d
+    streams[found, S_USED] = nmiss
+    # to the front of order[]
+    k = 0
+    while order[k] != found:
+        k += 1
+    while k > 0:
+        order[k] = order[k - 1]
+        k -= 1
+    order[0] = found
+
+
+@njit(cache=True, inline='always')
+def _stream_victim(streams, order, where, ids, guard):
+    """A resident block from the streams' passed regions outside their
+    guards, streams most recently used first, each from its most recently
+    passed block down; -1 if none. Amortised O(1) per call: each block of a
+    region is looked at once while it stays in the scanned interval."""
+    for k in range(NSTREAMS):
+        i = order[k]
+        if streams[i, S_WINDOW] == 0:
+            continue
+        start = streams[i, S_START_D]
+        top = streams[i, S_TOP_D]
+        lo = streams[i, S_LO]
+        hi = streams[i, S_HI]
+        if top <= start or (lo == start and hi == top and lo != hi):
+            continue  # nothing outside the guard, or nothing not yet scanned
+        top_id = streams[i, S_NEXT] - guard
+        if lo == hi:  # nothing scanned yet: all of [start, top) is new
+            x = top - 1
+            while x >= start:
+                if where[x] == DRAM:
+                    streams[i, S_LO] = x
+                    streams[i, S_HI] = top
+                    streams[i, S_HI_ID] = top_id
+                    return x
+                x -= 1
+            streams[i, S_LO] = start
+            streams[i, S_HI] = top
+            streams[i, S_HI_ID] = top_id
+            continue
+        # above the interval first: blocks passed since it was scanned
+        x = top - 1
+        while x >= hi:
+            if where[x] == DRAM:
+                # the blocks from the interval's end up to x are not scanned:
+                # if there are any, the interval restarts at x (the old one
+                # may be looked at again)
+                if ids[x] > streams[i, S_HI_ID]:
+                    streams[i, S_LO] = x
+                streams[i, S_HI] = top
+                streams[i, S_HI_ID] = top_id
+                return x
+            x -= 1
+        streams[i, S_HI] = top
+        streams[i, S_HI_ID] = top_id
+        # then below it
+        x = lo - 1
+        while x >= start:
+            if where[x] == DRAM:
+                streams[i, S_LO] = x
+                return x
+            x -= 1
+        streams[i, S_LO] = start
+    return -1
+
+
+# ---------------------------------------------------------------- lru, fifo
+
+@njit(cache=True, inline='always')
+def _record(per_hit, per_victim, i, hit, victim, ids):
+    """Per-access detail, when asked for (arrays of the trace's length)."""
+    per_hit[i] = hit
+    per_victim[i] = ids[victim] if victim >= 0 else -1
+
+
+@njit(cache=True)
+def _simulate_queue(trace, orig, ids, dram_cap, pmem_cap, move_on_hit, batch, guard,
+                    per_hit, per_victim):
+    """LRU (move_on_hit) or FIFO: DRAM is one list, victims taken at its head
+    (after the stream layer's, if batch > 0)."""
+    nblocks = ids.size
     where = np.zeros(nblocks, np.uint8)
     links = _new_links(nblocks, 2)
     dram_list = nblocks
     pmem_list = nblocks + 1
     tally = np.zeros(TALLY_SIZE, np.int64)
+    streams, order = _new_streams()
+    nmiss = 0
+    record = per_hit.size > 0
     for i in range(trace.size):
         b = trace[i]
         if where[b] == DRAM:
@@ -211,16 +391,29 @@ def _simulate_queue(trace, nblocks, dram_cap, pmem_cap, move_on_hit):
             if move_on_hit:
                 _unlink(links, b)
                 _push_tail(links, dram_list, b)
+            if record:
+                _record(per_hit, per_victim, i, True, -1, ids)
             continue
         _fetch(b, where, links, tally)
+        nmiss += 1
+        if batch:
+            _stream_miss(b, orig[i], ids, streams, order, nmiss, batch, guard)
+        victim = -1
         if tally[DRAM_USED] == dram_cap:
-            victim = links[dram_list, NEXT]
+            if batch:
+                victim = _stream_victim(streams, order, where, ids, guard)
+            if victim >= 0:
+                tally[STREAM_VICTIMS] += 1
+            else:
+                victim = links[dram_list, NEXT]
             _unlink(links, victim)
             _demote(victim, where, links, pmem_list, pmem_cap, tally)
         else:
             tally[DRAM_USED] += 1
         _push_tail(links, dram_list, b)
         where[b] = DRAM
+        if record:
+            _record(per_hit, per_victim, i, False, victim, ids)
     return tally
 
 
@@ -359,7 +552,8 @@ def _hotness_victim(hot_bin, epoch, links, heat, nblocks):
 
 
 @njit(cache=True)
-def _simulate_hotness(trace, nblocks, dram_cap, pmem_cap):
+def _simulate_hotness(trace, orig, ids, dram_cap, pmem_cap, batch, guard, per_hit, per_victim):
+    nblocks = ids.size
     where = np.zeros(nblocks, np.uint8)
     heat = np.zeros((nblocks, 2), np.int64)
     hist = np.zeros(NBINS + 1, np.int64)
@@ -368,6 +562,9 @@ def _simulate_hotness(trace, nblocks, dram_cap, pmem_cap):
     links = _new_links(nblocks, NBINS + 2)
     pmem_list = nblocks + NBINS + 1
     tally = np.zeros(TALLY_SIZE, np.int64)
+    streams, order = _new_streams()
+    nmiss = 0
+    record = per_hit.size > 0
     period = COOL_PERIOD_FACTOR * dram_cap
     until_cool = period
     epoch = 0
@@ -380,20 +577,31 @@ def _simulate_hotness(trace, nblocks, dram_cap, pmem_cap):
         b = trace[i]
         w = where[b]
         new_bin = _touch(b, i, w != NEW, heat, hist, thresh, epoch)
+        victim = -1
         if w == DRAM:
             tally[DRAM_HITS] += 1
             _unlink(links, b)
         else:
             _fetch(b, where, links, tally)
+            nmiss += 1
+            if batch:
+                _stream_miss(b, orig[i], ids, streams, order, nmiss, batch, guard)
             if tally[DRAM_USED] == dram_cap:
-                _fit_threshold(hist, thresh, epoch, dram_cap)
-                victim = _hotness_victim(thresh[HOT_BIN], epoch, links, heat, nblocks)
+                if batch:
+                    victim = _stream_victim(streams, order, where, ids, guard)
+                if victim >= 0:
+                    tally[STREAM_VICTIMS] += 1
+                else:
+                    _fit_threshold(hist, thresh, epoch, dram_cap)
+                    victim = _hotness_victim(thresh[HOT_BIN], epoch, links, heat, nblocks)
                 _unlink(links, victim)
                 _demote(victim, where, links, pmem_list, pmem_cap, tally)
             else:
                 tally[DRAM_USED] += 1
             where[b] = DRAM
         _push_tail(links, nblocks + _slot_of_bin(new_bin, epoch), b)
+        if record:
+            _record(per_hit, per_victim, i, w == DRAM, victim, ids)
     return tally
 
 
@@ -485,32 +693,56 @@ def _belady_hits(trace, nblocks, capacity):
 
 # ---------------------------------------------------------------- public API
 
-def _run_policy(policy, dense, nblocks, dram_blocks, pmem_blocks):
+def _run_policy(policy, dense, orig, ids, dram_blocks, pmem_blocks, streams, per_hit, per_victim):
     # Tiers larger than the footprint never fill, so clamping them changes no
     # result and keeps sizes (and hotness's cooling period) within int64.
+    nblocks = ids.size
     dram_blocks = min(dram_blocks, max(nblocks, 1))
     pmem_blocks = min(pmem_blocks, nblocks)
+    batch, guard = stream_sizes(dram_blocks) if streams else (0, 0)
     if policy == "hotness":
-        return _simulate_hotness(dense, nblocks, dram_blocks, pmem_blocks)
-    return _simulate_queue(dense, nblocks, dram_blocks, pmem_blocks, policy == "lru")
+        return _simulate_hotness(dense, orig, ids, dram_blocks, pmem_blocks, batch, guard, per_hit, per_victim)
+    return _simulate_queue(dense, orig, ids, dram_blocks, pmem_blocks, policy == "lru", batch, guard,
+                           per_hit, per_victim)
 
 
-def simulate(trace, policy, dram_blocks, pmem_blocks=0):
+def simulate(trace, policy, dram_blocks, pmem_blocks=0, *, streams=True, per_access=False):
     """Replay `trace` (1-D integer array of block ids in access order) under
     `policy` (one of POLICIES) with DRAM of `dram_blocks` blocks and an
     optional PMEM tier of `pmem_blocks`.
 
+    streams: compose the policy with the engine's stream layer (the default,
+    as in the engine): blocks that a detected stream has passed are demoted
+    first, most recently passed first, except the guard behind its head
+    (module docstring; docs/policies.md). streams=False: the policy alone.
+    With the layer, block ids are positions (adjacent ids are adjacent
+    blocks); without it they are only names.
+
     Returns a dict: dram_hits (accesses found in DRAM); misses (all others,
     first accesses included); pmem_hits (misses found in PMEM); first_accesses;
     nvme_reads (misses that were neither); dram_hit_ratio and pmem_hit_ratio
-    (hits / len(trace), 0.0 for an empty trace); plus the inputs' sizes."""
+    (hits / len(trace), 0.0 for an empty trace); stream_victims (victims the
+    stream layer chose; the policy chose the others); plus the inputs' sizes
+    and `streams`. per_access=True adds two arrays of the trace's length:
+    "hit" (bool: the access was a DRAM hit) and "victim" (int64: the block
+    id demoted from DRAM by that access, -1 if none)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)}")
     dram_blocks = _as_count(dram_blocks, "dram_blocks", 1)
     pmem_blocks = _as_count(pmem_blocks, "pmem_blocks", 0)
-    dense, nblocks = _dense_trace(trace)
-    tally = _run_policy(policy, dense, nblocks, dram_blocks, pmem_blocks)
-    return _report(policy, dense.size, nblocks, dram_blocks, pmem_blocks, tally)
+    dense, ids, base, orig = _dense_trace(trace)
+    size = dense.size if per_access else 0
+    per_hit = np.zeros(size, np.bool_)
+    per_victim = np.zeros(size, np.int64)
+    tally = _run_policy(policy, dense, orig, ids, dram_blocks, pmem_blocks, bool(streams), per_hit, per_victim)
+    result = _report(policy, dense.size, ids.size, dram_blocks, pmem_blocks, tally)
+    result["streams"] = bool(streams)
+    if per_access:
+        result["hit"] = per_hit
+        if base:
+            per_victim = np.where(per_victim >= 0, per_victim + base, -1)
+        result["victim"] = per_victim
+    return result
 
 
 def _report(policy, accesses, nblocks, dram_blocks, pmem_blocks, tally):
@@ -531,6 +763,7 @@ def _report(policy, accesses, nblocks, dram_blocks, pmem_blocks, tally):
         "nvme_reads": misses - pmem_hits - first,
         "dram_hit_ratio": dram_hits / accesses if accesses else 0.0,
         "pmem_hit_ratio": pmem_hits / accesses if accesses else 0.0,
+        "stream_victims": int(tally[STREAM_VICTIMS]),
     }
 
 
@@ -539,8 +772,9 @@ def belady(trace, dram_blocks):
     accessed block always enters DRAM) as dram_hits / len(trace); first
     accesses are misses; 0.0 for an empty trace."""
     dram_blocks = _as_count(dram_blocks, "dram_blocks", 1)
-    dense, nblocks = _dense_trace(trace)
+    dense, ids, _, _ = _dense_trace(trace)
     if dense.size == 0:
         return 0.0
+    nblocks = ids.size
     capacity = min(dram_blocks, nblocks)  # the heap never holds more
     return _belady_hits(dense, nblocks, capacity) / dense.size
