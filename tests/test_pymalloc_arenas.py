@@ -71,11 +71,13 @@ def env_for(tmp_path, extra=None):
     return env
 
 
-def tmrun(tmp_path, path, *options, env=None, dram="64MiB", nvme="2GiB"):
+def tmrun(tmp_path, path, *options, env=None, dram="64MiB", nvme="2GiB", floor="0"):
+    """`run` the script; with no floor by default, so that every arena made is
+    the pool's (the floor has tests of its own)."""
     d = tmp_path / "nvme"
     d.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "tieredmem", "run", "--nvme-path", str(d), "--dram", dram, "--nvme", nvme,
-           *options, str(path)]
+           *(["--pymalloc-floor", floor] if floor is not None else []), *options, str(path)]
     return subprocess.run(cmd, cwd=tmp_path, env=env_for(tmp_path, env), capture_output=True, text=True,
                           timeout=TIMEOUT)
 
@@ -106,6 +108,20 @@ def test_small_objects_under_run_are_pool_memory_with_their_values(tmp_path):
     assert a["installed"] and out["share"] > 0.99, out
     assert a["pool_bytes"] >= 150 * MiB, a  # the strings' arenas, spilled to NVMe and read back by digest()
     assert out["digest"] == expected_digest(N)
+
+
+def test_the_first_64_mib_of_arenas_stay_outside_the_pool_by_default(tmp_path):
+    out = result(tmrun(tmp_path, script(tmp_path, MAKE_AND_CHECK), floor=None))
+    a = out["arenas"]
+    # The interpreter's own arenas count towards the floor too: at most 64 MiB
+    # of the strings' ~190 stay outside, the rest is the pool's.
+    assert a["other"] * MiB >= 64 * MiB and a["pool_bytes"] >= (150 - 64) * MiB, a
+    assert out["digest"] == expected_digest(N)
+
+
+def test_a_pymalloc_floor_that_is_not_a_size_is_refused_by_name(tmp_path):
+    res = tmrun(tmp_path, script(tmp_path, MAKE_AND_CHECK), floor="lots")
+    assert res.returncode == 2 and "--pymalloc-floor" in res.stderr, res.stderr[-2000:]
 
 
 def test_the_peak_rss_stays_near_the_budget_with_arenas_and_not_without(tmp_path):
@@ -202,7 +218,7 @@ def test_arenas_from_before_go_back_to_their_allocator_and_pool_arenas_outlive_a
         import gc
         old = make(400_000, "o")  # before any pool: the previous allocator's arenas
         pool = tieredmem.Pool(dram="32MiB", nvme="512MiB", nvme_path=os.environ["NVME"])
-        assert tieredmem.malloc.attach(pool, arenas=True)
+        assert tieredmem.malloc.attach(pool, arenas=True, arena_floor=0)
         res = {"old_share": share_in_pool(old)}
         del old
         gc.collect()

@@ -73,18 +73,28 @@ def arena_counts() -> dict:
     return dict(zip(names, (bool(out[0]), *out[1:])))
 
 
-def install_arenas() -> bool:
+# Arenas (bytes) the C library keeps before the pool gets any: the
+# interpreter's own working set. At a budget of 8 MiB, pandas' tests with
+# every arena in the pool ran over 10x slower (the interpreter thrashed).
+PYMALLOC_FLOOR = 64 << 20
+
+
+def install_arenas(floor=PYMALLOC_FLOOR) -> bool:
     """Make the interposer pymalloc's arena allocator (PyObject_SetArenaAllocator),
     for the life of the process: from then on Python's small objects (str,
     int, tuple, ... below 512 bytes) are made in arenas of the attached pool,
-    when one is attached and its block size is at most an arena (1 MiB), and in
-    the previous allocator's otherwise (docs/malloc.md). False if the
-    interposer is not loaded; True if installed, now or before."""
+    when one is attached and its block size is at most an arena (1 MiB), once
+    `floor` bytes of arenas are the previous allocator's, and in the previous
+    allocator's otherwise (docs/malloc.md). False if the interposer is not
+    loaded; True if installed, now or before (a later floor is ignored)."""
     if _arenas_install is None:
         return False
+    if floor < 0:
+        raise ValueError(f"floor must be at least 0 bytes, not {floor}")
     api = ctypes.pythonapi
     _arenas_install(ctypes.c_void_p(ctypes.cast(api.PyObject_GetArenaAllocator, ctypes.c_void_p).value),
-                    ctypes.c_void_p(ctypes.cast(api.PyObject_SetArenaAllocator, ctypes.c_void_p).value))
+                    ctypes.c_void_p(ctypes.cast(api.PyObject_SetArenaAllocator, ctypes.c_void_p).value),
+                    ctypes.c_int64(floor))
     return True
 
 
@@ -92,11 +102,12 @@ def _address(name):
     return ctypes.c_void_p(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))))
 
 
-def attach(pool, threshold=None, arenas=False):
+def attach(pool, threshold=None, arenas=False, arena_floor=PYMALLOC_FLOOR):
     """Serve the C library's allocations of at least `threshold` bytes (default:
     the pool's threshold), and at least a block, from `pool` until the pool is
     closed: a smaller one would take a whole block of the DRAM budget. With
-    `arenas`, pymalloc's arenas too (install_arenas; `run` does this): objects
+    `arenas`, pymalloc's arenas too, past the first `arena_floor` bytes
+    (install_arenas; `run` does this): objects
     made meanwhile keep their arenas, and so the engine, alive after the pool
     is closed, until the last object in them goes. False if the interposer is
     not loaded, or has had its fill of arenas (16)."""
@@ -110,7 +121,7 @@ def attach(pool, threshold=None, arenas=False):
     ok = _attach(handle, ctypes.c_size_t(thr), ctypes.c_size_t(pool.block_size), arena, ctypes.c_size_t(arena_len),
                  *(_address(f) for f in ("tm_alloc", "tm_free", "tm_alloc_size", "tm_pool_of", "tm_in_engine"))) == 0
     if ok and arenas:
-        install_arenas()
+        install_arenas(arena_floor)
     return ok
 
 

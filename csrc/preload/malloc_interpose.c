@@ -628,6 +628,13 @@ typedef struct {
 
 static arena_allocator prev_arenas; /* set once, before ours is installed */
 static int arenas_installed;        /* written with the GIL held */
+/* The first `arena_floor` bytes of arenas made after the install stay the
+ * previous allocator's: the interpreter's own working set (modules, code,
+ * the objects every statement touches), made first, stays outside, so that a
+ * small budget tiers the program's data rather than thrashing the
+ * interpreter. */
+static int64_t arena_floor;
+static int64_t arena_prev_bytes; /* made by the previous allocator since the install (never less) */
 /* tm_interpose_arena_counts: arenas the pool served and the pool took back,
  * arenas the previous allocator served and took back, the bytes of pool
  * arenas now. */
@@ -638,7 +645,8 @@ static void *arena_alloc(void *ctx, size_t size)
 {
     (void)ctx;
     /* acquire: pairs with attach's release, so block_size is seen set */
-    if (__atomic_load_n(&threshold, __ATOMIC_ACQUIRE) != SIZE_MAX && size >= block_size) {
+    if (__atomic_load_n(&threshold, __ATOMIC_ACQUIRE) != SIZE_MAX && size >= block_size &&
+        __atomic_load_n(&arena_prev_bytes, __ATOMIC_RELAXED) >= arena_floor) {
         void *r = pool_take(size, 0);
         if (r) {
             __atomic_add_fetch(&arenas_pool, 1, __ATOMIC_RELAXED);
@@ -646,8 +654,12 @@ static void *arena_alloc(void *ctx, size_t size)
             return r;
         }
     }
-    __atomic_add_fetch(&arenas_prev, 1, __ATOMIC_RELAXED);
-    return prev_arenas.alloc(prev_arenas.ctx, size);
+    void *r = prev_arenas.alloc(prev_arenas.ctx, size);
+    if (r) {
+        __atomic_add_fetch(&arenas_prev, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&arena_prev_bytes, (int64_t)size, __ATOMIC_RELAXED);
+    }
+    return r;
 }
 
 static void arena_free(void *ctx, void *ptr, size_t size)
@@ -668,15 +680,17 @@ static void arena_free(void *ctx, void *ptr, size_t size)
 }
 
 /* Make this library pymalloc's arena allocator, keeping the one installed
- * before for what the pool does not serve; 1 if installed now, 0 if it was
- * already. Never undone: arenas live as long as an object in them, and each
+ * before for what the pool does not serve and for the first `floor` bytes of
+ * arenas; 1 if installed now, 0 if it was already. Never undone: arenas live as long as an object in them, and each
  * must be freed by the allocator that made it. Precondition: the GIL is held
  * (ctypes.PyDLL), so that no arena is made or freed meanwhile; get and set
  * are CPython's PyObject_GetArenaAllocator and PyObject_SetArenaAllocator. */
-EXPORT int tm_interpose_arenas_install(void (*get)(arena_allocator *), void (*set)(arena_allocator *))
+EXPORT int tm_interpose_arenas_install(void (*get)(arena_allocator *), void (*set)(arena_allocator *),
+                                       int64_t floor)
 {
     if (arenas_installed)
         return 0;
+    arena_floor = floor;
     get(&prev_arenas);
     arena_allocator mine = {NULL, arena_alloc, arena_free};
     set(&mine); /* CPython copies the struct */

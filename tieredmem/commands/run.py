@@ -36,6 +36,8 @@ OPTIONS = (  # option, environment variable, help
     ("--policy", "TIEREDMEM_POLICY", "placement policy: lru, fifo or hotness (default: lru; docs/policies.md)"),
     ("--pmem-emulation", "TIEREDMEM_PMEM_EMULATION", "emulated PMEM speed: optane, cxl or read_ns=..,read_gbps=.."),
     ("--stats", "TIEREDMEM_STATS", "write the pool's statistics to this file as JSON at exit"),
+    ("--pymalloc-floor", "TIEREDMEM_PYMALLOC_FLOOR", "Python's first SIZE of small-object arenas (the "
+     "interpreter's own working set) stay outside the pool (default: 64MiB)"),
 )
 METAVARS = {"--stats": "PATH", "--policy": "NAME", "--pmem-emulation": "SPEC"}
 SIZES = ("dram", "pmem", "nvme", "threshold", "block_size")
@@ -244,6 +246,10 @@ def run(args, parser) -> int:
     interposer = not args.no_malloc and preload_interposer(args.quiet, reexecuted)
     settings = pool_settings(args, parser)
     try:
+        floor = parse_size(args.pymalloc_floor or malloc.PYMALLOC_FLOOR, "--pymalloc-floor")
+    except ValueError as e:
+        parser.error(str(e))
+    try:
         pool = Pool(**settings)
     except (ValueError, OSError) as e:
         parser.error(str(e))
@@ -252,7 +258,7 @@ def run(args, parser) -> int:
     if interposer:
         # Python's small objects too (pymalloc's arenas, which Python maps
         # itself): docs/malloc.md.
-        malloc.attach(pool, arenas=not args.no_pymalloc)
+        malloc.attach(pool, arenas=not args.no_pymalloc, arena_floor=floor)
         # Arrow C++ allocates some buffers (the Parquet reader's and writer's)
         # from its own default pool, which pyarrow cannot set: with the system
         # allocator's, they are mallocs, and the interposer places the large
