@@ -20,21 +20,32 @@ Policies:
   recently used block of the coldest bin.
 
 Every policy is composed with the engine's stream layer (streams=True, the
-default; streams=False replays the policy alone). Streams are detected from
-misses only, as the engine sees faults, not hits: up to NSTREAMS records
-{start, next, window, used}; a miss at b continues the first record with
-next <= b <= next + window (window doubles up to `batch`, next = b + 1),
-else replaces the least recently used record with {b, b + 1, 1}. A stream's
-passed region is [start, next). When a victim is needed the layer first
-takes a resident block from the passed regions, streams most recently used
-first, each scanned downward from next - G - 1 to start (the most recently
-passed block first): the G blocks behind a stream's head, its guard, are
-never taken. Only if no stream yields a block does the policy choose, by
-its own rule; a block the layer takes leaves the policy's structures too.
-batch = max(1, min(64, dram_blocks // 4)) and G = max(batch, dram_blocks // 8),
-as in the engine (a 4 MiB batch of 64 KiB blocks, capped at a quarter of
-DRAM). The simulator has no prefetch: a miss brings in its block only.
-docs/policies.md, "Streams: use-once and loops", explains the rule.
+default; streams=False replays the policy alone), modelled on csrc/migrate.c
+("streams: use-once and loops"). Streams are detected from misses only, as
+the engine sees faults, not hits: up to NSTREAMS records {start, next,
+window, stride, last, used, born}; a miss at b continues the first record
+with next <= b <= next + window (window doubles up to `batch`, next = b + 1,
+stride 1) or, for a strided record, b == last + stride; else it replaces the
+least recently used record with {start b, next b + 1, window 1, born: the
+miss count}, strided (stride d) if b lies d blocks past the latest record's
+last block, 1 < d <= MAX_STRIDE. Only sequential records (stride 1) give
+victims. A record is *active* if it matched within the latest NSTREAMS misses
+and no record born after its last match starts below its next - G. When a
+victim is needed the layer takes a resident block that is not one of the
+latest RECENT misses: first from each record's passed region, most recently
+used first, scanned downward ([start, next - G) if active, the whole
+[start, next) if not; an interval [lo, hi) already looked at is skipped, as
+the engine's stream_take); then, for each active record in that order, from
+its guard, last - 1 down to max(next - G, start). Only if no record yields a
+block does the policy choose, by its own rule; a block the layer takes leaves
+the policy's structures too. batch = max(1, min(64, dram_blocks // 4)) and
+G = max(batch, dram_blocks // 16), as in the engine (a 4 MiB batch of 64 KiB
+blocks, capped at a quarter of DRAM). The model differs from the engine in
+what it cannot see: no prefetch (a miss brings in its block only, so last =
+next - 1), every miss is a read (the engine's zero fills pass nothing), no
+advice, nothing in flight, one victim at a time, and the policies alone do
+not skip the latest misses (the engine's do). docs/policies.md, "Streams:
+use-once and loops", explains the rule.
 
 PMEM, for every policy, evicts to NVMe in FIFO order of demotion. Since a
 PMEM hit promotes the block (it leaves PMEM), that order is also LRU order
@@ -227,28 +238,34 @@ def _demote(victim, where, links, pmem_list, pmem_cap, tally):
 
 
 # ---------------------------------------------------------------- the stream layer
-# streams[i] is one record; S_WINDOW == 0 marks an empty one. Original ids
-# (S_START, S_NEXT) decide what continues a stream; the passed region is
-# scanned in dense ids, which follow the original order: [S_START_D, S_TOP_D)
-# are the dense ids of the blocks in [start, next - G). [S_LO, S_HI) is the
-# scanned interval: blocks in it were taken or skipped and are not looked at
-# again (S_LO == S_HI: empty). S_HI_ID is the original id it ends at: next - G
-# when it was last extended (ids absent from the trace lie between dense ids,
-# and the rule is stated over all ids, as the engine's blocks). order[] lists
-# the records most recently used first (each miss sets one record's S_USED to
-# a new count, so no two non-empty records tie).
-NSTREAMS = 8
-(S_START, S_NEXT, S_WINDOW, S_USED, S_START_D, S_TOP_D, S_LO, S_HI, S_HI_ID) = range(9)
-S_FIELDS = 9
+# streams[i] is one record, as the engine's tm_stream (csrc/internal.h);
+# S_WINDOW == 0 marks an empty one. Original ids (S_START, S_NEXT, S_LAST,
+# S_HI_ID) decide what continues a stream and state the rule, over all ids as
+# the engine's blocks; regions are scanned in dense ids, which follow the
+# original order: S_START_D, S_LAST_D and S_NEXT_D are the dense ids of
+# start, last and next (= last + 1: no prefetch), S_TOP_D the first dense id
+# at or above next - G (at least S_START_D). [S_LO, S_HI) (dense; S_HI_ID
+# the original id S_HI stands for) is the interval looked at already, as the
+# engine's [lo, hi). order[] lists the records most recently used first (each
+# miss sets one record's S_USED to a new count, so no two non-empty records
+# tie). recent[] holds the dense ids of the latest RECENT misses.
+NSTREAMS = 8  # TM_STREAMS
+RECENT = 4  # TM_RECENT
+MAX_STRIDE = 256  # TM_MAX_STRIDE: farther apart, two misses are unrelated
+(S_START, S_NEXT, S_WINDOW, S_USED, S_BORN, S_STRIDE, S_LAST, S_START_D, S_LAST_D, S_NEXT_D,
+ S_TOP_D, S_LO, S_HI, S_HI_ID) = range(14)
+S_FIELDS = 14
 STREAM_BATCH_MAX = 64  # blocks: the engine's 4 MiB batch of 64 KiB blocks
+GUARD_DIVISOR = 16  # G = max(batch, dram_blocks // 16)
 
 
 def stream_sizes(dram_blocks):
     """(batch, guard) in blocks for a DRAM of dram_blocks, as in the engine:
     batch = min(64, dram_blocks // 4), at least 1; guard G = max(batch,
-    dram_blocks // 8), the blocks behind a stream's head the layer never takes."""
+    dram_blocks // 16), the blocks behind an active stream's head the layer
+    takes only after every stream's other passed blocks."""
     batch = max(1, min(STREAM_BATCH_MAX, dram_blocks // 4))
-    return batch, max(batch, dram_blocks // 8)
+    return batch, max(batch, dram_blocks // GUARD_DIVISOR)
 
 
 @njit(cache=True)
@@ -256,44 +273,68 @@ def _new_streams():
     order = np.empty(NSTREAMS, np.int64)
     for k in range(NSTREAMS):
         order[k] = k
-    return np.zeros((NSTREAMS, S_FIELDS), np.int64), order
+    recent = np.full(RECENT, -1, np.int64)
+    active = np.zeros(NSTREAMS, np.bool_)  # scratch for _stream_victim
+    return np.zeros((NSTREAMS, S_FIELDS), np.int64), order, recent, active
 
 
 @njit(cache=True, inline='always')
-def _stream_miss(d, b, ids, streams, order, nmiss, batch, guard):
+def _stream_miss(d, b, ids, streams, order, recent, nmiss, batch, guard):
     """A miss on block b, dense id d (the misses so far, this one included:
-    nmiss): continue the first stream it falls in, or replace the least
-    recently used record (the first of the least, as the engine does) with a
-    new one. (b comes from the trace, read in order: looking it up in ids[]
-    would be a cache miss per miss.)"""
+    nmiss), as the engine's stream_of: continue the first stream it falls in
+    (next <= b <= next + window: sequential from then on; or a strided one's
+    last + stride), or replace the least recently used record (the first of
+    the least) with a new one, whose stride is guessed from the latest
+    record's last block. (b comes from the trace, read in order: looking it
+    up in ids[] would be a cache miss per miss.)"""
+    recent[nmiss % RECENT] = d
     found = -1
     oldest = 0
+    latest = 0
     for i in range(NSTREAMS):
         w = streams[i, S_WINDOW]
         if w and streams[i, S_NEXT] <= b <= streams[i, S_NEXT] + w:
+            streams[i, S_STRIDE] = 1
+            found = i
+            break
+        if w and streams[i, S_STRIDE] > 1 and b == streams[i, S_LAST] + streams[i, S_STRIDE]:
             found = i
             break
         if streams[i, S_USED] < streams[oldest, S_USED]:
             oldest = i
+        if streams[i, S_USED] > streams[latest, S_USED]:
+            latest = i
     if found >= 0:
         w = 2 * streams[found, S_WINDOW]
         streams[found, S_WINDOW] = w if w < batch else batch
-        streams[found, S_NEXT] = b + 1
-        top = b + 1 - guard
-        t = streams[found, S_TOP_D]
-        while t < ids.size and ids[t] < top:
-            t += 1
-        streams[found, S_TOP_D] = t
+        if streams[found, S_STRIDE] == 1:
+            # a strided stream's next stays (the engine's strided runs
+            # leave it); a sequential one's follows b
+            streams[found, S_NEXT] = b + 1
+            streams[found, S_NEXT_D] = d + 1
+            top = b + 1 - guard
+            t = streams[found, S_TOP_D]
+            while t < ids.size and ids[t] < top:
+                t += 1
+            streams[found, S_TOP_D] = t
     else:
+        delta = b - streams[latest, S_LAST] if streams[latest, S_WINDOW] else 0
         found = oldest
         streams[found, S_START] = b
         streams[found, S_NEXT] = b + 1
         streams[found, S_WINDOW] = 1
-        # the region below next - G is empty: G >= 1
+        streams[found, S_STRIDE] = delta if 1 < delta <= MAX_STRIDE else 1
+        streams[found, S_BORN] = nmiss
         streams[found, S_START_D] = d
+        streams[found, S_NEXT_D] = d + 1
+        # next - G <= start (G >= 1): the first dense id at or above it,
+        # clamped to start, is start
         streams[found, S_TOP_D] = d
         streams[found, S_LO] = d
         streams[found, S_HI] = d
+        streams[found, S_HI_ID] = b
+    streams[found, S_LAST] = b
+    streams[found, S_LAST_D] = d
     streams[found, S_USED] = nmiss
     # to the front of order[]
     k = 0
@@ -306,58 +347,104 @@ def _stream_miss(d, b, ids, streams, order, nmiss, batch, guard):
 
 
 @njit(cache=True, inline='always')
-def _stream_victim(streams, order, where, ids, guard):
-    """A resident block from the streams' passed regions outside their
-    guards, streams most recently used first, each from its most recently
-    passed block down; -1 if none. Amortised O(1) per call: each block of a
-    region is looked at once while it stays in the scanned interval."""
+def _stream_takes(x, where, recent):
+    """The engine's stream_takes: x is resident and not one of the latest
+    misses (the simulator has no advice and nothing in flight)."""
+    if where[x] != DRAM:
+        return False
+    for r in range(RECENT):
+        if recent[r] == x:
+            return False
+    return True
+
+
+@njit(cache=True, inline='always')
+def _stream_active(i, streams, nmiss, guard):
+    """The engine's stream_active: record i matched within the latest
+    NSTREAMS misses, and no stream born since then starts below its
+    next - G."""
+    if streams[i, S_USED] + NSTREAMS < nmiss:
+        return False
+    below = streams[i, S_NEXT] - guard
+    for t in range(NSTREAMS):
+        if streams[t, S_WINDOW] and streams[t, S_BORN] > streams[i, S_USED] and streams[t, S_START] < below:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _stream_take(i, streams, top_id, top_d, where, ids, recent):
+    """The engine's stream_take for one block: from top - 1 down, first the
+    blocks above the interval looked at ([hi, top)), then those below it
+    ([start, lo)); -1 if none. The interval grows to cover what is looked
+    at; if the block taken lies above hi, the interval restarts at
+    [taken, top) (the blocks between are looked at again later)."""
+    start_d = streams[i, S_START_D]
+    hi_d = streams[i, S_HI]
+    hi_id = streams[i, S_HI_ID]
+    lim = hi_d if hi_d > start_d else start_d
+    x = top_d - 1
+    while x >= lim:
+        if _stream_takes(x, where, recent):
+            if ids[x] > hi_id and ids[x] > streams[i, S_START]:  # stopped short of the old range
+                streams[i, S_LO] = x
+                streams[i, S_HI] = top_d
+                streams[i, S_HI_ID] = top_id
+            elif top_id > hi_id:
+                streams[i, S_HI] = top_d
+                streams[i, S_HI_ID] = top_id
+            return x
+        x -= 1
+    if top_id > hi_id:
+        streams[i, S_HI] = top_d
+        streams[i, S_HI_ID] = top_id
+    x = streams[i, S_LO] - 1
+    while x >= start_d:
+        if _stream_takes(x, where, recent):
+            streams[i, S_LO] = x
+            return x
+        x -= 1
+    streams[i, S_LO] = start_d
+    return -1
+
+
+@njit(cache=True)
+def _stream_victim(streams, order, recent, active, where, ids, nmiss, guard):
+    """The engine's stream_victims for one block, -1 if none. Sequential
+    streams, most recently used first: an active stream's passed region
+    below its guard, [start, next - G); an inactive one's whole passed
+    region, [start, next). Then, for each active stream in that order, the
+    guarded blocks its latest miss has passed, from last - 1 down to
+    max(next - G, start), with no interval kept."""
+    for k in range(NSTREAMS):
+        active[k] = False
     for k in range(NSTREAMS):
         i = order[k]
-        if streams[i, S_WINDOW] == 0:
+        if streams[i, S_WINDOW] == 0 or streams[i, S_STRIDE] != 1:
             continue
-        start = streams[i, S_START_D]
-        top = streams[i, S_TOP_D]
-        lo = streams[i, S_LO]
-        hi = streams[i, S_HI]
-        if top <= start or (lo == start and hi == top and lo != hi):
-            continue  # nothing outside the guard, or nothing not yet scanned
-        top_id = streams[i, S_NEXT] - guard
-        if lo == hi:  # nothing scanned yet: all of [start, top) is new
-            x = top - 1
-            while x >= start:
-                if where[x] == DRAM:
-                    streams[i, S_LO] = x
-                    streams[i, S_HI] = top
-                    streams[i, S_HI_ID] = top_id
-                    return x
-                x -= 1
-            streams[i, S_LO] = start
-            streams[i, S_HI] = top
-            streams[i, S_HI_ID] = top_id
+        active[k] = _stream_active(i, streams, nmiss, guard)
+        if active[k]:
+            top_id = streams[i, S_NEXT] - guard
+            top_d = streams[i, S_TOP_D]
+        else:
+            top_id = streams[i, S_NEXT]
+            top_d = streams[i, S_NEXT_D]
+        if top_id > streams[i, S_START]:
+            x = _stream_take(i, streams, top_id, top_d, where, ids, recent)
+            if x >= 0:
+                return x
+    for k in range(NSTREAMS):
+        if not active[k]:
             continue
-        # above the interval first: blocks passed since it was scanned
-        x = top - 1
-        while x >= hi:
-            if where[x] == DRAM:
-                # the blocks from the interval's end up to x are not scanned:
-                # if there are any, the interval restarts at x (the old one
-                # may be looked at again)
-                if ids[x] > streams[i, S_HI_ID]:
-                    streams[i, S_LO] = x
-                streams[i, S_HI] = top
-                streams[i, S_HI_ID] = top_id
+        i = order[k]
+        lo = streams[i, S_TOP_D]
+        if lo < streams[i, S_START_D]:
+            lo = streams[i, S_START_D]
+        x = streams[i, S_LAST_D] - 1
+        while x >= lo:
+            if _stream_takes(x, where, recent):
                 return x
             x -= 1
-        streams[i, S_HI] = top
-        streams[i, S_HI_ID] = top_id
-        # then below it
-        x = lo - 1
-        while x >= start:
-            if where[x] == DRAM:
-                streams[i, S_LO] = x
-                return x
-            x -= 1
-        streams[i, S_LO] = start
     return -1
 
 
@@ -381,7 +468,7 @@ def _simulate_queue(trace, orig, ids, dram_cap, pmem_cap, move_on_hit, batch, gu
     dram_list = nblocks
     pmem_list = nblocks + 1
     tally = np.zeros(TALLY_SIZE, np.int64)
-    streams, order = _new_streams()
+    streams, order, recent, active = _new_streams()
     nmiss = 0
     record = per_hit.size > 0
     for i in range(trace.size):
@@ -397,11 +484,11 @@ def _simulate_queue(trace, orig, ids, dram_cap, pmem_cap, move_on_hit, batch, gu
         _fetch(b, where, links, tally)
         nmiss += 1
         if batch:
-            _stream_miss(b, orig[i], ids, streams, order, nmiss, batch, guard)
+            _stream_miss(b, orig[i], ids, streams, order, recent, nmiss, batch, guard)
         victim = -1
         if tally[DRAM_USED] == dram_cap:
             if batch:
-                victim = _stream_victim(streams, order, where, ids, guard)
+                victim = _stream_victim(streams, order, recent, active, where, ids, nmiss, guard)
             if victim >= 0:
                 tally[STREAM_VICTIMS] += 1
             else:
@@ -562,7 +649,7 @@ def _simulate_hotness(trace, orig, ids, dram_cap, pmem_cap, batch, guard, per_hi
     links = _new_links(nblocks, NBINS + 2)
     pmem_list = nblocks + NBINS + 1
     tally = np.zeros(TALLY_SIZE, np.int64)
-    streams, order = _new_streams()
+    streams, order, recent, active = _new_streams()
     nmiss = 0
     record = per_hit.size > 0
     period = COOL_PERIOD_FACTOR * dram_cap
@@ -585,10 +672,10 @@ def _simulate_hotness(trace, orig, ids, dram_cap, pmem_cap, batch, guard, per_hi
             _fetch(b, where, links, tally)
             nmiss += 1
             if batch:
-                _stream_miss(b, orig[i], ids, streams, order, nmiss, batch, guard)
+                _stream_miss(b, orig[i], ids, streams, order, recent, nmiss, batch, guard)
             if tally[DRAM_USED] == dram_cap:
                 if batch:
-                    victim = _stream_victim(streams, order, where, ids, guard)
+                    victim = _stream_victim(streams, order, recent, active, where, ids, nmiss, guard)
                 if victim >= 0:
                     tally[STREAM_VICTIMS] += 1
                 else:
@@ -713,8 +800,8 @@ def simulate(trace, policy, dram_blocks, pmem_blocks=0, *, streams=True, per_acc
 
     streams: compose the policy with the engine's stream layer (the default,
     as in the engine): blocks that a detected stream has passed are demoted
-    first, most recently passed first, except the guard behind its head
-    (module docstring; docs/policies.md). streams=False: the policy alone.
+    first, most recently passed first, the guard behind an active stream's
+    head last (module docstring; docs/policies.md). streams=False: the policy alone.
     With the layer, block ids are positions (adjacent ids are adjacent
     blocks); without it they are only names.
 
