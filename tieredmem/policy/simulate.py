@@ -372,7 +372,7 @@ def _stream_active(i, streams, nmiss, guard):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _stream_take(i, streams, top_id, top_d, where, ids, recent):
     """The engine's stream_take for one block: from top - 1 down, first the
     blocks above the interval looked at ([hi, top)), then those below it
@@ -408,7 +408,7 @@ def _stream_take(i, streams, top_id, top_d, where, ids, recent):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _stream_victim(streams, order, recent, active, where, ids, nmiss, guard):
     """The engine's stream_victims for one block, -1 if none. Sequential
     streams, most recently used first: an active stream's passed region
