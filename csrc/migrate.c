@@ -1176,14 +1176,16 @@ void tm_worker_fini(tm_worker *w)
     w->ioq = NULL;
 }
 
-/* Runs of readahead: a share of the DRAM budget (an eighth) in buffers, at
- * least three (one mapped as the stream reaches it, one mapped ahead of it,
- * one the stream's next fault reaches), at most TM_RA_MAX. Buffers are
+/* Runs of readahead: one mapped as the stream reaches it, one its next fault
+ * reaches, and between them those mapped ahead by idle handlers, which hold
+ * DRAM before the stream uses them: at most a sixteenth of the budget (a
+ * small budget has none, as many blocks in flight would leave the policy
+ * nothing but advised-hot blocks to take). At most TM_RA_MAX. Buffers are
  * touched only when a stream uses them. */
 static int readahead_depth(const struct tm_pool *p)
 {
-    int64_t d = p->dram_blocks / 8 / p->batch_max;
-    return d < 3 ? 3 : d > TM_RA_MAX ? TM_RA_MAX : (int)d;
+    int64_t d = 2 + p->dram_blocks / 16 / p->batch_max;
+    return d > TM_RA_MAX ? TM_RA_MAX : (int)d;
 }
 
 /* Reap run r's NVMe reads (none in a pool without NVMe). */

@@ -25,8 +25,8 @@ def scan_stats(pool, a):
 
 
 def test_a_scan_from_nvme_finds_runs_mapped_ahead_of_it(make_pool):
-    pool = make_pool(dram="64MiB", nvme="1GiB", sampling=0)
-    a = pool.empty(256 * MiB // 8, dtype=np.uint64)
+    pool = make_pool(dram="128MiB", nvme="1GiB", sampling=0)  # runs mapped ahead: at most 1/16 of DRAM
+    a = pool.empty(512 * MiB // 8, dtype=np.uint64)
     fill(a, 1)
     d = scan_stats(pool, a)
     assert d["readahead"] > d["promotions"] // 2, f"the scan was not read ahead: {d}"
