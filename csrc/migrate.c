@@ -1177,15 +1177,17 @@ void tm_worker_fini(tm_worker *w)
 }
 
 /* Runs of readahead: one mapped as the stream reaches it, one its next fault
- * reaches, and between them those mapped ahead by idle handlers, which hold
- * DRAM before the stream uses them: at most a sixteenth of the budget (a
- * small budget has none, as many blocks in flight would leave the policy
- * nothing but advised-hot blocks to take). At most TM_RA_MAX. Buffers are
- * touched only when a stream uses them. */
+ * reaches, and between them those mapped ahead by idle handlers. Their
+ * buffers are memory outside the budget: an eighth of it, so the runs mapped
+ * ahead (depth - 2) hold at most a sixteenth of DRAM before the stream uses
+ * them; at least two, at most TM_RA_MAX. A small budget maps none ahead:
+ * many blocks in flight would leave the policy nothing but advised-hot
+ * blocks to take, and the buffers would be a large share of the process.
+ * Buffers are touched only when a stream uses them. */
 static int readahead_depth(const struct tm_pool *p)
 {
-    int64_t d = 2 + p->dram_blocks / 16 / p->batch_max;
-    return d > TM_RA_MAX ? TM_RA_MAX : (int)d;
+    int64_t d = p->dram_blocks / 8 / p->batch_max;
+    return d < 2 ? 2 : d > TM_RA_MAX ? TM_RA_MAX : (int)d;
 }
 
 /* Reap run r's NVMe reads (none in a pool without NVMe). */
