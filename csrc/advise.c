@@ -9,39 +9,6 @@
 
 #include "block.h"
 
-int tm_range_advice(const struct tm_pool *p, int64_t b)
-{
-    for (int i = 0; i < p->nranges; i++)
-        if (b >= p->ranges[i].start && b < p->ranges[i].end)
-            return p->ranges[i].advice;
-    return TM_ADV_NORMAL;
-}
-
-/* Drop the kept advice overlapping [b, e). */
-static void forget_ranges(struct tm_pool *p, int64_t b, int64_t e)
-{
-    int k = 0;
-    for (int i = 0; i < p->nranges; i++)
-        if (p->ranges[i].end <= b || p->ranges[i].start >= e)
-            p->ranges[k++] = p->ranges[i];
-    p->nranges = k;
-}
-
-void tm_advice_forget(struct tm_pool *p, int64_t b, int64_t n)
-{
-    forget_ranges(p, b, b + n);
-}
-
-static void keep_range(struct tm_pool *p, int64_t b, int64_t e, int advice)
-{
-    forget_ranges(p, b, e);
-    if (p->nranges == TM_RANGES) { /* the oldest advice goes */
-        memmove(p->ranges, p->ranges + 1, sizeof p->ranges[0] * (TM_RANGES - 1));
-        p->nranges--;
-    }
-    p->ranges[p->nranges++] = (tm_range){b, e, advice};
-}
-
 /* Bring the lower-tier blocks of [b, e) into DRAM, a batch at a time, as far
  * as the budget allows without demoting what was brought in. */
 static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
@@ -55,7 +22,7 @@ static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
                 w->list[n++] = b;
         if (!n)
             break;
-        int64_t got = tm_migrate_promote_ahead(w, w->list, n, "advice");
+        int64_t got = tm_promote_ahead(w, w->list, n, "advice");
         if (!got)
             break;
         for (int64_t i = 0; i < got; i++) /* so that CLOCK spares them while the rest comes in */
@@ -69,13 +36,13 @@ static void send_out(struct tm_pool *p, int64_t b, int64_t e)
     tm_worker *w = &p->ctl;
     /* Blocks the background is writing back would be skipped as busy, and
      * found still in DRAM right after: "now" means after them. */
-    tm_migrate_wait_settled(p, b, e - b);
+    tm_wait_settled(p, b, e - b);
     while (b < e) {
         int64_t n = 0;
         for (; b < e && n < p->batch_blocks; b++)
             if ((p->meta.flags[b] & TM_F_ALLOC) && p->meta.tier[b] == TM_DRAM)
                 w->list[n++] = b;
-        if (n && !tm_migrate_demote_blocks(w, w->list, n))
+        if (n && !tm_demote_blocks(w, w->list, n))
             break; /* nowhere to write: the blocks stay */
     }
 }
@@ -118,11 +85,11 @@ int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice)
         break;
     case TM_ADV_SEQUENTIAL:
     case TM_ADV_RANDOM:
-        keep_range(p, b, e, advice);
+        tm_advice_keep(p, b, e, advice);
         break;
     case TM_ADV_NORMAL:
         set_flags(p, b, e, 0, TM_F_HOT | TM_F_COLD);
-        forget_ranges(p, b, e);
+        tm_advice_forget(p, b, e - b);
         break;
     }
     tm_unlock(p);

@@ -17,36 +17,6 @@
 #define MIN_BLOCK (4u << 10)
 #define MAX_BLOCK (2u << 20)
 
-static __thread char create_err[TM_ERRLEN];
-
-void tm_set_create_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(create_err, sizeof create_err, fmt, ap);
-    va_end(ap);
-}
-
-void tm_set_error(struct tm_pool *p, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p->err, sizeof p->err, fmt, ap);
-    va_end(ap);
-}
-
-const char *tm_last_error(tm_pool *p, char *buf, size_t len)
-{
-    if (!p) {
-        snprintf(buf, len, "%s", create_err);
-        return buf;
-    }
-    tm_lock(p);
-    snprintf(buf, len, "%s", p->err);
-    tm_unlock(p);
-    return buf;
-}
-
 /* ---- fork: every live pool is prepared, then made the parent's or the
  * child's (fork.c). The registry's lock is held across, so that the child
  * inherits it unlocked and complete. */
@@ -190,7 +160,8 @@ static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
         if ((r = tm_tier_init_slots(&p->nvme, nslots)) < 0 || (r = tm_tier_nvme_open(&p->nvme, cfg->nvme_path, err)) < 0)
             return r;
     }
-    p->pmem.emu = (tm_emulation){cfg->pmem_read_ns, cfg->pmem_write_ns, cfg->pmem_read_mbps, cfg->pmem_write_mbps};
+    p->pmem.emu = (tm_emulation){.read_ns = cfg->pmem_read_ns, .write_ns = cfg->pmem_write_ns,
+                                  .read_mbps = cfg->pmem_read_mbps, .write_mbps = cfg->pmem_write_mbps};
     if (cfg->inject && *cfg->inject)
         return tm_inject_parse(cfg->inject, &p->pmem, &p->nvme, err);
     return 0;
@@ -230,6 +201,8 @@ static tm_pool *create_pool(const tm_config *cfg)
     p->bs = bs;
     p->bshift = __builtin_ctzll(bs);
     p->uffd = p->stop_fd = p->fill_fd = -1;
+    for (int i = 0; i < TM_RECENT; i++)
+        p->recent[i] = -1;
     p->dram_blocks = (int64_t)(cfg->dram_bytes / bs);
     p->batch_blocks = (int64_t)(TM_BATCH_BYTES / bs);
     if (p->batch_blocks > p->dram_blocks / 4)
@@ -267,17 +240,17 @@ static tm_pool *create_pool(const tm_config *cfg)
                  strerror(errno));
         goto fail;
     }
-    if ((r = tm_migrate_init(p)) < 0) {
+    if ((r = tm_readahead_init(p)) < 0) {
         snprintf(err, sizeof err, "cannot allocate the readahead buffer: %s", strerror(-r));
         goto fail;
     }
-    if ((r = tm_fault_init(p, cfg->force_no_uffd)) < 0) {
+    if ((r = tm_uffd_open(p, cfg->force_no_uffd)) < 0) {
         release_engine(p);
         free(p);
         errno = -r;
-        return NULL; /* tm_fault_init set the message */
+        return NULL; /* tm_uffd_open set the message */
     }
-    if ((r = tm_fault_start(p)) < 0 || (r = tm_background_start(p)) < 0) {
+    if ((r = tm_handler_start(p)) < 0 || (r = tm_background_start(p)) < 0) {
         snprintf(err, sizeof err, "cannot start the engine's threads: %s", strerror(-r));
         goto fail;
     }
@@ -310,8 +283,9 @@ static void release_engine(struct tm_pool *p)
 {
     registry_remove(p);
     tm_background_stop(p);
-    tm_fault_stop(p);
-    tm_migrate_fini(p);
+    tm_handler_stop(p);
+    tm_uffd_close(p);
+    tm_readahead_fini(p);
     tm_fork_fini(p);
     tm_os_unmap(p->base, p->arena_size);
     tm_os_unmap(p->shadow, p->arena_size);
@@ -408,7 +382,7 @@ static int nvme_room_for(struct tm_pool *p, int64_t n, uint64_t *free_bytes)
     /* DRAM may hold less than its budget by the free memory the background
      * keeps ahead of faults at most, and by a fault's batch demoted while the
      * background's writeback was in flight. */
-    int64_t spill = p->reserved + n - (p->dram_blocks - tm_background_max_headroom(p) - p->batch_blocks) -
+    int64_t spill = p->reserved + n - (p->dram_blocks - tm_watermark_max_headroom(p) - p->batch_blocks) -
                     (int64_t)p->pmem.nslots;
     struct statvfs s;
     if (!p->nvme.nslots || spill <= 0 || fstatvfs(p->nvme.fd, &s) < 0)
@@ -495,8 +469,8 @@ void tm_free(tm_pool *p, void *ptr)
     }
     /* A writeback or load of some of its blocks still uses their pages and
      * slots: let it finish. */
-    tm_migrate_wait_settled(p, b, n);
-    tm_migrate_release(p, b, n);
+    tm_wait_settled(p, b, n);
+    tm_release(p, b, n);
     for (int64_t i = b; i < b + n; i++) {
         if (p->meta.flags[i] & TM_F_POISON) {
             unpoison(p, b, n);
@@ -556,7 +530,7 @@ void tm_get_stats(tm_pool *p, tm_stats *out)
     tier_stats(&p->nvme, &out->nvme);
     out->allocated = (uint64_t)p->reserved << p->bshift;
     out->capacity = (uint64_t)p->cap_blocks << p->bshift;
-    out->headroom = (uint64_t)tm_background_headroom(p) << p->bshift;
+    out->headroom = (uint64_t)tm_watermark_headroom(p) << p->bshift;
     out->fork_children = (uint64_t)p->ngens;
     out->fork_kept = (p->pmem.kept_slots + p->nvme.kept_slots) << p->bshift;
     tm_unlock(p);
@@ -648,7 +622,7 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
                 pthread_cond_wait(&p->io_cond, &p->lock);
                 continue;
             }
-            if (tm_migrate_demote(&p->ctl, p->resident - p->dram_blocks) == 0)
+            if (tm_demote(&p->ctl, p->resident - p->dram_blocks) == 0)
                 break;
         }
         tm_policy_info(p);

@@ -35,7 +35,7 @@ void tm_fork_prepare(struct tm_pool *p)
     if (p->child)
         return; /* a child's view: its own child inherits it as it is, and the generation's pipe */
     p->fork_err[0] = 0; /* this fork's alone */
-    tm_migrate_quiesce(p);
+    tm_quiesce(p);
     p->forks++;
     int64_t n = 0;
     for (int64_t b = 0; b < p->scan_end; b++)
@@ -143,8 +143,8 @@ static void fail(struct tm_pool *p, uint64_t addr, int64_t b, const char *why)
     report(p, "pool memory at %#llx (block %lld) cannot be read: %s; the access gets SIGBUS",
            (unsigned long long)addr, (long long)b, why);
     p->meta.flags[b] |= TM_F_POISON;
-    if (tm_fault_poison(p, addr) < 0)
-        tm_fault_wake(p, b, 1);
+    if (tm_uffd_poison(p, addr) < 0)
+        tm_uffd_wake(p, b, 1);
 }
 
 /* Hold one more block read from below; past the cap, the oldest one not
@@ -179,9 +179,9 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
     if (p->xflags[b] & TM_X_CHILD) { /* mapped already: a write, or a fault that raced the one that mapped it */
         if (wp) {
             p->meta.flags[b] |= TM_F_DIRTY; /* the child's own data now: never dropped */
-            tm_fault_unprotect(p, b, 1);
+            tm_uffd_unprotect(p, b, 1);
         }
-        tm_fault_wake(p, b, 1);
+        tm_uffd_wake(p, b, 1);
         return;
     }
     if (tier == TM_DRAM) {
@@ -222,7 +222,7 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
      * then it can be dropped and read again. A zero-filled one is the
      * child's own from the start. */
     int again = tier != TM_UNBACKED;
-    int r = tm_fault_install(p, b, n, p->child_buf, again);
+    int r = tm_uffd_install(p, b, n, p->child_buf, again);
     if (r < 0 && r != -EEXIST) {
         fail(p, addr, b, "UFFDIO_COPY failed");
         return;
@@ -234,7 +234,7 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
         else
             p->meta.flags[i] |= TM_F_DIRTY;
     }
-    tm_fault_wake(p, b, n);
+    tm_uffd_wake(p, b, n);
 }
 
 static void *child_main(void *arg)
@@ -293,7 +293,7 @@ void tm_fork_child(struct tm_pool *p)
         p->child_run = p->child_cap;
     int r = !p->child_ring || posix_memalign((void **)&p->child_buf, 4096, (size_t)p->child_run << p->bshift)
                 ? -ENOMEM
-                : tm_fault_init_child(p);
+                : tm_uffd_open_child(p);
     if (r == 0 && (r = -pthread_create(&th, NULL, child_main, p)) == 0)
         pthread_detach(th);
     if (r < 0) {

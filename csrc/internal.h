@@ -80,6 +80,10 @@ int tm_os_zap(void *addr, size_t len);
 /* A pipe, both ends close-on-exec, the read end non-blocking. 0 or -1 and
  * errno. */
 int tm_os_pipe(int fds[2]);
+/* An eventfd, close-on-exec; fd or -errno. */
+int tm_os_eventfd(int nonblocking);
+/* Add one to eventfd fd's count (fd open), waking a thread that polls it. */
+void tm_os_kick(int fd);
 /* 1 if every write end of the pipe whose read end is fd is closed. */
 int tm_os_hung_up(int fd);
 /* A userfaultfd, non-blocking and close-on-exec; -errno if denied. */
@@ -253,7 +257,7 @@ typedef struct tm_readahead {
 /* A detected access stream: faults at `next` or up to `window` blocks past
  * it continue it (blocks still resident may lie between); `stride` > 1 is a
  * strided stream. A sequential stream has passed [start, next): those blocks
- * are demoted first (migrate.c, "streams: use-once and loops"); [lo, hi) of
+ * are demoted first (stream.c); [lo, hi) of
  * them were looked at already. */
 typedef struct tm_stream {
     int64_t next, window, stride, last;
@@ -397,114 +401,271 @@ static inline tm_tier *tm_slot_tier(struct tm_pool *p, uint32_t g)
     return (p->pmem.nslots && g < p->pmem.first_slot + p->pmem.nslots) ? &p->pmem : &p->nvme;
 }
 
+/* The next block of a scan (CLOCK, slot reclaim, PMEM cascade) from *hand.
+ * The scans only walk blocks that were ever allocated: the arena's address
+ * space is four times its capacity, but first-fit keeps allocations low. */
+static inline int64_t tm_scan_next(const struct tm_pool *p, int64_t *hand)
+{
+    int64_t b = *hand < p->scan_end ? *hand : 0;
+    *hand = b + 1;
+    return b;
+}
+
+static inline tm_tier *tm_tier_by_id(struct tm_pool *p, int id)
+{
+    return id == TM_PMEM ? &p->pmem : &p->nvme;
+}
+
+/* Global slot id g's slot in its tier. */
+static inline uint64_t tm_slot_local(struct tm_pool *p, uint32_t g)
+{
+    return g - tm_slot_tier(p, g)->first_slot;
+}
+
+static inline uint8_t *tm_shadow_of(const struct tm_pool *p, int64_t b)
+{
+    return p->shadow + ((size_t)b << p->bshift);
+}
+
+/* Whether b is one of the latest faults' blocks, which one instruction may
+ * need all at once: victim choices spare them. */
+static inline int tm_recent(const struct tm_pool *p, int64_t b)
+{
+    for (int i = 0; i < TM_RECENT; i++)
+        if (p->recent[i] == b)
+            return 1;
+    return 0;
+}
+
+/* Insertion sort: the lists are a batch long at most. */
+static inline void tm_sort_ids(int64_t *a, int64_t n)
+{
+    for (int64_t i = 1; i < n; i++) {
+        int64_t v = a[i], j = i;
+        for (; j > 0 && a[j - 1] > v; j--)
+            a[j] = a[j - 1];
+        a[j] = v;
+    }
+}
+
+/* Apply fn to maximal runs of consecutive block ids in list[0..n). */
+static inline void tm_for_runs(struct tm_pool *p, const int64_t *list, int64_t n,
+                               int (*fn)(struct tm_pool *, int64_t, int64_t))
+{
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && list[j] == list[j - 1] + 1)
+            j++;
+        fn(p, list[i], j - i);
+        i = j;
+    }
+}
+
+/* The background's tick. */
+#define TM_TICK_NS (50ull * 1000 * 1000)
+
+/* The engine's files, each a concept, from the bottom layer up: a file
+ * calls only the ones above it in this list (docs/architecture.md draws
+ * the layers). Unless said otherwise, a function runs with the pool lock
+ * held. */
+
+/* ---- error.c --------------------------------------------------------- */
+
 /* Record an error for tm_last_error (lock held or pool private). */
 void tm_set_error(struct tm_pool *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Creation errors before a pool exists. */
 void tm_set_create_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* ---- fault.c -------------------------------------------------------- */
+/* ---- uffd.c ---------------------------------------------------------- */
 
-/* Open and configure the userfaultfd and register the arena. */
-int tm_fault_init(struct tm_pool *p, int force_denied);
-int tm_fault_start(struct tm_pool *p);
-void tm_fault_stop(struct tm_pool *p);
+/* Open and configure the userfaultfd and register the arena; on failure
+ * the creation error says why and how to grant access. */
+int tm_uffd_open(struct tm_pool *p, int force_denied);
+/* In a fork child: a userfaultfd of its own for the inherited arena
+ * (missing and write-protect faults). 0 or -errno. */
+int tm_uffd_open_child(struct tm_pool *p);
+void tm_uffd_close(struct tm_pool *p);
 /* Move blocks [b, b+n) from the arena to the shadow, in order, stopping at
  * a block with a page the kernel pins for I/O or a fork shared (which stays
  * whole in the arena). Returns how many blocks moved. Threads are not woken. */
-int64_t tm_fault_park(struct tm_pool *p, int64_t b, int64_t n);
+int64_t tm_uffd_park(struct tm_pool *p, int64_t b, int64_t n);
 /* Move blocks [b, b+n) back from the shadow to the arena, writable, without
  * waking; 0 or -errno. */
-int tm_fault_unpark(struct tm_pool *p, int64_t b, int64_t n);
+int tm_uffd_unpark(struct tm_pool *p, int64_t b, int64_t n);
+/* Unpark [b, b+n) and wake the threads waiting there; a failure is recorded
+ * as the pool's error. Returns 0 or -errno. */
+int tm_uffd_restore(struct tm_pool *p, int64_t b, int64_t n);
 /* Fill [b, b+n) from buf, or with zeros, and map it without waking the
  * threads waiting there: the caller updates the metadata, then wakes them
- * with tm_fault_wake, so a thread never runs ahead of its block's state. */
-int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp);
+ * with tm_uffd_wake, so a thread never runs ahead of its block's state.
+ * Needs no lock when the blocks are busy. */
+int tm_uffd_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp);
 /* Map [b, b+n) (at most batch_max blocks) as zeros without waking. */
-int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n);
+int tm_uffd_zero_fill(struct tm_pool *p, int64_t b, int64_t n);
 /* Answer a fault at addr with SIGBUS. */
-int tm_fault_poison(struct tm_pool *p, uint64_t addr);
-int tm_fault_unprotect(struct tm_pool *p, int64_t b, int64_t n);
-/* In a fork child: a userfaultfd of its own for the inherited arena
- * (missing and write-protect faults). 0 or -errno. */
-int tm_fault_init_child(struct tm_pool *p);
+int tm_uffd_poison(struct tm_pool *p, uint64_t addr);
+/* Answer the fault at addr with SIGBUS (EFAULT for a kernel-mode access)
+ * because `what` failed with err; the block is flagged POISON, so nothing
+ * reads it ahead of need any more. */
+void tm_uffd_fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int err);
+int tm_uffd_unprotect(struct tm_pool *p, int64_t b, int64_t n);
 /* Make the pages of [b, b+n) (all mapped, none pinned by the caller) this
  * process's own, writable and unprotected: pages a fork shares with a child
  * are copied (or taken back if the child is gone), so UFFDIO_MOVE takes
  * them. 0 or -errno. */
-int tm_fault_unshare(struct tm_pool *p, int64_t b, int64_t n);
-int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n);
-/* Wake an idle handler to map the readahead runs marked async. */
-void tm_fault_kick_fill(struct tm_pool *p);
+int tm_uffd_unshare(struct tm_pool *p, int64_t b, int64_t n);
+int tm_uffd_wake(struct tm_pool *p, int64_t b, int64_t n);
 
-/* ---- migrate.c ------------------------------------------------------ */
-
-/* Serve a fault at `addr` (lock held). kind: 0 missing, 1 minor, 2 wp. */
-void tm_migrate_fault(tm_worker *w, uint64_t addr, int kind, int write);
-/* Map the readahead runs marked async as their reads complete (lock held,
- * released while waiting): an idle handler's work. */
-void tm_migrate_fill(tm_worker *w);
-/* Demote up to `want` blocks chosen by the policy; returns how many left DRAM. */
-int64_t tm_migrate_demote(tm_worker *w, int64_t want);
-/* Demote the blocks of list[0..n) that are in DRAM and not busy (n at most
- * a batch); returns how many left DRAM. */
-int64_t tm_migrate_demote_blocks(tm_worker *w, int64_t *list, int64_t n);
-/* Bring lower-tier blocks list[0..n) (n at most a batch) into DRAM ahead of
- * need; returns how many arrived. Invalid entries are skipped and counted as
- * errors of `who` (a policy hook's name). */
-int64_t tm_migrate_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const char *who);
-/* Park the runs of list[0..n) (resident blocks flagged SAMPLED) for hint
- * sampling; returns how many were parked (pinned ones lose the flag). */
-int64_t tm_migrate_park(struct tm_pool *p, const int64_t *list, int64_t n);
-/* Tell the policy of an access and keep its info[] current. */
-void tm_policy_access(struct tm_pool *p, int64_t b, int kind);
-/* Bring the policy's info[] up to date. */
-void tm_policy_info(struct tm_pool *p);
-
-/* ---- advise.c ------------------------------------------------------------ */
+/* ---- advice.c -------------------------------------------------------- */
 
 /* The advice of the range holding block b (TM_ADV_NORMAL if none). */
 int tm_range_advice(const struct tm_pool *p, int64_t b);
-/* Forget advice on blocks being released (lock held). */
+/* Keep access-pattern advice on [b, e), replacing what overlapped it. */
+void tm_advice_keep(struct tm_pool *p, int64_t b, int64_t e, int advice);
+/* Forget the advice on blocks [b, b+n). */
 void tm_advice_forget(struct tm_pool *p, int64_t b, int64_t n);
 
-/* ---- background.c ------------------------------------------------------ */
+/* ---- worker.c -------------------------------------------------------- */
 
-/* The pool's background thread: hint sampling, demotion ahead of need to
- * keep DRAM headroom, and the policy's promotions. */
-int tm_background_start(struct tm_pool *p);
-void tm_background_stop(struct tm_pool *p);
-/* Blocks of DRAM the background keeps free now (its high watermark), and
- * the most it ever keeps: DRAM holds up to that much less than its budget
- * when the pool spills. */
-int64_t tm_background_headroom(const struct tm_pool *p);
-int64_t tm_background_max_headroom(const struct tm_pool *p);
-/* DRAM use grew (lock held): wake the background below the low watermark. */
-void tm_background_used(struct tm_pool *p);
-/* A fault demoted n blocks itself (lock held): the background fell behind,
- * so its watermarks rise. */
-void tm_background_fault_demoted(struct tm_pool *p, int64_t n);
-/* Serve a hint fault on block b (lock held): account for it. */
-void tm_background_hint(struct tm_pool *p, uint64_t service_ns);
-/* Wait (lock held, released meanwhile) until no block of [b, b+n) is being
- * written back or loaded outside the lock, and no readahead is being waited
- * for (a release drops it). */
-void tm_migrate_wait_settled(struct tm_pool *p, int64_t b, int64_t n);
-/* Settle the pool (lock held, released while waiting) so that a fork sees
- * each block whole in one place: no I/O or copy in flight, no readahead,
- * no block parked in the shadow (which a child does not inherit). */
-void tm_migrate_quiesce(struct tm_pool *p);
-/* Release every block of [b, b+n) (lock held): DRAM pages and slots. */
-void tm_migrate_release(struct tm_pool *p, int64_t b, int64_t n);
 /* What a thread needs to move blocks: buffer, lists, I/O queue. The buffer
  * is memory outside the DRAM budget: `populate` it only where its page
  * faults must stay off the fault path (handlers). fini is safe on a worker
  * never initialised (all zero). */
 int tm_worker_init(struct tm_pool *p, tm_worker *w, int populate);
 void tm_worker_fini(tm_worker *w);
-/* Readahead buffers: set up at creation; finish and free at release. */
-int tm_migrate_init(struct tm_pool *p);
-void tm_migrate_fini(struct tm_pool *p);
+
+/* ---- slots.c --------------------------------------------------------- */
+
+/* Give back block b's slot, if it holds one. */
+void tm_slot_release(struct tm_pool *p, int64_t b);
+/* Take the slot of a DRAM block that holds one in tier t (it becomes
+ * dirty). Returns the local slot, or UINT64_MAX if none. */
+uint64_t tm_slot_steal(struct tm_pool *p, tm_tier *t);
+/* A slot in tier t for block b: a free one, else one taken from a DRAM
+ * block. 0 or -ENOSPC. */
+int tm_slot_take(struct tm_pool *p, tm_tier *t, int64_t b);
+/* Record the checksum of data, block b's as written to its slot. */
+void tm_slot_seal(struct tm_pool *p, int64_t b, const uint8_t *data);
+/* Whether data matches the checksum of block b's slot. */
+int tm_slot_intact(struct tm_pool *p, int64_t b, const uint8_t *data);
+int tm_slot_ios(struct tm_pool *p, tm_tier *t, const int64_t *list, int64_t n, uint8_t *buf, int in_shadow,
+                tm_io *ios, const uint8_t *skip);
+
+/* ---- policy.c -------------------------------------------------------- */
+
+/* Bring the policy's info[] up to date. */
+void tm_policy_info(struct tm_pool *p);
+/* Tell the policy of an access (and the trace, if one is recorded). */
+void tm_policy_access(struct tm_pool *p, int64_t b, int kind);
+int64_t tm_policy_victims(struct tm_pool *p, int64_t want, int64_t *out, uint8_t *dest);
+int64_t tm_policy_take_lower(struct tm_pool *p, int64_t *list, int64_t n, const int64_t *cand, int64_t m,
+                             const char *who);
+/* Add the policy's prefetch choices after fault b that are valid lower-tier
+ * blocks to list[0..n); returns the new length. */
+int64_t tm_policy_prefetch(struct tm_pool *p, int64_t b, int64_t *list, int64_t n);
+
+/* ---- watermark.c ----------------------------------------------------- */
+
+/* Free DRAM below which the background is woken. */
+int64_t tm_watermark_low(const struct tm_pool *p);
+/* Blocks of DRAM the background keeps free now (its high watermark), and
+ * the most it ever keeps: DRAM holds up to that much less than its budget
+ * when the pool spills. */
+int64_t tm_watermark_headroom(const struct tm_pool *p);
+int64_t tm_watermark_max_headroom(const struct tm_pool *p);
+/* Whether more is allocated than DRAM holds: only then is room kept. */
+int tm_watermark_spilling(const struct tm_pool *p);
+/* n more blocks are resident: the peak, and the background woken below the
+ * low watermark. */
+void tm_watermark_resident(struct tm_pool *p, int64_t n);
+/* A fault demoted n blocks itself: the background fell behind, so the
+ * watermarks rise. */
+void tm_watermark_fault_demoted(struct tm_pool *p, int64_t n);
+/* Once a tick: the boost decays while faults find room. */
+void tm_watermark_decay(struct tm_pool *p);
+
+/* ---- sampling.c ------------------------------------------------------ */
+
+void tm_sampling_init(struct tm_pool *p);
+/* Park blocks [b, b+n) (flagged SAMPLED by the caller) for hint sampling;
+ * returns how many were parked (pinned ones stay and lose the flag). */
+int64_t tm_sampling_park_run(struct tm_pool *p, int64_t b, int64_t n);
+/* A hint fault was served in service_ns: account for it. */
+void tm_sampling_hint(struct tm_pool *p, uint64_t service_ns);
+/* The background's tick: adapt the sample size to its measured cost, and
+ * sample. */
+void tm_sampling_tick(struct tm_pool *p);
+
+/* ---- stream.c -------------------------------------------------------- */
+
+/* The stream a fault at b continues, its window grown, or a new one. */
+tm_stream *tm_stream_of(struct tm_pool *p, int64_t b);
+/* Up to `want` blocks the sequential streams have passed, marked BUSY. */
+int64_t tm_stream_victims(struct tm_pool *p, int64_t want, int64_t *out);
+
+/* ---- victims.c ------------------------------------------------------- */
+
+int64_t tm_victims_clock(struct tm_pool *p, int64_t want, int64_t *out);
+int64_t tm_victims_pick(struct tm_pool *p, int64_t want, int64_t *out, uint8_t *dest);
+
+/* ---- demote.c -------------------------------------------------------- */
+
+/* Demote up to `want` blocks chosen by the victims; returns how many left DRAM. */
+int64_t tm_demote(tm_worker *w, int64_t want);
+/* Demote the blocks of list[0..n) that are in DRAM and not busy (n at most
+ * a batch); returns how many left DRAM. */
+int64_t tm_demote_blocks(tm_worker *w, int64_t *list, int64_t n);
+/* Make room for up to n more blocks in DRAM; returns how many fit. */
+int64_t tm_demote_room(tm_worker *w, int64_t n);
+/* The same for a fault: at least the faulting block fits. */
+int64_t tm_demote_fault_room(tm_worker *w, int64_t n);
+
+/* ---- promote.c ------------------------------------------------------- */
+
+int64_t tm_promote_reserve(tm_worker *w, uint64_t addr, int64_t *list, int64_t n);
+int64_t tm_promote_load(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write);
+/* Bring lower-tier blocks list[0..n) (n at most a batch) into DRAM ahead of
+ * need; returns how many arrived. Invalid entries are skipped and counted as
+ * errors of `who` (a policy hook's name). */
+int64_t tm_promote_ahead(tm_worker *w, int64_t *list, int64_t n, const char *who);
+int64_t tm_promote_map_in(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t n, uint8_t *buf, int write,
+                          int *err);
+int64_t tm_promote_mapped(struct tm_pool *p, uint64_t addr, const int64_t *list, int64_t done, int write, int err);
+
+/* ---- readahead.c ----------------------------------------------------- */
+
+/* Readahead buffers: set up at creation; finished and freed at release. */
+int tm_readahead_init(struct tm_pool *p);
+void tm_readahead_fini(struct tm_pool *p);
+void tm_readahead_submit(struct tm_pool *p, int64_t start);
+int64_t tm_readahead_chain_end(const struct tm_pool *p, int64_t start);
+tm_ra_run *tm_readahead_holding(struct tm_pool *p, int64_t b);
+/* Whether a run is being waited for or mapped (outside the lock). */
+int tm_readahead_busy(const struct tm_pool *p);
+void tm_readahead_drop(struct tm_pool *p, int64_t b, int64_t n);
+void tm_readahead_finish(tm_worker *w, tm_ra_run *r);
+/* Map the readahead runs marked async as their reads complete (released
+ * while waiting): an idle handler's work. */
+void tm_readahead_fill(tm_worker *w);
+
+/* ---- dispatch.c ------------------------------------------------------ */
+
+/* Serve a fault at `addr`. kind: 0 missing, 1 minor, 2 wp. */
+void tm_dispatch_fault(tm_worker *w, uint64_t addr, int kind, int write);
+
+/* ---- release.c ------------------------------------------------------- */
+
+/* Wait (released meanwhile) until no block of [b, b+n) is being written
+ * back or loaded outside the lock, and no readahead is being waited for (a
+ * release drops it). */
+void tm_wait_settled(struct tm_pool *p, int64_t b, int64_t n);
+/* Settle the pool (released while waiting) so that a fork sees each block
+ * whole in one place: no I/O or copy in flight, no readahead, no block
+ * parked in the shadow (which a child does not inherit). */
+void tm_quiesce(struct tm_pool *p);
+/* Release every block of [b, b+n): DRAM pages and slots. */
+void tm_release(struct tm_pool *p, int64_t b, int64_t n);
 
 /* ---- fork.c ---------------------------------------------------------------
  * The atfork handlers of arena.c call these for every live pool. */
@@ -521,6 +682,19 @@ void tm_fork_reap(struct tm_pool *p);
 void tm_fork_fini(struct tm_pool *p);
 /* A child's free of [b, b+n) (lock held): its pages go, the blocks fault. */
 void tm_fork_child_release(struct tm_pool *p, int64_t b, int64_t n);
+
+/* ---- handler.c ------------------------------------------------------- */
+
+int tm_handler_start(struct tm_pool *p);
+/* Stop and join the handler threads (the userfaultfd stays open). */
+void tm_handler_stop(struct tm_pool *p);
+
+/* ---- background.c ---------------------------------------------------- */
+
+/* The pool's background thread: demotion ahead of need to keep DRAM
+ * headroom, the policy's promotions, hint sampling. */
+int tm_background_start(struct tm_pool *p);
+void tm_background_stop(struct tm_pool *p);
 
 /* ---- inside the engine (tm_in_engine) -----------------------------------
  * Nonzero while the calling thread is inside the engine: for the whole life

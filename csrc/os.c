@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -111,6 +112,21 @@ int tm_os_pipe(int fds[2])
         return -1;
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
     return 0;
+}
+
+int tm_os_eventfd(int nonblocking)
+{
+    int fd = eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0));
+    return fd < 0 ? -errno : fd;
+}
+
+void tm_os_kick(int fd)
+{
+    tm_assert(fd >= 0);
+    uint64_t one = 1;
+    if (write(fd, &one, sizeof one) < 0) {
+        /* EAGAIN on a non-blocking eventfd: the count is saturated, a kick is pending anyway */
+    }
 }
 
 int tm_os_hung_up(int fd)

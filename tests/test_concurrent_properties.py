@@ -520,7 +520,7 @@ def run_example(nvme_dir, policy, sc, seconds):
         # SIGBUS or EFAULT either: it would have died or failed its operation.
         # sigbus_sent is not checked: it also counts a fault message still
         # queued when its block was freed, answered when no thread waits for
-        # it: see tm_alloc and tm_migrate_fault.)
+        # it: see tm_alloc and tm_dispatch_fault.)
         assert end["io_errors"] == 0 and end["checksum_errors"] == 0, run.last_errors
 
         # The race happened: blocks moved both ways and were written back while

@@ -159,7 +159,7 @@ def _reference(trace, name, dram, pmem, streams=None):
 
 class _ReferenceStreams:
     """The stream layer as docs/policies.md states it, in original ids,
-    written after csrc/migrate.c's stream_of, stream_active, stream_take and
+    written after csrc/stream.c's tm_stream_of, stream_active, stream_take and
     stream_victims (one victim at a time, a miss brings its block only)."""
 
     def __init__(self, dram):

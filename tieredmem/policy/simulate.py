@@ -20,7 +20,7 @@ Policies:
   recently used block of the coldest bin.
 
 Every policy is composed with the engine's stream layer (streams=True, the
-default; streams=False replays the policy alone), modelled on csrc/migrate.c
+default; streams=False replays the policy alone), modelled on csrc/stream.c
 ("streams: use-once and loops"). Streams are detected from misses only, as
 the engine sees faults, not hits: up to NSTREAMS records {start, next,
 window, stride, last, used, born}; a miss at b continues the first record
@@ -281,7 +281,7 @@ def _new_streams():
 @njit(cache=True, inline='always')
 def _stream_miss(d, b, ids, streams, order, recent, nmiss, batch, guard):
     """A miss on block b, dense id d (the misses so far, this one included:
-    nmiss), as the engine's stream_of: continue the first stream it falls in
+    nmiss), as the engine's tm_stream_of: continue the first stream it falls in
     (next <= b <= next + window: sequential from then on; or a strided one's
     last + stride), or replace the least recently used record (the first of
     the least) with a new one, whose stride is guessed from the latest

@@ -1,20 +1,12 @@
-/* fault.c: the userfaultfd side of the engine. Opens and registers the arena,
- * runs the handler threads (one pinned per CPU, so the faulting thread's own
- * CPU always has one to wake: a wake-up on the other vCPU costs ~35 us on
- * these VMs) and wraps the ioctls that resolve faults and move blocks
- * between the arena and its shadow. What a fault means for placement is
- * decided in migrate.c. */
+/* uffd.c: the userfaultfd. Opens it and registers the arena, and wraps the
+ * ioctls that resolve faults (copy a block in, zero fill, poison, wake) and
+ * move blocks between the arena and its shadow (UFFDIO_MOVE). Nothing here
+ * decides anything: the callers hold the pool lock or own the blocks. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/userfaultfd.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -60,7 +52,7 @@ static int api_handshake(int fd, uint64_t features, uint64_t *got)
     return 0;
 }
 
-int tm_fault_init(struct tm_pool *p, int force_denied)
+int tm_uffd_open(struct tm_pool *p, int force_denied)
 {
     int fd = force_denied ? -EPERM : tm_os_userfaultfd();
     if (fd == -EPERM || fd == -EACCES) {
@@ -120,7 +112,7 @@ int tm_fault_init(struct tm_pool *p, int force_denied)
     return 0;
 }
 
-int tm_fault_init_child(struct tm_pool *p)
+int tm_uffd_open_child(struct tm_pool *p)
 {
     int fd = tm_os_userfaultfd();
     if (fd < 0)
@@ -140,118 +132,14 @@ int tm_fault_init_child(struct tm_pool *p)
     return 0;
 }
 
-static void serve(tm_worker *w, const struct uffd_msg *msg)
+void tm_uffd_close(struct tm_pool *p)
 {
-    struct tm_pool *p = w->pool;
-    if (msg->event != UFFD_EVENT_PAGEFAULT)
-        return;
-    uint64_t fl = msg->arg.pagefault.flags;
-    tm_lock(p);
-    uint64_t t0 = tm_os_now_ns();
-    tm_migrate_fault(w, msg->arg.pagefault.address, (fl & UFFD_PAGEFAULT_FLAG_WP) ? TM_ACCESS_WP : TM_ACCESS_MISSING,
-                     (fl & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
-    p->st.fault_ns += tm_os_now_ns() - t0;
-    tm_unlock(p);
-}
-
-static void *handler_main(void *arg)
-{
-    tm_worker *w = arg;
-    struct tm_pool *p = w->pool;
-    tm_engine_depth = 1; /* for its whole life: it serves pool memory, so it must never be given any */
-    tm_os_pin_self(w->cpu);
-    struct pollfd fds[3] = {{p->uffd, POLLIN, 0}, {p->stop_fd, POLLIN, 0}, {p->fill_fd, POLLIN, 0}};
-    struct uffd_msg msg;
-    for (;;) {
-        if (poll(fds, 3, -1) < 0 && errno != EINTR)
-            break;
-        if (fds[1].revents)
-            break;
-        uint64_t kicks;
-        if (fds[2].revents && read(p->fill_fd, &kicks, sizeof kicks) == (ssize_t)sizeof kicks) {
-            tm_lock(p); /* the one that read the count maps; the others find it taken */
-            tm_migrate_fill(w);
-            tm_unlock(p);
-        }
-        if (!fds[0].revents)
-            continue;
-        /* Every handler wakes; the one on the faulting CPU usually wins and
-         * the others find nothing to read. One message at a time: a fault
-         * may wait for I/O, and a fault read along with it would wait too
-         * while another handler could serve it. */
-        ssize_t r = read(p->uffd, &msg, sizeof msg);
-        if (r < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                continue;
-            break;
-        }
-        if (r == (ssize_t)sizeof msg)
-            serve(w, &msg);
-    }
-    return NULL;
-}
-
-int tm_fault_start(struct tm_pool *p)
-{
-    int cpus[TM_MAX_HANDLERS];
-    int n = tm_os_cpus(cpus, TM_MAX_HANDLERS);
-    if (n <= 0) {
-        cpus[0] = 0;
-        n = 1;
-    }
-    p->stop_fd = eventfd(0, EFD_CLOEXEC);
-    p->fill_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (p->stop_fd < 0 || p->fill_fd < 0)
-        return -errno;
-    /* Handler threads take no signals: those belong to the application. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int err = 0;
-    for (int i = 0; i < n; i++) {
-        tm_worker *w = &p->workers[i];
-        w->cpu = cpus[i];
-        if ((err = tm_worker_init(p, w, 1)) < 0)
-            break;
-        w->unlocked_loads = 1;
-        if ((err = -pthread_create(&w->thread, NULL, handler_main, w)) < 0)
-            break;
-        p->nworkers++;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    p->st.handler_threads = p->nworkers;
-    return err;
-}
-
-void tm_fault_stop(struct tm_pool *p)
-{
-    if (p->stop_fd >= 0) {
-        uint64_t one = 1;
-        if (write(p->stop_fd, &one, sizeof one) < 0) { /* cannot happen on an eventfd */ }
-    }
-    for (int i = 0; i < p->nworkers; i++)
-        pthread_join(p->workers[i].thread, NULL);
-    for (int i = 0; i < TM_MAX_HANDLERS; i++)
-        tm_worker_fini(&p->workers[i]);
-    p->nworkers = 0;
-    if (p->stop_fd >= 0)
-        close(p->stop_fd);
-    if (p->fill_fd >= 0)
-        close(p->fill_fd);
     if (p->uffd >= 0)
         close(p->uffd);
-    p->stop_fd = p->fill_fd = p->uffd = -1;
+    p->uffd = -1;
 }
 
-void tm_fault_kick_fill(struct tm_pool *p)
-{
-    uint64_t one = 1;
-    if (p->fill_fd >= 0 && write(p->fill_fd, &one, sizeof one) < 0) {
-        /* EAGAIN: the count is saturated, a kick is pending anyway */
-    }
-}
-
-int tm_fault_wake(struct tm_pool *p, int64_t b, int64_t n)
+int tm_uffd_wake(struct tm_pool *p, int64_t b, int64_t n)
 {
     struct uffdio_range r = {(uint64_t)(uintptr_t)tm_block_addr(p, b), (uint64_t)n << p->bshift};
     return ioctl(p->uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
@@ -275,7 +163,7 @@ static int64_t move(struct tm_pool *p, uint8_t *dst, uint8_t *src, uint64_t len,
     return (int64_t)done;
 }
 
-int64_t tm_fault_park(struct tm_pool *p, int64_t b, int64_t n)
+int64_t tm_uffd_park(struct tm_pool *p, int64_t b, int64_t n)
 {
     size_t off = (size_t)b << p->bshift, len = (size_t)n << p->bshift;
     int64_t r = move(p, p->shadow + off, p->base + off, len, 0);
@@ -292,7 +180,7 @@ int64_t tm_fault_park(struct tm_pool *p, int64_t b, int64_t n)
     return whole;
 }
 
-int tm_fault_unpark(struct tm_pool *p, int64_t b, int64_t n)
+int tm_uffd_unpark(struct tm_pool *p, int64_t b, int64_t n)
 {
     /* Pages that reached the arena already (a racing fault's block, mapped
      * since) stay: the move skips what is missing from the shadow. */
@@ -312,7 +200,7 @@ int tm_fault_unpark(struct tm_pool *p, int64_t b, int64_t n)
     return 0;
 }
 
-int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp)
+int tm_uffd_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp)
 {
     uint64_t addr = (uint64_t)(uintptr_t)tm_block_addr(p, b);
     uint64_t len = (uint64_t)n << p->bshift, done = 0;
@@ -329,15 +217,15 @@ int tm_fault_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, i
     return 0;
 }
 
-int tm_fault_zero_fill(struct tm_pool *p, int64_t b, int64_t n)
+int tm_uffd_zero_fill(struct tm_pool *p, int64_t b, int64_t n)
 {
     /* Pages of their own at once, copied from a range that reads as zero:
      * the shared zero page would cost a copy-on-write fault per page at the
      * first write. */
-    return tm_fault_install(p, b, n, p->zeros, 0);
+    return tm_uffd_install(p, b, n, p->zeros, 0);
 }
 
-int tm_fault_poison(struct tm_pool *p, uint64_t addr)
+int tm_uffd_poison(struct tm_pool *p, uint64_t addr)
 {
     /* The thread waiting there is only woken by the poison: if an entry is
      * in the way (the block is below DRAM, so it holds nothing), clear it. */
@@ -350,17 +238,46 @@ int tm_fault_poison(struct tm_pool *p, uint64_t addr)
     return ioctl(p->uffd, UFFDIO_POISON, &q) < 0 ? -errno : 0;
 }
 
-int tm_fault_unprotect(struct tm_pool *p, int64_t b, int64_t n)
+int tm_uffd_unprotect(struct tm_pool *p, int64_t b, int64_t n)
 {
     struct uffdio_writeprotect w = {{(uint64_t)(uintptr_t)tm_block_addr(p, b), (uint64_t)n << p->bshift}, 0};
     return ioctl(p->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
 }
 
-int tm_fault_unshare(struct tm_pool *p, int64_t b, int64_t n)
+int tm_uffd_unshare(struct tm_pool *p, int64_t b, int64_t n)
 {
     /* Write protection first: a write fault on a protected page would wait
      * for a handler, and the caller may be one, holding the lock. */
-    int r = tm_fault_unprotect(p, b, n);
+    int r = tm_uffd_unprotect(p, b, n);
     return r < 0 ? r : tm_os_populate_write(tm_block_addr(p, b), (size_t)n << p->bshift);
 }
 
+/* Answer the fault at addr with SIGBUS (EFAULT for a kernel-mode access).
+ * The block is flagged: nothing reads it ahead of need any more. */
+void tm_uffd_fail_fault(struct tm_pool *p, uint64_t addr, const char *what, int err)
+{
+    p->st.io_errors++;
+    p->meta.flags[tm_block_of(p, (void *)(uintptr_t)addr)] |= TM_F_POISON;
+    int r = tm_uffd_poison(p, addr);
+    if (r == 0) {
+        p->st.sigbus_sent++;
+        tm_set_error(p, "%s for the fault at %#llx: %s; the faulting thread got SIGBUS", what,
+                     (unsigned long long)addr, strerror(-err));
+        return;
+    }
+    /* Never leave the thread waiting: woken, it faults again and is
+     * answered again. */
+    tm_set_error(p, "%s for the fault at %#llx: %s; UFFDIO_POISON failed (%s), the thread will retry", what,
+                 (unsigned long long)addr, strerror(-err), strerror(-r));
+    tm_uffd_wake(p, tm_block_of(p, (void *)(uintptr_t)addr), 1);
+}
+
+int tm_uffd_restore(struct tm_pool *p, int64_t b, int64_t n)
+{
+    int r = tm_uffd_unpark(p, b, n);
+    if (r < 0)
+        tm_set_error(p, "cannot map blocks %lld..%lld back after a failed demotion: %s", (long long)b,
+                     (long long)(b + n - 1), strerror(-r));
+    tm_uffd_wake(p, b, n);
+    return r;
+}

@@ -1,0 +1,249 @@
+/* dispatch.c: serving a fault (lock held): what the faulting block is
+ * (resident, never written, below), where its data comes from, and how
+ * much to bring with it. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block.h"
+
+/* Blocks after b, adjacent in the arena, all never written (for a zero
+ * fill) or all in lower tiers (for a promotion; the reads are merged where
+ * slots are adjacent and issued together), up to max. */
+static int64_t sequential_run(struct tm_pool *p, int64_t b, int64_t max, int64_t *list)
+{
+    int unbacked = p->meta.tier[b] == TM_UNBACKED;
+    int64_t n = 1;
+    list[0] = b;
+    while (n < max && b + n < p->nblocks) {
+        int64_t c = b + n;
+        uint8_t t = p->meta.tier[c];
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & (TM_F_BUSY | TM_F_POISON)) ||
+            (unbacked ? t != TM_UNBACKED : (t != TM_PMEM && t != TM_NVME)))
+            break;
+        list[n++] = c;
+    }
+    return n;
+}
+
+/* b, b+stride, ... while they are allocated lower-tier blocks, up to max. */
+static int64_t strided_run(struct tm_pool *p, int64_t b, int64_t stride, int64_t max, int64_t *list)
+{
+    int64_t n = 1;
+    list[0] = b;
+    for (int64_t c = b + stride; n < max && c < p->scan_end; c += stride) {
+        uint8_t t = p->meta.tier[c];
+        if (!(p->meta.flags[c] & TM_F_ALLOC) || (p->meta.flags[c] & (TM_F_BUSY | TM_F_POISON)) ||
+            (t != TM_PMEM && t != TM_NVME))
+            break;
+        list[n++] = c;
+    }
+    return n;
+}
+
+static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
+{
+    struct tm_pool *p = w->pool;
+    for (int64_t i = 0; i < n; i++)
+        tm_assert(tm_block_state(p, list[i]) == TM_BS_UNBACKED);
+    n = tm_demote_fault_room(w, n);
+    /* On a worker with unlocked loads the copy runs with the lock released,
+     * as a load's does: the blocks are busy and loading (a fault on one waits
+     * for the wake below, a release waits for the end), their room reserved. */
+    if (w->unlocked_loads) {
+        for (int64_t i = 0; i < n; i++)
+            tm_block_start_load(p, list[i]);
+        p->resident += n;
+        p->loading_blocks += n;
+        tm_unlock(p);
+    }
+    int r = tm_uffd_zero_fill(p, list[0], n);
+    if (w->unlocked_loads) {
+        tm_lock(p);
+        p->resident -= n;
+        p->loading_blocks -= n;
+        for (int64_t i = 0; i < n; i++)
+            tm_block_end_load(p, list[i]);
+        pthread_cond_broadcast(&p->io_cond);
+    }
+    if (r < 0) {
+        tm_uffd_fail_fault(p, addr, "zero fill (UFFDIO_COPY) failed", r);
+        tm_uffd_wake(p, list[0], n); /* those that faulted on the others meanwhile fault again */
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        tm_block_resident(p, list[i], 1); /* no lower copy exists */
+        if (i)
+            tm_policy_access(p, list[i], TM_ACCESS_AHEAD);
+    }
+    tm_watermark_resident(p, n);
+    tm_uffd_wake(p, list[0], n);
+    p->st.zero_fills += (uint64_t)n;
+}
+
+/* A fault on a DRAM block: a first write to a clean block, an access to a
+ * block parked by sampling (a hint), or a fault that raced the one that
+ * mapped the block. Returns the kind of access it was. */
+static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
+{
+    if (p->meta.flags[b] & TM_F_BUSY) {
+        /* Being written back outside the lock: its thread is woken when the
+         * write is done, and faults again. */
+        p->st.busy_waits++;
+        return TM_ACCESS_MINOR;
+    }
+    if (kind == TM_ACCESS_WP) {
+        p->st.wp_faults++;
+        p->meta.flags[b] |= TM_F_DIRTY;
+        p->xflags[b] = 0;
+        tm_uffd_unprotect(p, b, 1);
+        return kind;
+    }
+    if (!(p->meta.flags[b] & TM_F_SAMPLED)) {
+        p->st.minor_faults++;
+        tm_uffd_wake(p, b, 1);
+        return TM_ACCESS_MINOR;
+    }
+    uint64_t t0 = tm_os_now_ns();
+    tm_block_unpark(p, b);
+    if (write)
+        p->meta.flags[b] |= TM_F_DIRTY;
+    /* Moved back writable: a clean block's checksum decides at demotion
+     * whether it was written since. */
+    else if (!(p->meta.flags[b] & TM_F_DIRTY))
+        p->xflags[b] |= TM_X_VERIFY;
+    int r = tm_uffd_unpark(p, b, 1);
+    if (r < 0)
+        tm_set_error(p, "cannot map sampled block %lld back: %s", (long long)b, strerror(-r));
+    tm_uffd_wake(p, b, 1);
+    tm_sampling_hint(p, tm_os_now_ns() - t0);
+    return TM_ACCESS_HINT;
+}
+
+/* Room for a batch, made before a fault on b plans anything, since the lock
+ * is released meanwhile: the fault waits for writebacks in flight if they
+ * free enough, else demotes a batch itself, also writing outside the lock,
+ * so other faults go on. When nothing can be demoted because every victim is
+ * in flight (loads reserve their room, writebacks pin theirs), it waits for
+ * those to settle instead of overrunning the budget. */
+static void make_fault_room(tm_worker *w, int64_t b)
+{
+    struct tm_pool *p = w->pool;
+    while ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC && p->meta.tier[b] != TM_DRAM &&
+           p->resident + p->batch_blocks > p->dram_blocks) {
+        if (p->writeback_blocks && p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
+            p->st.writeback_waits++;
+            pthread_cond_wait(&p->io_cond, &p->lock);
+            continue;
+        }
+        w->unlocked_io = 1;
+        int64_t moved = tm_demote(w, p->batch_blocks);
+        w->unlocked_io = 0;
+        if (moved) {
+            tm_watermark_fault_demoted(p, moved);
+        } else if (p->writeback_blocks || p->loading_blocks) {
+            p->st.writeback_waits++;
+            pthread_cond_wait(&p->io_cond, &p->lock);
+        } else {
+            break; /* all pinned: the plan's own room check decides */
+        }
+    }
+}
+
+void tm_dispatch_fault(tm_worker *w, uint64_t addr, int kind, int write)
+{
+    struct tm_pool *p = w->pool;
+    uint8_t *a = (uint8_t *)(uintptr_t)addr;
+    if (a < p->base || a >= p->base + p->arena_size)
+        return;
+    int64_t b = tm_block_of(p, a);
+    make_fault_room(w, b);
+    p->st.faults++;
+    if (!(p->meta.flags[b] & TM_F_ALLOC)) {
+        tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS (none did if the fault was "
+                     "raised before its memory was freed and served by another fault meanwhile)", (void *)a);
+        if (tm_uffd_poison(p, addr) == 0) {
+            p->st.sigbus_sent++;
+            p->meta.flags[b] |= TM_F_POISON;
+        }
+        return;
+    }
+    p->recent[p->recent_i] = b;
+    p->recent_i = (p->recent_i + 1) % TM_RECENT;
+    if (p->meta.access_count[b] < UINT8_MAX)
+        p->meta.access_count[b]++;
+    p->meta.last_access[b] = (uint16_t)(p->st.faults >> 8);
+    p->meta.flags[b] |= TM_F_REF;
+
+    int64_t *list = w->list;
+    switch (p->meta.tier[b]) {
+    case TM_DRAM:
+        tm_policy_access(p, b, serve_resident(p, b, kind, write));
+        break;
+    case TM_UNBACKED: {
+        tm_policy_access(p, b, TM_ACCESS_MISSING);
+        if (p->meta.flags[b] & TM_F_BUSY) {
+            /* Another thread zero-fills it outside the lock: woken once mapped. */
+            p->st.busy_waits++;
+            break;
+        }
+        /* A zero fill costs little next to a fault: never fill less than
+         * TM_ZERO_MIN_BYTES, so a small fresh array takes one fault. */
+        tm_stream *s = tm_stream_of(p, b);
+        int64_t n = sequential_run(p, b, s->window > p->zero_min_blocks ? s->window : p->zero_min_blocks, list);
+        s->next = b + n;
+        /* What a stream fills is new data, read next rather than used once:
+         * it passes only blocks it reads back. */
+        s->start = s->lo = s->hi = s->next;
+        zero_fill(w, addr, list, n);
+        break;
+    }
+    default: {
+        tm_ra_run *ra = tm_readahead_holding(p, b);
+        tm_policy_access(p, b, TM_ACCESS_MISSING);
+        if ((p->meta.flags[b] & TM_F_BUSY) && !ra) {
+            /* Another thread loads it (or an idle handler maps it ahead)
+             * outside the lock: woken once mapped. */
+            p->st.busy_waits++;
+            break;
+        }
+        tm_stream *s = tm_stream_of(p, b);
+        if (ra) {
+            /* The stream reached its readahead: map it; the next is read. */
+            s->next = ra->blocks[ra->n - 1] + 1;
+            int64_t end = ra->end;
+            tm_readahead_finish(w, ra);
+            /* The runs after it are mapped ahead, without faults: the
+             * stream's next fault may be as far as their end. */
+            s->ahead = tm_readahead_chain_end(p, end);
+            if (p->meta.tier[b] == TM_DRAM)
+                break;
+            make_fault_room(w, b); /* others used the room while it waited */
+            if ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) != TM_F_ALLOC ||
+                (p->meta.tier[b] != TM_PMEM && p->meta.tier[b] != TM_NVME)) {
+                /* b was loaded, taken or freed meanwhile: its thread faults
+                 * again if it must, and is served then. */
+                tm_uffd_wake(p, b, 1);
+                break;
+            }
+        }
+        int64_t n;
+        if (s->stride > 1 && s->window > 1) {
+            n = strided_run(p, b, s->stride, s->window, list);
+            s->last = list[n - 1];
+        } else {
+            n = sequential_run(p, b, s->window, list);
+            s->next = b + n;
+        }
+        int stream = s->stride == 1 && s->window == p->batch_blocks && tm_range_advice(p, b) != TM_ADV_RANDOM;
+        n = tm_promote_reserve(w, addr, list, tm_policy_prefetch(p, b, list, n));
+        if (!n)
+            break;
+        if (stream) /* read ahead of it while this is read and mapped */
+            tm_readahead_submit(p, list[n - 1] + 1);
+        tm_promote_load(w, addr, list, n, write);
+        break;
+    }
+    }
+}
