@@ -11,11 +11,15 @@
  * are gone, which a pipe tells (its write end lives in the children only and
  * closes on their exit or exec). Pools are read-only views in a child:
  * allocation fails (the numpy handler then uses the C library), a free gives
- * the child's pages back, advice and resizing are refused. */
+ * the child's pages back, advice and resizing are refused. A child's access
+ * to pool memory that cannot be served (its view could not be set up, a
+ * block cannot be read back) ends it with one line on stderr and exit status
+ * TM_FORK_UNSERVED_EXIT. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,28 +127,169 @@ void tm_fork_fini(struct tm_pool *p)
 
 /* ---- in the child ------------------------------------------------------ */
 
-static void report(struct tm_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Pool memory a child cannot be served faults: the arena is inaccessible
+ * (PROT_NONE) when the view could not be set up, and a block that cannot be
+ * read is poisoned (SIGBUS). A SIGSEGV / SIGBUS handler then answers for
+ * those pools' arenas only: one line on stderr, and _exit(TM_FORK_UNSERVED_EXIT),
+ * rather than death by a signal that says nothing of why. Other faults go
+ * to the handler it replaced. It runs in the faulting thread, so it only
+ * reads what was written before the fault could happen, and calls only
+ * async-signal-safe functions. */
+typedef struct unserved {
+    struct tm_pool *p;  /* claimed with a CAS: the views' threads record at once */
+    uintptr_t lo, hi;   /* its arena */
+    int cut;            /* the whole arena is inaccessible */
+    int n;              /* reasons recorded; the latest is why[(n - 1) & 1] */
+    char why[2][224];   /* two: one is written while the other may be read */
+} unserved;
+static unserved unserved_views[64]; /* as many as pools (arena.c) */
+static struct sigaction prev_segv, prev_bus;
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static int watching; /* inherited by a grandchild, with the handler */
+static int said;     /* by the first thread whose access cannot be served */
 
-/* Say why on stderr (the child dies of it) and in the pool's error. */
-static void report(struct tm_pool *p, const char *fmt, ...)
+static char *put(char *o, char *end, const char *s)
+{
+    while (*s && o < end)
+        *o++ = *s++;
+    return o;
+}
+
+static char *put_num(char *o, char *end, uint64_t v, unsigned base)
+{
+    char d[24];
+    int n = 0;
+    do
+        d[n++] = "0123456789abcdef"[v % base];
+    while ((v /= base) && n < (int)sizeof d);
+    if (base == 16)
+        o = put(o, end, "0x");
+    while (n && o < end)
+        *o++ = d[--n];
+    return o;
+}
+
+/* Pass the fault on to the handler there was before. */
+static void chain(int sig, siginfo_t *si, void *ctx)
+{
+    struct sigaction *prev = sig == SIGSEGV ? &prev_segv : &prev_bus;
+    if (prev->sa_flags & SA_SIGINFO) {
+        prev->sa_sigaction(sig, si, ctx);
+    } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+        prev->sa_handler(sig);
+    } else {
+        /* The default: a fault happens again on return, a sent signal is sent again. */
+        sigaction(sig, prev, NULL);
+        if (si->si_code <= 0)
+            raise(sig);
+    }
+}
+
+static void on_fault(int sig, siginfo_t *si, void *ctx)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    for (size_t i = 0; si->si_code > 0 && i < sizeof unserved_views / sizeof unserved_views[0]; i++) {
+        unserved *u = &unserved_views[i];
+        int n = __atomic_load_n(&u->n, __ATOMIC_ACQUIRE);
+        if (!n || a < u->lo || a >= u->hi)
+            continue;
+        if (__atomic_exchange_n(&said, 1, __ATOMIC_ACQ_REL))
+            for (;;) /* another thread says it, and its _exit ends this one */
+                pause();
+        char line[512], *o = line, *end = line + sizeof line - 1;
+        o = put(o, end, "tieredmem: forked child ");
+        o = put_num(o, end, (uint64_t)getpid(), 10);
+        o = put(o, end, ": pool memory at ");
+        o = put_num(o, end, a, 16);
+        o = put(o, end, " (pool at ");
+        o = put_num(o, end, u->lo, 16);
+        o = put(o, end, ") cannot be read: ");
+        o = put(o, end, u->why[(n - 1) & 1]);
+        o = put(o, end, "; exiting with status ");
+        o = put_num(o, end, TM_FORK_UNSERVED_EXIT, 10);
+        *o++ = '\n';
+        if (write(2, line, (size_t)(o - line)) < 0) {
+            /* nothing more to tell it with */
+        }
+        _exit(TM_FORK_UNSERVED_EXIT);
+    }
+    chain(sig, si, ctx);
+}
+
+static void watch_faults(void)
+{
+    pthread_mutex_lock(&watch_lock);
+    if (!watching) {
+        struct sigaction sa = {.sa_sigaction = on_fault, .sa_flags = SA_SIGINFO | SA_ONSTACK};
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &prev_segv);
+        sigaction(SIGBUS, &sa, &prev_bus);
+        watching = 1;
+    }
+    pthread_mutex_unlock(&watch_lock);
+}
+
+/* The entry of view p; `claim`: made if there is none (NULL if full). */
+static unserved *unserved_of(struct tm_pool *p, int claim)
+{
+    for (size_t i = 0; i < sizeof unserved_views / sizeof unserved_views[0]; i++) {
+        struct tm_pool *none = NULL;
+        if (__atomic_load_n(&unserved_views[i].p, __ATOMIC_ACQUIRE) == p ||
+            (claim &&
+             __atomic_compare_exchange_n(&unserved_views[i].p, &none, p, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)))
+            return &unserved_views[i];
+    }
+    return NULL;
+}
+
+static void record(struct tm_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Why this view's pool memory (or some of it) cannot be read: the pool's
+ * error, and what the fault handler will say. Before the fault can come. */
+static void record(struct tm_pool *p, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(p->err, sizeof p->err, fmt, ap);
     va_end(ap);
-    char line[TM_ERRLEN + 64];
-    int n = snprintf(line, sizeof line, "tieredmem: forked child %d: %s\n", (int)getpid(), p->err);
-    if (n > 0 && write(2, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1)) < 0)
-        n = 0;
+    unserved *u = unserved_of(p, 1);
+    if (!u) /* 64 views unserved already: this one's faults go unexplained */
+        return;
+    watch_faults();
+    snprintf(u->why[u->n & 1], sizeof u->why[0], "%s", p->err);
+    u->lo = (uintptr_t)p->base;
+    u->hi = u->lo + p->arena_size;
+    __atomic_store_n(&u->n, u->n + 1, __ATOMIC_RELEASE);
 }
 
-static void fail(struct tm_pool *p, uint64_t addr, int64_t b, const char *why)
+/* Serve this view no more: no access to its arena (its missing pages would
+ * read as zeros), and the faults waiting on the userfaultfd are woken, by
+ * its closing, to find that out. The reason is recorded already. */
+static void cut_off(struct tm_pool *p)
 {
-    report(p, "pool memory at %#llx (block %lld) cannot be read: %s; the access gets SIGBUS",
-           (unsigned long long)addr, (long long)b, why);
+    mprotect(p->base, p->arena_size, PROT_NONE);
+    unserved *u = unserved_of(p, 0);
+    if (u)
+        u->cut = 1;
+    if (p->uffd >= 0)
+        close(p->uffd);
+    p->uffd = -1;
+}
+
+static void fail(struct tm_pool *p, uint64_t addr, int64_t b, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void fail(struct tm_pool *p, uint64_t addr, int64_t b, const char *fmt, ...)
+{
+    char why[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    record(p, "block %lld: %s", (long long)b, why);
     p->meta.flags[b] |= TM_F_POISON;
     if (tm_uffd_poison(p, addr) < 0)
-        tm_uffd_wake(p, b, 1);
+        cut_off(p); /* woken unpoisoned, the access would only fault here again */
 }
 
 /* Hold one more block read from below; past the cap, the oldest one not
@@ -173,7 +318,7 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
     uint8_t f = p->meta.flags[b], tier = p->meta.tier[b];
     uint32_t g = p->meta.slot[b];
     if (!(f & TM_F_ALLOC) || (f & TM_F_POISON)) {
-        fail(p, addr, b, f & TM_F_ALLOC ? "it was unreadable in the parent" : "it is not allocated (freed?)");
+        fail(p, addr, b, "%s", f & TM_F_ALLOC ? "it was unreadable in the parent" : "it is not allocated (freed?)");
         return;
     }
     if (p->xflags[b] & TM_X_CHILD) { /* mapped already: a write, or a fault that raced the one that mapped it */
@@ -192,7 +337,7 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
     if (tier == TM_UNBACKED) {
         memset(p->child_buf, 0, p->bs);
     } else if (p->fork_err[0]) {
-        fail(p, addr, b, p->fork_err);
+        fail(p, addr, b, "%s", p->fork_err);
         return;
     } else {
         /* With the blocks after it whose slots follow its own, in one read:
@@ -205,13 +350,13 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
         tm_io io = {.slot = g - t->first_slot, .nblocks = (uint32_t)n, .buf = p->child_buf};
         int r = tm_tier_readv(t, NULL, &io, 1);
         if (r < 0) {
-            fail(p, addr, b, t == &p->pmem ? "the pmem read failed" : "the nvme read failed");
+            fail(p, addr, b, "the %s read of its slot failed (%s)", t == &p->pmem ? "pmem" : "nvme", strerror(-r));
             return;
         }
         for (int64_t i = 0; i < n; i++) {
             if (tm_block_checksum(p->child_buf + ((size_t)i << p->bshift), p->bs) != t->csum[io.slot + (uint64_t)i]) {
                 if (i == 0) {
-                    fail(p, addr, b, "it failed its checksum");
+                    fail(p, addr, b, "the data read from its slot failed its checksum");
                     return;
                 }
                 n = i; /* the damaged one fails when it is touched */
@@ -224,7 +369,7 @@ static void serve(struct tm_pool *p, uint64_t addr, int wp)
     int again = tier != TM_UNBACKED;
     int r = tm_uffd_install(p, b, n, p->child_buf, again);
     if (r < 0 && r != -EEXIST) {
-        fail(p, addr, b, "UFFDIO_COPY failed");
+        fail(p, addr, b, "UFFDIO_COPY failed (%s)", strerror(-r));
         return;
     }
     for (int64_t i = b; i < b + n; i++) {
@@ -243,8 +388,14 @@ static void *child_main(void *arg)
     tm_engine_depth++; /* an interposed malloc gives this thread no pool memory */
     for (;;) {
         struct pollfd fd = {p->uffd, POLLIN, 0};
-        if (poll(&fd, 1, -1) < 0 && errno != EINTR)
+        if (poll(&fd, 1, -1) < 0 && errno != EINTR) { /* gone, this thread would leave faults waiting forever */
+            int e = errno;
+            tm_lock(p);
+            record(p, "the thread that serves its faults failed (poll: %s)", strerror(e));
+            cut_off(p);
+            tm_unlock(p);
             break;
+        }
         struct uffd_msg msg;
         if (read(p->uffd, &msg, sizeof msg) != (ssize_t)sizeof msg)
             continue; /* EAGAIN: another wake-up took it */
@@ -255,6 +406,18 @@ static void *child_main(void *arg)
         tm_unlock(p);
     }
     return NULL;
+}
+
+/* Test hook: TIEREDMEM_INJECT_FORK="STEP:ERRNO" (STEP uffd or thread, ERRNO
+ * a number) makes that step of a child's setup fail with that errno. */
+static int injected(const char *step)
+{
+    const char *s = getenv("TIEREDMEM_INJECT_FORK");
+    size_t n = strlen(step);
+    if (!s || strncmp(s, step, n) || s[n] != ':')
+        return 0;
+    int e = atoi(s + n + 1);
+    return e > 0 ? -e : 0;
 }
 
 void tm_fork_child(struct tm_pool *p)
@@ -287,20 +450,35 @@ void tm_fork_child(struct tm_pool *p)
     free(p->child_buf);
     free(p->child_ring);
     p->child_ring = malloc((size_t)p->child_cap * sizeof *p->child_ring);
-    pthread_t th;
     p->child_run = TM_CHILD_READ_BYTES / p->bs ? (int64_t)(TM_CHILD_READ_BYTES / p->bs) : 1;
     if (p->child_run > p->child_cap)
         p->child_run = p->child_cap;
-    int r = !p->child_ring || posix_memalign((void **)&p->child_buf, 4096, (size_t)p->child_run << p->bshift)
-                ? -ENOMEM
-                : tm_uffd_open_child(p);
-    if (r == 0 && (r = -pthread_create(&th, NULL, child_main, p)) == 0)
-        pthread_detach(th);
-    if (r < 0) {
-        /* Unserved, its missing pages would read as zeros: no access instead. */
-        mprotect(p->base, p->arena_size, PROT_NONE);
-        report(p, "the parent's pool arrays cannot be read here (%s); an access gets SIGSEGV", strerror(-r));
+    const char *step = "no memory for its buffers";
+    int r = -ENOMEM;
+    if (p->child_ring && !posix_memalign((void **)&p->child_buf, 4096, (size_t)p->child_run << p->bshift)) {
+        step = "no userfaultfd of its own";
+        if (!(r = injected("uffd")) && !(r = tm_uffd_open_child(p))) {
+            step = "cannot start the thread that serves its faults";
+            pthread_t th;
+            if (!(r = injected("thread")) && !(r = -pthread_create(&th, NULL, child_main, p)))
+                pthread_detach(th);
+        }
     }
+    if (r == 0) {
+        /* The view of a parent that was cut off: this process is served. */
+        unserved *u = unserved_of(p, 0);
+        if (u && u->cut) {
+            __atomic_store_n(&u->n, 0, __ATOMIC_RELEASE);
+            u->cut = 0;
+            mprotect(p->base, p->arena_size, PROT_READ | PROT_WRITE);
+        }
+        return;
+    }
+    /* Said only if an access comes: a child that leaves the pools alone
+     * (one that calls exec, say) is not to be told. */
+    record(p, "this process could not set up its view of the parent's pool at the fork: %s (%s)", step,
+           strerror(-r));
+    cut_off(p);
 }
 
 void tm_fork_child_release(struct tm_pool *p, int64_t b, int64_t n)

@@ -675,7 +675,8 @@ void tm_release(struct tm_pool *p, int64_t b, int64_t n);
 void tm_fork_prepare(struct tm_pool *p);
 void tm_fork_parent(struct tm_pool *p);
 /* In the child: the pool becomes a read-only view served by a thread of its
- * own, or, if that cannot be set up, an inaccessible range (said on stderr). */
+ * own, or, if that cannot be set up, an inaccessible range whose first access
+ * exits the child with TM_FORK_UNSERVED_EXIT, saying why. */
 void tm_fork_child(struct tm_pool *p);
 /* Let go of the slots of generations whose children are all gone (lock held). */
 void tm_fork_reap(struct tm_pool *p);

@@ -60,6 +60,11 @@ enum tm_advice {
  * then NVMe's), so zeroed metadata means "no slot". */
 #define TM_NO_SLOT 0u
 
+/* The exit status of a forked child that touches pool memory it cannot be
+ * served (its view could not be set up, or a block could not be read):
+ * EX_OSERR, after one line on stderr saying why (docs/fork.md). */
+#define TM_FORK_UNSERVED_EXIT 71
+
 typedef struct tm_config {
     uint64_t dram_bytes;     /* hard budget of resident bytes; > 0 */
     uint64_t pmem_bytes;     /* 0 = no PMEM tier */

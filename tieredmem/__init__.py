@@ -8,8 +8,12 @@ from .arrow_alloc import arrow_pool  # imports pyarrow only when called
 from .numpy_alloc import install, installed, uninstall, use
 from .pool import Pool, policy_names
 from .sizes import parse_size
+from ._engine import lib as _lib
 
-__all__ = ["Pool", "Policy", "arrow_pool", "install", "installed", "parse_size", "policy_names", "uninstall", "use"]
+# The exit status of a forked child that touches pool memory it cannot be served (docs/fork.md).
+FORK_UNSERVED_EXIT = _lib.TM_FORK_UNSERVED_EXIT
+
+__all__ = ["FORK_UNSERVED_EXIT", "Pool", "Policy", "arrow_pool", "install", "installed", "parse_size", "policy_names", "uninstall", "use"]
 __version__ = "0.1.0"
 
 

@@ -1,7 +1,8 @@
 """cffi builder: compiles csrc/ into the extension module tieredmem._engine.
 
 The C declarations come from csrc/tieredmem.h itself (the engine's one public
-header), minus its preprocessor lines, so the binding cannot drift from it."""
+header), minus its preprocessor lines, so the binding cannot drift from it; its
+integer constants (`#define TM_NAME value`) are read from the compiled header."""
 import pathlib
 import re
 
@@ -18,10 +19,12 @@ def public_declarations() -> str:
     keep = []
     for line in text.splitlines():
         s = line.strip()
-        if s.startswith("#") or s in ('extern "C" {', "}"):  # "}" alone closes extern "C"
-            continue
-        keep.append(line)
-    return "\n".join(keep) + "\n#define TM_NO_SLOT ...\n"
+        constant = re.match(r"#define (TM_\w+)\s+\S", s)
+        if constant:
+            keep.append(f"#define {constant.group(1)} ...")
+        elif not (s.startswith("#") or s in ('extern "C" {', "}")):  # "}" alone closes extern "C"
+            keep.append(line)
+    return "\n".join(keep) + "\n"
 
 
 ffibuilder = FFI()
