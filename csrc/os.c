@@ -35,12 +35,14 @@ void tm_os_assert_fail(const char *cond, const char *file, int line, const char 
     abort();
 }
 
-void *tm_os_reserve(size_t size, size_t align, int inherit)
+/* size bytes of fresh anonymous memory aligned to align (a power of two, a
+ * multiple of the page size): map size + align, keep the first aligned
+ * stretch and give back the slack. NULL on failure (errno). */
+static void *map_aligned(size_t size, size_t align, int flags)
 {
-    /* Reserve size + align of address space, then keep the first aligned
-     * `size` bytes of it and give back the slack. */
+    tm_assert(size > 0 && (size & 4095) == 0 && align >= 4096 && (align & (align - 1)) == 0);
     size_t span = size + align;
-    uint8_t *r = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    uint8_t *r = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
     if (r == MAP_FAILED)
         return NULL;
     uintptr_t a = ((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1);
@@ -49,37 +51,37 @@ void *tm_os_reserve(size_t size, size_t align, int inherit)
     size_t tail = (uintptr_t)r + span - (a + size);
     if (tail)
         munmap((void *)(a + size), tail);
+    return (void *)a;
+}
+
+void *tm_os_reserve(size_t size, size_t align, int inherit)
+{
+    void *a = map_aligned(size, align, MAP_NORESERVE);
+    if (!a)
+        return NULL;
     /* Transparent huge pages would make blocks unmovable (UFFDIO_MOVE moves
      * small pages only). */
     if (!inherit)
-        madvise((void *)a, size, MADV_DONTFORK);
-    madvise((void *)a, size, MADV_NOHUGEPAGE);
-    return (void *)a;
+        madvise(a, size, MADV_DONTFORK);
+    madvise(a, size, MADV_NOHUGEPAGE);
+    return a;
 }
 
 #define HUGE_PAGE (2ul << 20)
 
 void *tm_os_io_buffer(size_t size, int populate)
 {
-    tm_assert(size > 0 && (size & 4095) == 0);
     /* Aligned to a huge page, so that its huge pages can be used whole. */
-    size_t span = size + HUGE_PAGE;
-    uint8_t *r = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (r == MAP_FAILED)
+    void *a = map_aligned(size, HUGE_PAGE, 0);
+    if (!a)
         return NULL;
-    uintptr_t a = ((uintptr_t)r + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
-    if (a > (uintptr_t)r)
-        munmap(r, a - (uintptr_t)r);
-    size_t tail = (uintptr_t)r + span - (a + size);
-    if (tail)
-        munmap((void *)(a + size), tail);
     /* Where THP is "never", small pages: requests are then split, not refused. */
-    madvise((void *)a, size, MADV_HUGEPAGE);
-    madvise((void *)a, size, MADV_DONTFORK); /* a fork child never uses it */
-    if (populate && madvise((void *)a, size, MADV_POPULATE_WRITE) < 0) {
+    madvise(a, size, MADV_HUGEPAGE);
+    madvise(a, size, MADV_DONTFORK); /* a fork child never uses it */
+    if (populate && madvise(a, size, MADV_POPULATE_WRITE) < 0) {
         /* touched later, on first use */
     }
-    return (void *)a;
+    return a;
 }
 
 void tm_os_unmap(void *addr, size_t size)

@@ -9,13 +9,14 @@ the run's pool) or python with the library in LD_PRELOAD, where the script
 attaches a pool of its own (to control when the pool exists). Scripts use
 libc through ctypes (whose calls release the GIL) and print one JSON line.
 """
-import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+import runner
+from runner import env_for, preloaded, result
 
 from tieredmem import malloc
 
@@ -59,32 +60,8 @@ def script(tmp_path, body, own_pool=False):
     return path
 
 
-def env_for(tmp_path, extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIEREDMEM_") and k != "LD_PRELOAD"}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    env.update(extra or {})
-    return env
-
-
 def tmrun(tmp_path, path, *options, env=None):
-    nvme = tmp_path / "nvme"
-    nvme.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "tieredmem", "run", "--nvme-path", str(nvme), "--dram", "64MiB", "--nvme", "1GiB",
-           "--threshold", "1MiB", *options, str(path)]
-    return subprocess.run(cmd, cwd=tmp_path, env=env_for(tmp_path, env), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-
-
-def preloaded(tmp_path, path):
-    """python with the interposer preloaded and no pool attached until the script attaches one."""
-    env = env_for(tmp_path, {"LD_PRELOAD": str(malloc.library_path()), "NVME": str(tmp_path)})
-    return subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
-
-
-def result(res):
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return runner.tmrun(tmp_path, path, "--threshold", "1MiB", *options, env=env)
 
 
 # A pool of its own for `preloaded` scripts.

@@ -11,12 +11,13 @@ Each test is a subprocess, as in tests/test_malloc_interpose.py: either
 its own. Scripts print one JSON line."""
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
+
+import runner
+from runner import preloaded, result
 
 from tieredmem import malloc
 
@@ -25,7 +26,6 @@ pytestmark = [pytest.mark.timeout(150, method="thread"),
               pytest.mark.skipif(sys.implementation.name != "cpython", reason="pymalloc is CPython's")]
 
 MiB = 1 << 20
-TIMEOUT = 120
 
 PRELUDE = """
 import ctypes, hashlib, json, os, sys
@@ -66,34 +66,11 @@ def script(tmp_path, body):
     return path
 
 
-def env_for(tmp_path, extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIEREDMEM_") and k != "LD_PRELOAD"}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    env.update(extra or {})
-    return env
-
-
 def tmrun(tmp_path, path, *options, env=None, dram="64MiB", nvme="2GiB", floor="0"):
     """`run` the script; with no floor by default, so that every arena made is
     the pool's (the floor has tests of its own)."""
-    d = tmp_path / "nvme"
-    d.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "tieredmem", "run", "--nvme-path", str(d), "--dram", dram, "--nvme", nvme,
-           *(["--pymalloc-floor", floor] if floor is not None else []), *options, str(path)]
-    return subprocess.run(cmd, cwd=tmp_path, env=env_for(tmp_path, env), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-
-
-def preloaded(tmp_path, path):
-    """python with the interposer preloaded; the script attaches a pool of its own."""
-    env = env_for(tmp_path, {"LD_PRELOAD": str(malloc.library_path()), "NVME": str(tmp_path)})
-    return subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
-
-
-def result(res):
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    floor_option = ["--pymalloc-floor", floor] if floor is not None else []
+    return runner.tmrun(tmp_path, path, *floor_option, *options, env=env, dram=dram, nvme=nvme)
 
 
 N = 2_500_000  # ~190 MiB of str objects: three times the 64 MiB budget
