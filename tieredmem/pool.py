@@ -13,14 +13,21 @@ from . import malloc, numpy_alloc
 from .numpy_alloc import _init, use
 from .sizes import parse_size
 
-TIERS = ("unbacked", "dram", "pmem", "nvme")  # indexed by enum tm_tier_id
+
+
+def _enum_names(enum, prefix):
+    """The names of a C enum of tieredmem.h by value, without the prefix, lower-cased."""
+    return {value: name[len(prefix):].lower() for value, name in sorted(ffi.typeof(enum).elements.items())}
+
+
+TIERS = tuple(_enum_names("enum tm_tier_id", "TM_").values())  # indexed by tier id
 # Every scalar field of tm_stats, in the header's order (the per-tier
 # structs are reported apart).
 _STAT_COUNTERS = tuple(name for name, field in ffi.typeof("tm_stats").fields if field.type.kind == "primitive")
 POLICIES = ("lru", "fifo", "hotness")
 DEFAULT_POLICY = "lru"
 DEFAULT_SAMPLING = 0.01  # share of the time hint sampling may cost
-ADVICE = {"willneed": 0, "dontneed": 1, "cold": 2, "hot": 3, "sequential": 4, "random": 5, "normal": 6}
+ADVICE = {name: value for value, name in _enum_names("enum tm_advice", "TM_ADV_").items()}
 # Emulated PMEM: latency per request (ns) and bandwidth (GB/s) of reads and
 # writes. "optane": first-generation Optane DC PMM, one DIMM (Izraelevitz et
 # al., 2019: ~300 ns read latency, ~6.6 GB/s read, ~2.3 GB/s write).
