@@ -2,9 +2,9 @@
 import argparse
 import sys
 
-from .commands import bench, demo, run
+from .commands import bench, demo, doctor, run
 
-COMMANDS = {"demo": demo, "run": run, "bench": bench}
+COMMANDS = {"demo": demo, "run": run, "bench": bench, "doctor": doctor}
 
 
 def main(argv=None) -> int:

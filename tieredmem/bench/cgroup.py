@@ -324,7 +324,7 @@ def set_limit(path, version, limit, swap):
         memsw = os.path.join(path, "memory.memsw.limit_in_bytes")
         if os.path.exists(memsw):
             _write(memsw, "-1" if swap else str(limit))
-        elif not swap and _swap_total() > 0:
+        elif not swap and swap_total() > 0:
             raise CgroupUnavailable("swap is on and this kernel has no memory.memsw.limit_in_bytes "
                                     "(swapaccount=0): a limit without swap cannot be set")
     else:
@@ -334,7 +334,27 @@ def set_limit(path, version, limit, swap):
             _write(sw, "max" if swap else "0")
 
 
-def _swap_total():
+def own_limit():
+    """(limit in bytes or None, where) of this process's memory cgroup, read only."""
+    try:
+        v1_path, v2_path = _own_cgroups()
+        for fstype, root, mnt, opts, superopts in _mounts():
+            v1 = v1_path is not None and fstype == "cgroup" and "memory" in superopts
+            v2 = v2_path is not None and fstype == "cgroup2"
+            d = _join(root, mnt, v1_path if v1 else v2_path) if v1 or v2 else None
+            if not d or not os.path.isdir(d):
+                continue
+            if v1:
+                limit = int(_read(os.path.join(d, "memory.limit_in_bytes")))
+                return (None if limit >= 1 << 62 else limit), f"cgroup v1 {d}"  # unlimited: near 2^63
+            raw = _read(os.path.join(d, "memory.max")).strip()
+            return (None if raw == "max" else int(raw)), f"cgroup v2 {d}"
+    except (OSError, ValueError) as e:
+        return None, f"not read: {e}"
+    return None, "no memory cgroup found"
+
+
+def swap_total():
     try:
         for line in _read("/proc/meminfo").splitlines():
             if line.startswith("SwapTotal:"):
