@@ -98,7 +98,7 @@ def disk_check(path):
     return None
 
 
-def _read_text(path, default=None):
+def read_text(path, default=None):
     try:
         with open(path) as f:
             return f.read().strip()
@@ -111,7 +111,7 @@ def machine_info(nvme_path):
     info = {
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in (_read_text("/proc/cpuinfo", "")).splitlines()
+        "cpu_model": next((line.split(":", 1)[1].strip() for line in (read_text("/proc/cpuinfo", "")).splitlines()
                            if line.startswith("model name")), platform.processor()),
         "mem_total_bytes": _meminfo("MemTotal"),
         "mem_available_bytes": _meminfo("MemAvailable"),
@@ -119,9 +119,9 @@ def machine_info(nvme_path):
         "kernel_version": platform.version(),
         "python": sys.version.split()[0],
         "numpy": numpy.__version__,
-        "loadavg_start": _read_text("/proc/loadavg"),
-        "thp": _read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
-        "thp_shmem": _read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+        "loadavg_start": read_text("/proc/loadavg"),
+        "thp": read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "thp_shmem": read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
         "swaps_before": [{"path": p, "size": s, "used": u} for p, s, u in swap.active_swaps()],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -134,8 +134,8 @@ def machine_info(nvme_path):
     mnt, fstype, source = mount_of(nvme_path)
     info["disk"] = {"path": str(nvme_path), "mount": mnt, "fstype": fstype, "device": source}
     dev = os.path.basename(source)
-    info["disk"]["read_ahead_kb"] = _read_text(f"/sys/class/block/{dev}/queue/read_ahead_kb")
-    info["disk"]["rotational"] = _read_text(f"/sys/class/block/{dev}/queue/rotational")
+    info["disk"]["read_ahead_kb"] = read_text(f"/sys/class/block/{dev}/queue/read_ahead_kb")
+    info["disk"]["rotational"] = read_text(f"/sys/class/block/{dev}/queue/rotational")
     return info
 
 
@@ -163,7 +163,7 @@ def engine_identity():
 
 
 def _meminfo(key):
-    for line in (_read_text("/proc/meminfo", "") or "").splitlines():
+    for line in (read_text("/proc/meminfo", "") or "").splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return None
@@ -312,7 +312,7 @@ class Suite:
                 swapfile.remove()
             shutil.rmtree(rundir, ignore_errors=True)
             _restore_signals(old_handlers)
-        results["machine"]["loadavg_end"] = _read_text("/proc/loadavg")
+        results["machine"]["loadavg_end"] = read_text("/proc/loadavg")
         results["machine"]["engine_end"] = engine_identity()
         results["machine"]["swaps_after"] = [{"path": p, "size": s, "used": u} for p, s, u in swap.active_swaps()]
         results["targets"] = self._targets(results["cells"])

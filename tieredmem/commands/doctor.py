@@ -18,7 +18,7 @@ import shutil
 import stat
 
 from ..bench import cgroup
-from ..bench.suite import TMPFS, measure_disk, mount_of
+from ..bench.suite import TMPFS, measure_disk, mount_of, read_text
 from ..pool import Pool, default_nvme_dir
 from ..sizes import format_size
 
@@ -39,14 +39,6 @@ def finding(check, status, found, fix=None, why=None):
     return {"check": check, "status": status, "found": found, "fix": fix, "why": why}
 
 
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def _selected(mode):
     """The bracketed choice of a sysfs mode line ("always [madvise] never")."""
     if not mode or "[" not in mode:
@@ -56,7 +48,7 @@ def _selected(mode):
 
 def check_userfaultfd():
     """Creating a pool opens a userfaultfd with the features the engine needs."""
-    sysctl = _read("/proc/sys/vm/unprivileged_userfaultfd")
+    sysctl = read_text("/proc/sys/vm/unprivileged_userfaultfd")
     dev = "/dev/userfaultfd"
     dev_mode = f"{stat.S_IMODE(os.stat(dev).st_mode):o}" if os.path.exists(dev) else "absent"
     context = (f"euid {os.geteuid()}, vm.unprivileged_userfaultfd={sysctl}, {dev} mode {dev_mode}")
@@ -92,7 +84,7 @@ def check_kernel():
 
 def check_thp():
     found = []
-    anon, shmem = _selected(_read(f"{THP}/enabled")), _selected(_read(f"{THP}/shmem_enabled"))
+    anon, shmem = _selected(read_text(f"{THP}/enabled")), _selected(read_text(f"{THP}/shmem_enabled"))
     if anon is None:
         found.append(finding("transparent huge pages", WARN, "not available",
                              why="the engine's I/O buffers use huge pages, so that a read of several MiB "
@@ -175,7 +167,7 @@ def check_nvme_dir(directory, bandwidth):
 
 def _dax_mounts():
     out = []
-    for line in (_read("/proc/mounts") or "").splitlines():
+    for line in (read_text("/proc/mounts") or "").splitlines():
         f = line.split()
         if len(f) >= 4 and any(o == "dax" or o.startswith("dax=") and o != "dax=never" for o in f[3].split(",")):
             out.append(f[1])
