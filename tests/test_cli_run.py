@@ -453,3 +453,31 @@ def test_a_missing_nvme_path_exits_2_with_a_usage_message(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "usage:" in r.stderr
     assert "PROGRAM RAN" not in r.stdout
+
+
+@pytest.mark.parametrize("dram", ["12", "0", "60KiB"])
+def test_a_dram_budget_below_one_block_is_refused_naming_the_value(tmp_path, dram):
+    write(tmp_path / "prog.py", "print('PROGRAM RAN')")
+    r = tmrun(tmp_path, "prog.py", sizes=("--dram", dram, "--nvme", "1GiB"))
+    assert r.returncode == 2, r.stderr
+    assert f"--dram: {dram} is less than one 64.0 KiB block" in r.stderr
+    assert "PROGRAM RAN" not in r.stdout
+
+
+def test_a_dram_budget_beyond_the_machines_memory_runs_with_a_warning_naming_it(tmp_path):
+    import psutil
+    too_much = f"{psutil.virtual_memory().total // MiB * 2}MiB"
+    write(tmp_path / "prog.py", "print('PROGRAM RAN')")
+    r = tmrun(tmp_path, "prog.py", sizes=("--dram", too_much, "--nvme", "1GiB"))
+    assert r.returncode == 0, r.stderr
+    assert "PROGRAM RAN" in r.stdout
+    assert f"tieredmem: warning: --dram {too_much} is more than" in r.stderr
+
+
+def test_an_array_beyond_the_pools_capacity_is_said_to_be_the_pools_and_what_to_raise(tmp_path):
+    write(tmp_path / "prog.py", "import numpy as np\na = np.ones(2**28)  # 2 GiB\n")
+    r = tmrun(tmp_path, "prog.py", sizes=("--dram", "64MiB", "--nvme", "1GiB"))
+    assert r.returncode == 1
+    assert "Unable to allocate" in r.stderr  # numpy's own error, as without tieredmem
+    assert "tieredmem: the pool refused an allocation: cannot allocate 2147483648 bytes" in r.stderr
+    assert "--nvme" in r.stderr.splitlines()[-1]

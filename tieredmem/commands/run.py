@@ -21,6 +21,7 @@ import time
 import psutil
 
 from .. import malloc, numpy_alloc
+from ..bench import cgroup
 from ..pool import Pool, default_nvme_dir, parse_pmem_emulation, policy_names
 from ..sizes import format_size, parse_size
 
@@ -80,35 +81,27 @@ def split_argv(argv):
     return argv, []
 
 
-def cgroup_memory_limit():
-    """This process's memory cgroup limit in bytes, or None (v1 or v2)."""
-    try:
-        lines = open("/proc/self/cgroup").read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "memory":
-            candidate = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
-        elif controllers == "":
-            candidate = f"/sys/fs/cgroup{path}/memory.max"
-        else:
-            continue
-        try:
-            text = open(candidate).read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-    return None
-
-
 def default_dram() -> int:
     base = psutil.virtual_memory().available
-    limit = cgroup_memory_limit()
+    limit, _ = cgroup.own_limit()
     if limit is not None:
         base = min(base, limit)
     return base // 4
+
+
+def check_dram(dram, raw, bs, parser):
+    """Refuse a budget that cannot hold a block; warn of one the machine (or
+    the memory cgroup) cannot hold, since it would not keep the job within it."""
+    if dram < bs:
+        parser.error(f"--dram: {raw} is less than one {format_size(bs)} block; give a budget of at least "
+                     f"a block (a few MiB or more to be useful)")
+    memory, where = psutil.virtual_memory().total, "this machine's memory"
+    limit, _ = cgroup.own_limit()
+    if limit is not None and limit < memory:
+        memory, where = limit, "the memory cgroup's limit"
+    if dram > memory:
+        print(f"tieredmem: warning: --dram {raw} is more than {where} ({format_size(memory)}): the job can "
+              f"still run out of memory before the budget is reached", file=sys.stderr)
 
 
 def pool_settings(args, parser) -> dict:
@@ -137,6 +130,8 @@ def pool_settings(args, parser) -> dict:
             parser.error(f"--pmem-emulation: {e}")
         if not values.get("pmem"):
             parser.error("--pmem-emulation: needs a PMEM tier (--pmem SIZE)")
+    if "dram" in values:
+        check_dram(values["dram"], args.dram, bs, parser)
     dram = values.get("dram", default_dram())
     nvme = values.get("nvme", int(shutil.disk_usage(nvme_path).free * (1 - NVME_MARGIN)))
     return dict(dram=max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
@@ -282,6 +277,10 @@ def report(pool, settings, start, quiet, stats_path, code):
     stats["pymalloc"] = arenas if arenas["installed"] else None
     if not quiet:
         print(summary(stats, elapsed), file=sys.stderr)
+    if code and stats["last_error"].startswith("cannot allocate"):
+        # numpy reports only "Unable to allocate": say it was the pool, and what to raise.
+        print(f"tieredmem: the pool refused an allocation: {stats['last_error']}. Give it more room with "
+              f"--nvme (disk), or --dram / --pmem", file=sys.stderr)
     if stats_path:
         with open(stats_path, "w") as f:
             json.dump({"elapsed_s": elapsed, "exit_code": code, "settings": settings, **stats}, f, indent=1, default=str)
