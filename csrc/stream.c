@@ -15,8 +15,10 @@ static int64_t grow(const struct tm_pool *p, int64_t window)
     return window * 2 > p->batch_blocks ? p->batch_blocks : window * 2;
 }
 
-/* Whether sequential stream s, the latest matched (or one matched within
- * the latest TM_STREAMS faults), walked from its next block to b without
+/* Whether sequential stream s, whose window is a whole batch (sequential
+ * faults confirmed it: one random fault's record walks over nothing, and a
+ * hot set's resident blocks are not passed), the latest matched (or one
+ * matched within the latest TM_STREAMS faults), walked from its next block to b without
  * faulting: every block in between is in DRAM or on its way there (readahead
  * mapped ahead of it, or the part of a loop its last pass left resident).
  * Such a fault continues it, so that the blocks it walked over are in its
@@ -27,7 +29,8 @@ static int64_t grow(const struct tm_pool *p, int64_t window)
  * blocks parked by sampling takes hint faults, which match no stream. */
 static int stream_walked(const struct tm_pool *p, const tm_stream *s, const tm_stream *latest, int64_t b)
 {
-    if (s->stride != 1 || (s != latest && s->used + TM_STREAMS < p->st.faults) || b - s->next > p->dram_blocks)
+    if (s->stride != 1 || s->window < p->batch_blocks || (s != latest && s->used + TM_STREAMS < p->st.faults) ||
+        b - s->next > p->dram_blocks)
         return 0;
     for (int64_t x = s->next; x < b; x++)
         if (!(p->meta.flags[x] & TM_F_ALLOC) || (p->meta.tier[x] != TM_DRAM && !(p->meta.flags[x] & TM_F_BUSY)))
