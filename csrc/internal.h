@@ -358,7 +358,8 @@ struct tm_pool {
     double hint_ratio;         /* smoothed share of sampled blocks accessed */
     uint64_t tick_hints, tick_sampled, tick_hint_ns, tick_fault_ns, tick_demotions;
     int64_t wm_boost;          /* blocks added to the watermarks (background.c) */
-    uint64_t tick_fault_demotions;
+    uint64_t tick_fault_demotions;  /* blocks faults demoted this tick while writes were needed */
+    uint64_t wm_written;       /* bytes_written when a fault last demoted (watermark.c) */
 
     int64_t *trace;            /* access trace buffer, or NULL */
     int64_t trace_cap, trace_n;

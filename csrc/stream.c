@@ -15,6 +15,29 @@ static int64_t grow(const struct tm_pool *p, int64_t window)
     return window * 2 > p->batch_blocks ? p->batch_blocks : window * 2;
 }
 
+/* Whether sequential stream s, whose window is a whole batch (sequential
+ * faults confirmed it: one random fault's record walks over nothing, and a
+ * hot set's resident blocks are not passed), the latest matched (or one
+ * matched within the latest TM_STREAMS faults), walked from its next block to b without
+ * faulting: every block in between is in DRAM or on its way there (readahead
+ * mapped ahead of it, or the part of a loop its last pass left resident).
+ * Such a fault continues it, so that the blocks it walked over are in its
+ * passed region; else every run of resident blocks would split a pass into
+ * records whose guards are kept and whose gaps no record has passed, and the
+ * blocks a pass is about to read would be demoted in their place. The
+ * latest one qualifies however many faults ago it matched: walking over
+ * blocks parked by sampling takes hint faults, which match no stream. */
+static int stream_walked(const struct tm_pool *p, const tm_stream *s, const tm_stream *latest, int64_t b)
+{
+    if (s->stride != 1 || s->window < p->batch_blocks || (s != latest && s->used + TM_STREAMS < p->st.faults) ||
+        b - s->next > p->dram_blocks)
+        return 0;
+    for (int64_t x = s->next; x < b; x++)
+        if (!(p->meta.flags[x] & TM_F_ALLOC) || (p->meta.tier[x] != TM_DRAM && !(p->meta.flags[x] & TM_F_BUSY)))
+            return 0;
+    return 1;
+}
+
 /* The stream a fault at b continues, its window grown; or a new stream in
  * the least recently used entry, with a stride guessed from the latest
  * fault, confirmed if the next fault keeps it. Advice on
@@ -31,10 +54,18 @@ tm_stream *tm_stream_of(struct tm_pool *p, int64_t b)
         } else if (s->window && s->stride > 1 && b == s->last + s->stride) {
             found = s;
         }
+    }
+    for (int i = 0; i < TM_STREAMS; i++) {
+        tm_stream *s = &p->streams[i];
         if (s->used < oldest->used)
             oldest = s;
         if (s->used > latest->used)
             latest = s;
+    }
+    for (int i = 0; i < TM_STREAMS && !found; i++) {
+        tm_stream *s = &p->streams[i];
+        if (s->window && b > s->next && stream_walked(p, s, latest, b))
+            found = s;
     }
     if (found) {
         found->window = grow(p, found->window);

@@ -4,8 +4,10 @@
  * writing anything themselves. Both start at a batch or two and adapt to how
  * fast DRAM fills: each fault that had to demote itself raises them by a
  * batch (kswapd's watermark boost), up to an eighth and a quarter of DRAM
- * (in small pools they are there already); each tick without one lowers the
- * boost by an eighth, giving the DRAM back. The background thread demotes
+ * (in small pools they are there already), if anything was written since the
+ * last; one that wrote nothing since (it dropped clean blocks) lowers it by a
+ * batch, and each tick without a fault that demoted lowers it by an eighth,
+ * giving the DRAM back. The background thread demotes
  * to them; faults and promotions report what they use. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -37,9 +39,21 @@ int64_t tm_watermark_max_headroom(const struct tm_pool *p)
     return p->dram_blocks / 4;
 }
 
+/* A fault demoted n blocks itself. The boost is there so that faults do
+ * not write: it rises only if something was written since the last such
+ * fault. A fault that only dropped clean blocks (a loop over data read back
+ * from a lower tier: their copies are intact) wrote nothing, and lowers it
+ * by a batch instead: headroom kept free for such faults is DRAM a loop
+ * needs, and each pass would read it again (docs/policies.md, "Streams:
+ * use-once and loops"). */
 void tm_watermark_fault_demoted(struct tm_pool *p, int64_t n)
 {
     p->st.fault_demotions += (uint64_t)n;
+    if (p->st.bytes_written == p->wm_written) {
+        p->wm_boost -= min64(p->wm_boost, p->batch_blocks);
+        return;
+    }
+    p->wm_written = p->st.bytes_written;
     p->tick_fault_demotions += (uint64_t)n;
     p->wm_boost = min64(p->wm_boost + p->batch_blocks, max_boost(p));
 }

@@ -143,7 +143,7 @@ def _reference(trace, name, dram, pmem, streams=None):
             pmem_hits += 1
             in_pmem.remove(b)
         if streams:
-            streams.miss(b)
+            streams.miss(b, in_dram)
         if len(in_dram) == dram:
             victim = streams.victim(in_dram) if streams else None
             if victim is None:
@@ -163,24 +163,38 @@ class _ReferenceStreams:
     stream_victims (one victim at a time, a miss brings its block only)."""
 
     def __init__(self, dram):
+        self.dram = dram
         self.batch = max(1, min(64, dram // 4))
         self.guard = max(self.batch, dram // 16)
         self.records = [None] * 8
         self.misses = 0
         self.recent = []  # the latest 4 misses
 
-    def miss(self, b):
+    def walked(self, s, b, latest, resident):
+        """s, a sequential record with a whole batch for window, the latest
+        or matched within the latest 8 misses, reached b over resident
+        blocks only (at most DRAM's of them): it walked there over hits."""
+        return (s["stride"] == 1 and s["window"] == self.batch and s["next"] < b <= s["next"] + self.dram
+                and (s is latest or s["used"] + 8 >= self.misses)
+                and all(x in resident for x in range(s["next"], b)))
+
+    def miss(self, b, resident):
         self.misses += 1
         self.recent = (self.recent + [b])[-4:]
         live = [s for s in self.records if s]
-        for s in live:
-            if s["next"] <= b <= s["next"] + s["window"]:
-                s.update(stride=1, next=b + 1)
-                break
-            if s["stride"] > 1 and b == s["last"] + s["stride"]:
-                break  # a strided stream's next stays
-        else:
-            latest = max(live, key=lambda s: s["used"], default=None)
+        latest = max(live, key=lambda s: s["used"], default=None)
+
+        def continues(s):
+            return s["next"] <= b <= s["next"] + s["window"] or s["stride"] > 1 and b == s["last"] + s["stride"]
+
+        s = next((s for s in live if continues(s)), None)
+        if s and s["next"] <= b <= s["next"] + s["window"]:
+            s.update(stride=1, next=b + 1)  # (a strided stream's next stays)
+        elif not s:
+            s = next((t for t in live if self.walked(t, b, latest, resident)), None)
+            if s:
+                s["next"] = b + 1
+        if not s:
             d = b - latest["last"] if latest else 0
             # the least recently used record, the first of them (empty ones: 0)
             i = min(range(8), key=lambda i: (self.records[i]["used"] if self.records[i] else 0, i))
@@ -261,6 +275,9 @@ def _stream_reference_cases(seed):
     yield traces.mixed(300, 3000, seed=seed, scan_share=0.3)
     yield 2 * traces.loop(50, 600) + (traces.zipf(50, 600, seed=seed) % 2)
     yield traces.shifting_hot_set(60, 900, seed=seed)
+    # A scan that walks over blocks touched just before it (hits): at 16
+    # blocks of DRAM it continues its record past them (the walk rule).
+    yield np.tile(np.concatenate([np.arange(30, 46), np.arange(30 + seed, 46), np.arange(90)]), 6)
 
 
 @pytest.mark.parametrize("name", POLICIES)

@@ -25,7 +25,11 @@ default; streams=False replays the policy alone), modelled on csrc/stream.c
 the engine sees faults, not hits: up to NSTREAMS records {start, next,
 window, stride, last, used, born}; a miss at b continues the first record
 with next <= b <= next + window (window doubles up to `batch`, next = b + 1,
-stride 1) or, for a strided record, b == last + stride; else it replaces the
+stride 1) or, for a strided record, b == last + stride; or else the first
+sequential record with a window of a whole batch, the latest or one matched
+within the latest NSTREAMS misses, whose next .. b - 1 are all resident (at most dram_blocks of them:
+it walked there over hits, as the engine's streams walk over blocks mapped
+ahead or left resident, and those blocks are passed too); else it replaces the
 least recently used record with {start b, next b + 1, window 1, born: the
 miss count}, strided (stride d) if b lies d blocks past the latest record's
 last block, 1 < d <= MAX_STRIDE. Only sequential records (stride 1) give
@@ -279,31 +283,57 @@ def _new_streams():
 
 
 @njit(cache=True, inline='always')
-def _stream_miss(d, b, ids, streams, order, recent, nmiss, batch, guard):
+def _stream_walked(i, latest, d, b, streams, where, nmiss, batch, walk_max):
+    """The engine's stream_walked: sequential record i, whose window is a
+    whole batch (a run of sequential misses confirmed it), the latest (or one
+    matched within the latest NSTREAMS misses), reached b over blocks that
+    are all in DRAM: every id from next to b - 1 is in the trace (dense ids
+    next_d .. d - 1 stand for exactly those) and resident, and there are at
+    most walk_max (the DRAM's blocks) of them."""
+    nxt = streams[i, S_NEXT]
+    if streams[i, S_STRIDE] != 1 or streams[i, S_WINDOW] < batch or b <= nxt or b - nxt > walk_max:
+        return False
+    if i != latest and streams[i, S_USED] + NSTREAMS < nmiss:
+        return False
+    lo = streams[i, S_NEXT_D]
+    if d - lo != b - nxt:
+        return False
+    for x in range(lo, d):
+        if where[x] != DRAM:
+            return False
+    return True
+
+
+@njit(cache=True, inline='always')
+def _stream_miss(d, b, ids, streams, order, recent, nmiss, batch, guard, where, walk_max):
     """A miss on block b, dense id d (the misses so far, this one included:
     nmiss), as the engine's tm_stream_of: continue the first stream it falls in
     (next <= b <= next + window: sequential from then on; or a strided one's
-    last + stride), or replace the least recently used record (the first of
-    the least) with a new one, whose stride is guessed from the latest
-    record's last block. (b comes from the trace, read in order: looking it
-    up in ids[] would be a cache miss per miss.)"""
+    last + stride), else the first sequential one that walked to b over
+    resident blocks (_stream_walked), or replace the least recently used
+    record (the first of the least) with a new one, whose stride is guessed
+    from the latest record's last block. (b comes from the trace, read in
+    order: looking it up in ids[] would be a cache miss per miss.)"""
     recent[nmiss % RECENT] = d
     found = -1
     oldest = 0
     latest = 0
     for i in range(NSTREAMS):
         w = streams[i, S_WINDOW]
-        if w and streams[i, S_NEXT] <= b <= streams[i, S_NEXT] + w:
+        if found < 0 and w and streams[i, S_NEXT] <= b <= streams[i, S_NEXT] + w:
             streams[i, S_STRIDE] = 1
             found = i
-            break
-        if w and streams[i, S_STRIDE] > 1 and b == streams[i, S_LAST] + streams[i, S_STRIDE]:
+        elif found < 0 and w and streams[i, S_STRIDE] > 1 and b == streams[i, S_LAST] + streams[i, S_STRIDE]:
             found = i
-            break
         if streams[i, S_USED] < streams[oldest, S_USED]:
             oldest = i
         if streams[i, S_USED] > streams[latest, S_USED]:
             latest = i
+    if found < 0:
+        for i in range(NSTREAMS):
+            if streams[i, S_WINDOW] and _stream_walked(i, latest, d, b, streams, where, nmiss, batch, walk_max):
+                found = i
+                break
     if found >= 0:
         w = 2 * streams[found, S_WINDOW]
         streams[found, S_WINDOW] = w if w < batch else batch
@@ -484,7 +514,7 @@ def _simulate_queue(trace, orig, ids, dram_cap, pmem_cap, move_on_hit, batch, gu
         _fetch(b, where, links, tally)
         nmiss += 1
         if batch:
-            _stream_miss(b, orig[i], ids, streams, order, recent, nmiss, batch, guard)
+            _stream_miss(b, orig[i], ids, streams, order, recent, nmiss, batch, guard, where, dram_cap)
         victim = -1
         if tally[DRAM_USED] == dram_cap:
             if batch:
@@ -672,7 +702,7 @@ def _simulate_hotness(trace, orig, ids, dram_cap, pmem_cap, batch, guard, per_hi
             _fetch(b, where, links, tally)
             nmiss += 1
             if batch:
-                _stream_miss(b, orig[i], ids, streams, order, recent, nmiss, batch, guard)
+                _stream_miss(b, orig[i], ids, streams, order, recent, nmiss, batch, guard, where, dram_cap)
             if tally[DRAM_USED] == dram_cap:
                 if batch:
                     victim = _stream_victim(streams, order, recent, active, where, ids, nmiss, guard)

@@ -1,0 +1,97 @@
+"""Streams in the engine (csrc/stream.c; docs/policies.md, "Streams: use-once
+and loops"): a sequential stream's passed blocks are demoted before the
+policy's victims. On a loop larger than DRAM the part the last pass did not
+reach stays resident, so each pass reads about footprint - DRAM + G (the
+guard, G = max(batch, DRAM / 16)) plus the free DRAM the background keeps
+(the high watermark, stats()["headroom"]); a scan's blocks are used once, so
+it does not push a hot set out of DRAM.
+
+Sizes: 32 MiB of DRAM, 64 KiB blocks: the batch is 4 MiB, G = 4 MiB, and the
+high watermark is 8 MiB (two batches: a quarter of DRAM already)."""
+import gc
+
+import numpy as np
+import pytest
+
+from patterns import MiB
+
+pytestmark = pytest.mark.timeout(120, method="thread")
+
+DRAM = 32 * MiB
+GUARD = 4 * MiB  # max(batch, DRAM / 16)
+
+
+def read_pass(pool, a, value=1):
+    """Bytes one sum pass over a (filled with value) reads from the lower tiers."""
+    before = pool.stats()["bytes_read"]
+    assert a.sum() == value * a.size
+    return pool.stats()["bytes_read"] - before
+
+
+@pytest.fixture
+def loop_pool(make_pool):
+    pool = make_pool(dram=DRAM, nvme="512MiB")
+    yield pool
+    gc.collect()
+
+
+def test_a_loop_of_one_and_a_half_dram_reads_footprint_minus_dram_plus_guard_per_pass(loop_pool):
+    pool = loop_pool
+    a = pool.empty(3 * DRAM // 2 // 8, dtype=np.uint64)
+    a[:] = 1
+    reads = [read_pass(pool, a) for _ in range(5)]
+    headroom = pool.stats()["headroom"]
+    # Measured (2026-12-02): 28 MiB in every pass = 16 + 4 + 8 (the
+    # headroom), as for the engine before the walk rule at this size (at
+    # 128 MiB the first pass read 189 MiB before, 91-99 MiB now). Slack:
+    # the headroom, which the background keeps free and the loop cannot
+    # keep, and 2 MiB (half a batch: runs read ahead when the pass ends).
+    bound = a.nbytes - DRAM + GUARD + headroom + 2 * MiB
+    for i, r in enumerate(reads[2:], start=2):
+        assert r <= bound, f"pass {i} read {r / MiB:.1f} MiB, bound {bound / MiB:.1f} MiB: {[x / MiB for x in reads]}"
+    assert min(reads[2:]) < a.nbytes - DRAM // 2, "the loop kept nothing resident across passes"
+    del a
+
+
+@pytest.mark.xfail(strict=False, reason="missed (measured 2026-12-02, also before the walk rule): the hot set is "
+                   "read sequentially, so its first touch after it was demoted makes it a stream of its own (or the "
+                   "loop's, when it lies right above it), whose passed blocks the next pass demotes first; in some "
+                   "runs it then reads 5.4-6.2 MiB per 4 MiB touch, in others 0")
+@pytest.mark.parametrize("hot_first", (True, False), ids=("hot-below-the-loop", "hot-above-the-loop"))
+def test_a_hot_set_touched_between_loop_passes_stays_resident(loop_pool, hot_first):
+    """The hot set lies next to the loop in the arena, below or above it: the
+    loop's walk over resident blocks must not take it into its passed
+    region."""
+    pool = loop_pool
+    if hot_first:
+        hot = pool.empty(4 * MiB // 8, dtype=np.uint64)
+        a = pool.empty(3 * DRAM // 2 // 8, dtype=np.uint64)
+    else:
+        a = pool.empty(3 * DRAM // 2 // 8, dtype=np.uint64)
+        hot = pool.empty(4 * MiB // 8, dtype=np.uint64)
+    hot[:] = 2
+    a[:] = 1
+    touched = []
+    for _ in range(5):
+        read_pass(pool, a)
+        touched.append(read_pass(pool, hot, 2))
+    # After the first pass the hot set is in DRAM whenever it is touched: the
+    # loop's passed blocks go first.
+    assert touched[2:] == [0, 0, 0], [x / MiB for x in touched]
+    assert pool.placement(hot)["dram"] == hot.nbytes
+    del a, hot
+
+
+def test_a_scan_demotes_its_passed_blocks_before_a_hot_set(loop_pool):
+    pool = loop_pool
+    big = pool.empty(2 * DRAM // 8, dtype=np.uint64)
+    big[:] = 1
+    hot = pool.empty(8 * MiB // 8, dtype=np.uint64)
+    hot[:] = 2
+    before = pool.stats()
+    read_pass(pool, big)
+    after = pool.stats()
+    assert after["stream_victims"] - before["stream_victims"] >= (big.nbytes - DRAM) // pool.block_size
+    assert pool.placement(hot)["dram"] == hot.nbytes, pool.placement(hot)
+    assert read_pass(pool, hot, 2) == 0
+    del big, hot
