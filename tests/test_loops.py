@@ -41,7 +41,7 @@ def test_a_loop_of_one_and_a_half_dram_reads_footprint_minus_dram_plus_guard_per
     a[:] = 1
     reads = [read_pass(pool, a) for _ in range(5)]
     headroom = pool.stats()["headroom"]
-    # Measured (2026-12-02): 28 MiB in every pass = 16 + 4 + 8 (the
+    # Measured (2026-12-01): 28 MiB in every pass = 16 + 4 + 8 (the
     # headroom), as for the engine before the walk rule at this size (at
     # 128 MiB the first pass read 189 MiB before, 91-99 MiB now). Slack:
     # the headroom, which the background keeps free and the loop cannot
