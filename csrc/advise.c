@@ -10,7 +10,9 @@
 #include "block.h"
 
 /* Bring the lower-tier blocks of [b, e) into DRAM, a batch at a time, as far
- * as the budget allows without demoting what was brought in. */
+ * as the budget allows without demoting what was brought in. Their reads and
+ * copies, and the demotions that make room, run with the lock released (the
+ * caller holds ctl_lock: the worker's lists are its own meanwhile). */
 static void bring_in(struct tm_pool *p, int64_t b, int64_t e)
 {
     tm_worker *w = &p->ctl;
@@ -67,6 +69,15 @@ int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice)
         return -EPERM;
     }
     int64_t b = tm_block_of(p, ptr), e = tm_block_of(p, (const uint8_t *)ptr + size - 1) + 1;
+    /* Actions move blocks with the control worker, which resize shares: one
+     * user at a time, taken before the pool lock (which its I/O releases),
+     * and as inside the engine meanwhile (an interposed malloc gives the
+     * thread no pool memory while it holds them). */
+    int moves = advice == TM_ADV_WILLNEED || advice == TM_ADV_HOT || advice == TM_ADV_DONTNEED;
+    if (moves) {
+        tm_engine_depth++;
+        pthread_mutex_lock(&p->ctl_lock);
+    }
     tm_lock(p);
     switch (advice) {
     case TM_ADV_WILLNEED:
@@ -93,5 +104,9 @@ int tm_advise(tm_pool *p, const void *ptr, size_t size, int advice)
         break;
     }
     tm_unlock(p);
+    if (moves) {
+        pthread_mutex_unlock(&p->ctl_lock);
+        tm_engine_depth--;
+    }
     return 0;
 }

@@ -43,8 +43,13 @@ static void on_fork_parent(void)
 static void on_fork_child(void)
 {
     for (int i = 0; i < MAX_POOLS; i++)
-        if (registry[i])
+        if (registry[i]) {
             tm_fork_child(registry[i]);
+            /* A parent's thread may have held it; a child's view takes
+             * neither advice nor resize, but it stays usable. */
+            pthread_mutex_init(&registry[i]->ctl_lock, NULL);
+        }
+    tm_locks_held = 0; /* tm_fork_child made every pool lock anew */
     pthread_mutex_init(&registry_lock, NULL);
 }
 
@@ -170,6 +175,7 @@ static int create_tiers(struct tm_pool *p, const tm_config *cfg, char *err)
 static void release_engine(struct tm_pool *p);
 
 __thread int tm_engine_depth;
+__thread int tm_locks_held;
 
 int tm_in_engine(void)
 {
@@ -198,6 +204,7 @@ static tm_pool *create_pool(const tm_config *cfg)
         return NULL;
     }
     pthread_mutex_init(&p->lock, NULL);
+    pthread_mutex_init(&p->ctl_lock, NULL);
     p->bs = bs;
     p->bshift = __builtin_ctzll(bs);
     p->uffd = p->stop_fd = p->fill_fd = -1;
@@ -321,6 +328,7 @@ static void settle(struct tm_pool *p)
         release_engine(p);
     if (free_handle) {
         pthread_mutex_destroy(&p->lock);
+        pthread_mutex_destroy(&p->ctl_lock);
         free(p);
     }
 }
@@ -596,6 +604,10 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
     if (batch < 1)
         batch = 1;
     int64_t cap = nb + lower - (lower ? batch : 0);
+    /* The control worker is shared with advice: one user at a time, taken
+     * before the pool lock, which its demotions release while they write. */
+    tm_engine_depth++;
+    pthread_mutex_lock(&p->ctl_lock);
     tm_lock(p);
     int r = 0;
     if (nb < 1) {
@@ -633,6 +645,8 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
         }
     }
     tm_unlock(p);
+    pthread_mutex_unlock(&p->ctl_lock);
+    tm_engine_depth--;
     return r;
 }
 

@@ -5,6 +5,9 @@
  *  - lets the policy promote lower-tier blocks it expects to be used;
  *  - samples accesses by hint faults (sampling.c);
  *  - lets forked children's slots go once they exit (fork.c).
+ *  - keeps PMEM headroom: when NVMe is below it, the coldest PMEM blocks
+ *    the hand finds move to NVMe (the cascade), so that demotions find PMEM
+ *    slots without cascading on the fault path.
  * Everything runs with the pool lock held, like fault service; its worker
  * writes and reads outside it. */
 #define _GNU_SOURCE
@@ -13,6 +16,26 @@
 #include <time.h>
 
 #include "internal.h"
+
+/* Free PMEM slots kept ahead of demotions when NVMe is below PMEM: two
+ * batches, at most an eighth of PMEM. Only while more is allocated than
+ * DRAM and the rest of PMEM hold (some data must go to NVMe anyway), so a
+ * pool that fits in DRAM and PMEM never writes NVMe. */
+static void keep_pmem_headroom(struct tm_pool *p)
+{
+    if (!p->pmem.nslots || !p->nvme.nslots)
+        return;
+    int64_t target = 2 * p->batch_blocks, cap = (int64_t)p->pmem.nslots / 8;
+    if (target > cap)
+        target = cap;
+    if (p->reserved <= p->dram_blocks + (int64_t)p->pmem.nslots - target)
+        return;
+    while (!p->bg_stop) {
+        int64_t want = target - (int64_t)(p->pmem.nslots - p->pmem.used);
+        if (want <= 0 || !tm_demote_cascade(&p->bg, want))
+            break;
+    }
+}
 
 static void keep_headroom(struct tm_pool *p)
 {
@@ -25,6 +48,7 @@ static void keep_headroom(struct tm_pool *p)
             break;
         p->st.background_demotions += (uint64_t)moved;
     }
+    keep_pmem_headroom(p);
 }
 
 static void policy_promotions(struct tm_pool *p)
@@ -99,7 +123,7 @@ int tm_background_start(struct tm_pool *p)
     int r = tm_worker_init(p, &p->bg, 0);
     if (r < 0 || (r = tm_worker_init(p, &p->ctl, 0)) < 0)
         return r;
-    p->bg.unlocked_io = p->bg.unlocked_loads = 1; /* advice and resize (ctl) share one worker: locked */
+    p->bg.unlocked_loads = p->ctl.unlocked_loads = 1; /* ctl: its users hold ctl_lock */
     pthread_cond_init(&p->io_cond, NULL);
     /* Signals belong to the application's threads. */
     sigset_t all, old;

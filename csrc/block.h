@@ -16,12 +16,13 @@
  *   LOADING    being zero-filled or read into DRAM, outside the lock
  *   READAHEAD  in PMEM or NVMe and being read ahead of a stream
  *   VICTIM     in DRAM and being demoted (written back, or dropped if clean)
+ *   CASCADING  in PMEM and being moved to NVMe, outside the lock
  *
  *   UNBACKED, LOWER -> LOADING -> RESIDENT (or back, if it did not arrive)
  *   LOWER -> READAHEAD -> LOADING, or back to LOWER
  *   RESIDENT, PARKED -> VICTIM -> LOWER, or RESIDENT (pinned, or not written)
  *   RESIDENT <-> PARKED (sampling)
- *   LOWER (PMEM) -> LOWER (NVMe) (the cascade)
+ *   LOWER (PMEM) -> CASCADING -> LOWER (NVMe), or back to PMEM (the cascade)
  *   any but in flight -> FREE (released) */
 #ifndef TIEREDMEM_BLOCK_H
 #define TIEREDMEM_BLOCK_H
@@ -37,6 +38,7 @@ enum tm_block_state {
     TM_BS_LOADING,
     TM_BS_READAHEAD,
     TM_BS_VICTIM,
+    TM_BS_CASCADING,
 };
 
 static inline int tm_tier_is_lower(uint8_t tier)
@@ -55,7 +57,9 @@ static inline enum tm_block_state tm_block_state(const struct tm_pool *p, int64_
         return (f & TM_F_BUSY) ? TM_BS_VICTIM : (f & TM_F_SAMPLED) ? TM_BS_PARKED : TM_BS_RESIDENT;
     if (t == TM_UNBACKED)
         return TM_BS_UNBACKED;
-    return (f & TM_F_BUSY) ? TM_BS_READAHEAD : TM_BS_LOWER;
+    if (!(f & TM_F_BUSY))
+        return TM_BS_LOWER;
+    return (p->xflags[b] & TM_X_CASCADE) ? TM_BS_CASCADING : TM_BS_READAHEAD;
 }
 
 /* Whether a mover may take b: allocated and not in flight. */
@@ -163,18 +167,38 @@ static inline void tm_block_victim_left(struct tm_pool *p, int64_t b, int tier)
     p->xflags[b] = 0;
 }
 
-/* LOWER (PMEM) -> LOWER (NVMe), its new slot set by the caller. */
-static inline void tm_block_cascaded(struct tm_pool *p, int64_t b)
+/* LOWER (PMEM) -> CASCADING: its data is copied to an NVMe slot outside
+ * the lock; a fault on it waits for the wake at the end. */
+static inline void tm_block_start_cascade(struct tm_pool *p, int64_t b)
 {
     tm_assert(tm_block_state(p, b) == TM_BS_LOWER && p->meta.tier[b] == TM_PMEM);
+    p->meta.flags[b] |= TM_F_BUSY;
+    p->xflags[b] |= TM_X_CASCADE;
+}
+
+/* CASCADING -> LOWER (NVMe), its new slot set by the caller. */
+static inline void tm_block_cascaded(struct tm_pool *p, int64_t b)
+{
+    tm_assert(tm_block_state(p, b) == TM_BS_CASCADING && p->meta.tier[b] == TM_PMEM &&
+              p->meta.slot[b] != TM_NO_SLOT);
     p->meta.tier[b] = TM_NVME;
+    p->meta.flags[b] &= (uint8_t)~TM_F_BUSY;
+    p->xflags[b] &= (uint8_t)~TM_X_CASCADE;
+}
+
+/* CASCADING -> LOWER (PMEM), as before: it could not be moved. */
+static inline void tm_block_end_cascade(struct tm_pool *p, int64_t b)
+{
+    tm_assert(tm_block_state(p, b) == TM_BS_CASCADING);
+    p->meta.flags[b] &= (uint8_t)~TM_F_BUSY;
+    p->xflags[b] &= (uint8_t)~TM_X_CASCADE;
 }
 
 /* Anything not in flight -> FREE; poison stays (the allocator clears it). */
 static inline void tm_block_release(struct tm_pool *p, int64_t b)
 {
     enum tm_block_state s = tm_block_state(p, b);
-    tm_assert(s != TM_BS_LOADING && s != TM_BS_READAHEAD && s != TM_BS_VICTIM);
+    tm_assert(s != TM_BS_LOADING && s != TM_BS_READAHEAD && s != TM_BS_VICTIM && s != TM_BS_CASCADING);
     p->meta.tier[b] = TM_UNBACKED;
     p->meta.flags[b] &= TM_F_POISON;
     p->xflags[b] = 0;

@@ -1,6 +1,6 @@
-/* dispatch.c: serving a fault (lock held): what the faulting block is
- * (resident, never written, below), where its data comes from, and how
- * much to bring with it. */
+/* dispatch.c: serving a fault (lock held, released by the moves it makes):
+ * what the faulting block is (resident, never written, below), where its
+ * data comes from, and how much to bring with it. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -42,31 +42,41 @@ static int64_t strided_run(struct tm_pool *p, int64_t b, int64_t stride, int64_t
     return n;
 }
 
+/* Zero-fill list[0..n) (never written; list[0] faulted at addr). The
+ * blocks are flagged loading before room is made (the lock is released
+ * meanwhile, planned_blocks), cut to what fits, and filled with the lock
+ * released too: a fault on one waits for the wake below, a release waits
+ * for the end. */
 static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
 {
     struct tm_pool *p = w->pool;
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < n; i++) {
         tm_assert(tm_block_state(p, list[i]) == TM_BS_UNBACKED);
-    n = tm_demote_fault_room(w, n);
-    /* On a worker with unlocked loads the copy runs with the lock released,
-     * as a load's does: the blocks are busy and loading (a fault on one waits
-     * for the wake below, a release waits for the end), their room reserved. */
-    if (w->unlocked_loads) {
-        for (int64_t i = 0; i < n; i++)
-            tm_block_start_load(p, list[i]);
-        p->resident += n;
-        p->loading_blocks += n;
-        tm_unlock(p);
+        tm_block_start_load(p, list[i]);
     }
-    int r = tm_uffd_zero_fill(p, list[0], n);
-    if (w->unlocked_loads) {
-        tm_lock(p);
-        p->resident -= n;
-        p->loading_blocks -= n;
-        for (int64_t i = 0; i < n; i++)
-            tm_block_end_load(p, list[i]);
+    p->planned_blocks += n;
+    int64_t fit = tm_demote_fault_room(w, n);
+    p->planned_blocks -= n;
+    for (int64_t i = fit; i < n; i++)
+        tm_block_end_load(p, list[i]);
+    if (fit < n) { /* threads that faulted on the cut ones fault again */
+        tm_uffd_wake(p, list[fit], n - fit);
         pthread_cond_broadcast(&p->io_cond);
     }
+    n = fit;
+    p->resident += n;
+    p->loading_blocks += n;
+    if (w->unlocked_loads)
+        tm_unlock(p);
+    tm_io_bytes(p, (uint64_t)n << p->bshift);
+    int r = tm_uffd_zero_fill(p, list[0], n);
+    if (w->unlocked_loads)
+        tm_lock(p);
+    p->resident -= n;
+    p->loading_blocks -= n;
+    for (int64_t i = 0; i < n; i++)
+        tm_block_end_load(p, list[i]);
+    pthread_cond_broadcast(&p->io_cond);
     if (r < 0) {
         tm_uffd_fail_fault(p, addr, "zero fill (UFFDIO_COPY) failed", r);
         tm_uffd_wake(p, list[0], n); /* those that faulted on the others meanwhile fault again */
@@ -137,9 +147,7 @@ static void make_fault_room(tm_worker *w, int64_t b)
             pthread_cond_wait(&p->io_cond, &p->lock);
             continue;
         }
-        w->unlocked_io = 1;
         int64_t moved = tm_demote(w, p->batch_blocks);
-        w->unlocked_io = 0;
         if (moved) {
             tm_watermark_fault_demoted(p, moved);
         } else if (p->writeback_blocks || p->loading_blocks) {

@@ -1,8 +1,11 @@
 /* internal.h: the engine's private types, shared by the files of csrc/.
  *
  * Locking: one mutex (tm_pool.lock) guards all metadata, the extent
- * allocator, the slot maps and the counters. Fault service holds it from
- * start to end, I/O included; whoever holds it must never touch arena memory
+ * allocator, the slot maps and the counters: state transitions and
+ * bookkeeping only. It is never held across tier I/O, a copy, a checksum or
+ * a userfaultfd ioctl that copies data: the blocks moved meanwhile are
+ * marked in flight (block.h), and what is left is counted in
+ * tm_stats.locked_io_bytes. Whoever holds it must never touch arena memory
  * (that would fault into a handler that waits for the same lock). The
  * shadow (below) is engine memory: touching it never waits for a handler.
  * Take it with tm_lock/tm_unlock (at the end): they also mark the thread as
@@ -35,6 +38,8 @@ enum {
     TM_X_NAMED = 1 << 2,
     /* In a fork child's view: mapped by the child (fork.c). */
     TM_X_CHILD = 1 << 3,
+    /* Being moved from PMEM to NVMe outside the lock (also TM_F_BUSY). */
+    TM_X_CASCADE = 1 << 4,
 };
 
 /* Checked preconditions and invariants (as mimalloc's mi_assert_internal).
@@ -285,10 +290,15 @@ typedef struct tm_worker {
     pthread_t thread;
     int cpu;
     tm_ioq *ioq;         /* its NVMe requests in flight */
-    int unlocked_io;     /* demotes with the lock released during its writes */
-    int unlocked_loads;  /* promotes with the lock released during its reads and copies */
-    uint8_t *iobuf;      /* TM_BATCH_BYTES or one block, page aligned */
-    int64_t *list;       /* 3 batches of block ids: the fault's, its victims', PMEM cascade's */
+    /* promotes with the lock released during its reads and copies: set on
+     * every worker (handlers, background, control); demotions always write
+     * with it released */
+    int unlocked_loads;
+    uint8_t *iobuf;      /* batch_max blocks, page aligned */
+    /* 3 batch_max of block ids: the fault's (or advice's), its victims', the
+     * PMEM cascade's (at batch_max offsets: pool.resize may change
+     * batch_blocks while the lock is released) */
+    int64_t *list;
 } tm_worker;
 
 struct tm_pool {
@@ -313,11 +323,14 @@ struct tm_pool {
     int nworkers;
     tm_worker bg;              /* the background thread (background.c) */
     tm_worker ctl;             /* advice and resize, on the application's threads */
+    pthread_mutex_t ctl_lock;  /* one user of ctl at a time; taken before the pool lock */
     pthread_cond_t bg_cond;    /* wakes it early: stop, the low watermark */
     int bg_started, bg_stop, bg_kick;
     pthread_cond_t io_cond;    /* broadcast when an unlocked writeback or load is done */
     int64_t writeback_blocks;  /* victims of unlocked writebacks in flight */
     int64_t loading_blocks;    /* blocks of unlocked promotions in flight (counted resident) */
+    int64_t planned_blocks;    /* flagged loading, waiting for room to be made (not counted resident) */
+    int64_t cascade_blocks;    /* being moved from PMEM to NVMe outside the lock */
 
     pthread_mutex_t lock;
     tm_meta meta;
@@ -617,10 +630,15 @@ int64_t tm_demote(tm_worker *w, int64_t want);
 /* Demote the blocks of list[0..n) that are in DRAM and not busy (n at most
  * a batch); returns how many left DRAM. */
 int64_t tm_demote_blocks(tm_worker *w, int64_t *list, int64_t n);
-/* Make room for up to n more blocks in DRAM; returns how many fit. */
+/* Make room for up to n more blocks in DRAM, the lock released while
+ * victims are written: the caller's planned blocks are flagged loading and
+ * counted in planned_blocks meanwhile. Returns how many fit. */
 int64_t tm_demote_room(tm_worker *w, int64_t n);
 /* The same for a fault: at least the faulting block fits. */
 int64_t tm_demote_fault_room(tm_worker *w, int64_t n);
+/* Move up to `want` PMEM blocks to NVMe (at most a batch), the lock released
+ * during the copy; returns how many moved. */
+int64_t tm_demote_cascade(tm_worker *w, int64_t want);
 
 /* ---- promote.c ------------------------------------------------------- */
 
@@ -644,7 +662,12 @@ int64_t tm_readahead_chain_end(const struct tm_pool *p, int64_t start);
 tm_ra_run *tm_readahead_holding(struct tm_pool *p, int64_t b);
 /* Whether a run is being waited for or mapped (outside the lock). */
 int tm_readahead_busy(const struct tm_pool *p);
+/* Drop the runs being read that hold a block of [b, b+n) (no run waited
+ * for; their reads reaped with the lock held). */
 void tm_readahead_drop(struct tm_pool *p, int64_t b, int64_t n);
+/* Drop one such run, its reads reaped with the lock released; returns
+ * whether it did (the lock was released: look again). */
+int tm_readahead_reap(struct tm_pool *p, int64_t b, int64_t n);
 void tm_readahead_finish(tm_worker *w, tm_ra_run *r);
 /* Map the readahead runs marked async as their reads complete (released
  * while waiting): an idle handler's work. */
@@ -705,17 +728,38 @@ void tm_background_stop(struct tm_pool *p);
  * (docs/malloc.md): pool memory there could deadlock on the lock or fault
  * into a handler that is this very thread. */
 extern __thread int tm_engine_depth;
+/* Pool locks the calling thread holds (tm_lock). */
+extern __thread int tm_locks_held;
 
 static inline void tm_lock(struct tm_pool *p)
 {
     pthread_mutex_lock(&p->lock);
     tm_engine_depth++;
+    tm_locks_held++;
 }
 
 static inline void tm_unlock(struct tm_pool *p)
 {
+    tm_locks_held--;
     tm_engine_depth--;
     pthread_mutex_unlock(&p->lock);
+}
+
+/* Account for `bytes` of tier I/O or of data copied into the arena
+ * (UFFDIO_COPY) that the caller is about to do: counted in locked_io_bytes
+ * if it holds the pool lock (which it must not, to keep faults going). */
+static inline void tm_io_bytes(struct tm_pool *p, uint64_t bytes)
+{
+    if (tm_locks_held)
+        p->st.locked_io_bytes += bytes;
+}
+
+static inline uint64_t tm_ios_bytes(const struct tm_pool *p, const tm_io *ios, int k)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < k; i++)
+        n += ios[i].nblocks;
+    return n << p->bshift;
 }
 
 #endif

@@ -23,6 +23,7 @@ static int64_t load(tm_worker *w, uint64_t addr, const int64_t *list, int64_t n,
     for (int id = TM_PMEM; id <= TM_NVME; id++) {
         tm_tier *t = tm_tier_by_id(p, id);
         int k = t->nslots ? tm_slot_ios(p, t, list, n, w->iobuf, 0, ios, NULL) : 0;
+        tm_io_bytes(p, tm_ios_bytes(p, ios, k));
         int r = k ? tm_tier_readv(t, w->ioq, ios, k) : 0;
         if (r < 0) {
             *err = r;
@@ -33,6 +34,7 @@ static int64_t load(tm_worker *w, uint64_t addr, const int64_t *list, int64_t n,
         n = 1;
         tm_tier *t = tm_slot_tier(p, p->meta.slot[list[0]]);
         tm_io one = {tm_slot_local(p, p->meta.slot[list[0]]), w->iobuf, 1};
+        tm_io_bytes(p, p->bs);
         if (tm_tier_readv(t, w->ioq, &one, 1) == 0)
             *err = -EAGAIN; /* the batch failed, this block did not */
     }
@@ -79,20 +81,31 @@ static int64_t settle_load(struct tm_pool *p, uint64_t addr, int64_t *list, int6
 
 /* Reserve DRAM for lower-tier blocks list[0..n) and mark them loading:
  * list[0] faulted at addr, or addr is 0 when nobody waits (ahead of need).
- * The plan shrinks to what fits (the blocks cut from it stay below);
- * returns how many are reserved, which tm_promote_load then brings in. */
+ * The blocks are marked first, so that nobody takes them while the room is
+ * made with the lock released (planned_blocks); the plan then shrinks to
+ * what fits (the blocks cut from it stay below, and the threads that
+ * faulted on them meanwhile are woken to fault again). Returns how many are
+ * reserved, which tm_promote_load then brings in. */
 int64_t tm_promote_reserve(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
 {
     struct tm_pool *p = w->pool;
-    for (int64_t i = 0; i < n; i++) /* free to move: no other thread has it in flight */
+    for (int64_t i = 0; i < n; i++) { /* free to move: no other thread has it in flight */
         tm_assert(tm_block_state(p, list[i]) == TM_BS_LOWER);
-    /* Victims are DRAM blocks, never one of list. */
-    n = addr ? tm_demote_fault_room(w, n) : tm_demote_room(w, n);
-    for (int64_t i = 0; i < n; i++)
         tm_block_start_load(p, list[i]);
-    p->resident += n;
-    p->loading_blocks += n;
-    return n;
+    }
+    p->planned_blocks += n;
+    /* Victims are DRAM blocks, never one of list. */
+    int64_t fit = addr ? tm_demote_fault_room(w, n) : tm_demote_room(w, n);
+    p->planned_blocks -= n;
+    for (int64_t i = fit; i < n; i++)
+        tm_block_end_load(p, list[i]);
+    if (fit < n) {
+        tm_for_runs(p, list + fit, n - fit, tm_uffd_wake);
+        pthread_cond_broadcast(&p->io_cond); /* a free may wait for them */
+    }
+    p->resident += fit;
+    p->loading_blocks += fit;
+    return fit;
 }
 
 /* Bring the n blocks tm_promote_reserve reserved into DRAM. Returns how many
@@ -157,6 +170,7 @@ int64_t tm_promote_map_in(struct tm_pool *p, uint64_t addr, const int64_t *list,
         int wp = installed_wp(p, addr, list, i, write);
         while (j < n && list[j] == list[j - 1] + 1 && installed_wp(p, addr, list, j, write) == wp)
             j++;
+        tm_io_bytes(p, (uint64_t)(j - i) << p->bshift);
         if ((*err = tm_uffd_install(p, list[i], j - i, buf + ((size_t)i << p->bshift), wp)) < 0)
             break;
         done = j;

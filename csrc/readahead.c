@@ -204,12 +204,35 @@ void tm_readahead_drop(struct tm_pool *p, int64_t b, int64_t n)
         tm_assert(r->state != TM_RA_WAITING);
         if (r->state != TM_RA_READING || r->start >= b + n || r->end <= b)
             continue;
+        tm_io_bytes(p, (uint64_t)r->n << p->bshift); /* its reads may still be in flight: waited for locked */
         readahead_wait(p, r);
         for (int64_t i = 0; i < r->n; i++)
             tm_block_end_readahead(p, r->blocks[i]);
         r->n = 0;
         r->state = TM_RA_IDLE;
     }
+}
+
+int tm_readahead_reap(struct tm_pool *p, int64_t b, int64_t n)
+{
+    for (int k = 0; k < p->ra.depth; k++) {
+        tm_ra_run *r = &p->ra.run[k];
+        if (r->state != TM_RA_READING || r->start >= b + n || r->end <= b)
+            continue;
+        r->state = TM_RA_WAITING; /* ours: no fault finishes it, no release drops it */
+        tm_unlock(p);
+        readahead_wait(p, r);
+        tm_lock(p);
+        for (int64_t i = 0; i < r->n; i++)
+            tm_block_end_readahead(p, r->blocks[i]);
+        /* Threads that faulted on its blocks meanwhile fault again. */
+        tm_for_runs(p, r->blocks, r->n, tm_uffd_wake);
+        r->n = 0;
+        r->state = TM_RA_IDLE;
+        pthread_cond_broadcast(&p->io_cond);
+        return 1;
+    }
+    return 0;
 }
 
 /* Copy run r's kept PMEM blocks into its buffer (no lock: they are busy).
@@ -221,6 +244,7 @@ static int readahead_copy_pmem(struct tm_pool *p, tm_ra_run *r, const uint8_t *k
         skip[i] = !keep[i];
     tm_io ios[r->n ? r->n : 1];
     int k = p->pmem.nslots ? tm_slot_ios(p, &p->pmem, r->blocks, r->n, r->buf, 0, ios, skip) : 0;
+    tm_io_bytes(p, tm_ios_bytes(p, ios, k));
     return !k || tm_tier_readv(&p->pmem, NULL, ios, k) == 0;
 }
 
@@ -240,6 +264,8 @@ void tm_readahead_finish(tm_worker *w, tm_ra_run *r)
     r->state = TM_RA_WAITING;
     if (w->unlocked_loads)
         tm_unlock(p);
+    if (!w->unlocked_loads)
+        tm_io_bytes(p, (uint64_t)n << p->bshift);
     int rr = readahead_wait(p, r);
     if (w->unlocked_loads)
         tm_lock(p);
@@ -260,17 +286,22 @@ void tm_readahead_finish(tm_worker *w, tm_ra_run *r)
     tm_readahead_submit(p, r->end);
     if (!r->async)
         readahead_mark_async(p, r->end);
-    /* What does not fit is dropped from the end, read again on demand. */
+    /* The kept blocks are loading from here, so that nobody takes them while
+     * room is made (the lock released: planned_blocks); what does not fit is
+     * dropped from the end, read again on demand. */
+    for (int64_t i = 0; i < n; i++)
+        if (keep[i])
+            tm_block_keep_readahead(p, list[i]);
+    int64_t planned = kept;
+    p->planned_blocks += planned;
     int64_t fit = kept ? tm_demote_room(w, kept) : 0;
+    p->planned_blocks -= planned;
     for (int64_t i = n - 1; i >= 0 && kept > fit; i--)
         if (keep[i]) {
             keep[i] = 0;
             kept--;
-            tm_block_end_readahead(p, list[i]);
+            tm_block_end_load(p, list[i]);
         }
-    for (int64_t i = 0; i < n; i++)
-        if (keep[i])
-            tm_block_keep_readahead(p, list[i]);
     p->resident += kept; /* their room, reserved */
     p->loading_blocks += kept;
     if (w->unlocked_loads)

@@ -1,5 +1,6 @@
 /* release.c: freeing blocks, and waiting for what is in flight on them
- * (lock held, released while waiting). */
+ * (lock held, released while waiting, and while the readahead on them is
+ * reaped). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -12,18 +13,23 @@ static int in_flight(const struct tm_pool *p, int64_t b, int64_t n)
     for (int k = 0; k < p->ra.depth; k++)
         if (p->ra.run[k].state == TM_RA_WAITING)
             return 1;
-    if (!p->writeback_blocks && !p->loading_blocks)
+    if (!p->writeback_blocks && !p->loading_blocks && !p->planned_blocks && !p->cascade_blocks)
         return 0;
-    for (int64_t i = b; i < b + n; i++)
-        if (tm_block_state(p, i) == TM_BS_VICTIM || tm_block_state(p, i) == TM_BS_LOADING)
+    for (int64_t i = b; i < b + n; i++) {
+        enum tm_block_state s = tm_block_state(p, i);
+        if (s == TM_BS_VICTIM || s == TM_BS_LOADING || s == TM_BS_CASCADING)
             return 1;
+    }
     return 0;
 }
 
 void tm_wait_settled(struct tm_pool *p, int64_t b, int64_t n)
 {
-    while (in_flight(p, b, n))
-        pthread_cond_wait(&p->io_cond, &p->lock);
+    /* The readahead holding these blocks is dropped first, its reads reaped
+     * without the lock, so that the release's drop waits for nothing. */
+    while (tm_readahead_reap(p, b, n) || in_flight(p, b, n))
+        if (in_flight(p, b, n))
+            pthread_cond_wait(&p->io_cond, &p->lock);
 }
 
 void tm_release(struct tm_pool *p, int64_t b, int64_t n)
@@ -60,8 +66,14 @@ void tm_release(struct tm_pool *p, int64_t b, int64_t n)
 
 void tm_quiesce(struct tm_pool *p)
 {
-    while (tm_readahead_busy(p) || p->writeback_blocks || p->loading_blocks)
+    for (;;) {
+        if (tm_readahead_reap(p, 0, p->nblocks))
+            continue;
+        if (!tm_readahead_busy(p) && !p->writeback_blocks && !p->loading_blocks && !p->planned_blocks &&
+            !p->cascade_blocks)
+            break;
         pthread_cond_wait(&p->io_cond, &p->lock);
+    }
     tm_readahead_drop(p, 0, p->nblocks);
     for (int64_t b = 0; b < p->scan_end; b++) {
         if (p->meta.tier[b] != TM_DRAM || !(p->meta.flags[b] & TM_F_SAMPLED))

@@ -179,6 +179,7 @@ typedef struct tm_stats {
     uint64_t fork_unshared;    /* victims whose pages a fork shared, made this process's own to move */
     uint64_t trace_events;     /* accesses recorded in the trace buffer */
     uint64_t trace_dropped;    /* accesses not recorded: the buffer was full */
+    uint64_t locked_io_bytes;  /* bytes of tier I/O and UFFDIO_COPY done with the pool lock held (0 is the aim) */
     int32_t handler_threads;
     int32_t dirty_tracking;    /* 1 if clean blocks are write-protected */
     int32_t nvme_direct;       /* 1 if the NVMe file uses O_DIRECT */

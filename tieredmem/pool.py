@@ -435,7 +435,10 @@ class Pool:
     def stats(self) -> dict:
         """Capacity and use per tier, the engine's counters, and the process's
         resident memory ("rss") and how much of it is outside this pool
-        ("outside_pool": RSS less the pool's DRAM tier, i.e. what is left to tier)."""
+        ("outside_pool": RSS less the pool's DRAM tier, i.e. what is left to tier).
+        "locked_io_bytes" counts the bytes of tier I/O and of copies into the
+        arena done with the pool lock held, which keeps other faults waiting:
+        0 is the aim (docs/architecture.md, "Threads and locking")."""
         s = ffi.new("tm_stats *")
         lib.tm_get_stats(self._engine(), s)
         out = {}

@@ -127,9 +127,35 @@ static void the_cascade_moves_a_pmem_block_to_nvme(void)
 {
     struct tm_pool *p = pool();
     put(p, 5, TM_PMEM);
+    tm_block_start_cascade(p, 5);
+    CHECK_EQ(tm_block_state(p, 5), TM_BS_CASCADING);
+    CHECK(!tm_block_free_to_move(p, 5)); /* a load, readahead or another cascade skips it */
+    p->meta.slot[5] = 11; /* its NVMe slot, set by the caller */
     tm_block_cascaded(p, 5);
     CHECK_EQ(tm_block_state(p, 5), TM_BS_LOWER);
     CHECK_EQ(p->meta.tier[5], TM_NVME);
+    CHECK(tm_block_free_to_move(p, 5) && p->xflags[5] == 0);
+}
+
+static void a_cascade_that_fails_leaves_the_block_in_pmem(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 5, TM_PMEM);
+    tm_block_start_cascade(p, 5);
+    tm_block_end_cascade(p, 5);
+    CHECK_EQ(tm_block_state(p, 5), TM_BS_LOWER);
+    CHECK(p->meta.tier[5] == TM_PMEM && p->meta.slot[5] == 7);
+    CHECK(tm_block_free_to_move(p, 5) && p->xflags[5] == 0);
+}
+
+static void a_block_read_ahead_is_not_taken_for_a_cascade(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 5, TM_PMEM);
+    tm_block_start_readahead(p, 5);
+    CHECK_EQ(tm_block_state(p, 5), TM_BS_READAHEAD); /* busy but not cascading */
+    tm_block_end_readahead(p, 5);
+    CHECK_EQ(tm_block_state(p, 5), TM_BS_LOWER);
 }
 
 static void a_release_frees_a_block_and_keeps_its_poison(void)
@@ -185,12 +211,50 @@ static void release_a_victim(struct tm_pool *p)
     tm_block_release(p, 0);
 }
 
+static void cascade_an_nvme_block(struct tm_pool *p)
+{
+    put(p, 0, TM_NVME);
+    tm_block_start_cascade(p, 0);
+}
+
+static void cascade_a_loading_block(struct tm_pool *p)
+{
+    put(p, 0, TM_PMEM);
+    tm_block_start_load(p, 0);
+    tm_block_start_cascade(p, 0);
+}
+
+static void load_a_cascading_block(struct tm_pool *p)
+{
+    put(p, 0, TM_PMEM);
+    tm_block_start_cascade(p, 0);
+    tm_block_start_load(p, 0);
+}
+
+static void finish_a_cascade_never_started(struct tm_pool *p)
+{
+    put(p, 0, TM_PMEM);
+    tm_block_cascaded(p, 0);
+}
+
+static void release_a_cascading_block(struct tm_pool *p)
+{
+    put(p, 0, TM_PMEM);
+    tm_block_start_cascade(p, 0);
+    tm_block_release(p, 0);
+}
+
 static void a_transition_from_the_wrong_state_aborts(void)
 {
     CHECKF(aborts(load_a_resident_block), "loading a resident block");
     CHECKF(aborts(take_a_loading_block_as_victim), "taking a block in flight as a victim");
     CHECKF(aborts(read_ahead_a_resident_block), "reading ahead a block in DRAM");
     CHECKF(aborts(release_a_victim), "releasing a block being demoted");
+    CHECKF(aborts(cascade_an_nvme_block), "cascading a block already in NVMe");
+    CHECKF(aborts(cascade_a_loading_block), "cascading a block being loaded");
+    CHECKF(aborts(load_a_cascading_block), "loading a block being cascaded");
+    CHECKF(aborts(finish_a_cascade_never_started), "finishing a cascade that was not started");
+    CHECKF(aborts(release_a_cascading_block), "releasing a block being cascaded");
 }
 
 static const struct check checks[] = {
@@ -201,6 +265,8 @@ static const struct check checks[] = {
     CHECK_ENTRY(a_victim_whose_write_failed_stays_resident_and_dirty),
     CHECK_ENTRY(a_pinned_victim_goes_back_as_it_was),
     CHECK_ENTRY(the_cascade_moves_a_pmem_block_to_nvme),
+    CHECK_ENTRY(a_cascade_that_fails_leaves_the_block_in_pmem),
+    CHECK_ENTRY(a_block_read_ahead_is_not_taken_for_a_cascade),
     CHECK_ENTRY(a_release_frees_a_block_and_keeps_its_poison),
     CHECK_ENTRY(a_transition_from_the_wrong_state_aborts),
 };
