@@ -59,8 +59,9 @@ void *tm_os_reserve(size_t size, size_t align, int inherit)
     void *a = map_aligned(size, align, MAP_NORESERVE);
     if (!a)
         return NULL;
-    /* Transparent huge pages would make blocks unmovable (UFFDIO_MOVE moves
-     * small pages only). */
+    /* Small pages: blocks (64 KiB by default) move one by one, and the first
+     * moved out of a transparent huge page would split it (UFFDIO_MOVE moves
+     * a huge page only whole). */
     if (!inherit)
         madvise(a, size, MADV_DONTFORK);
     madvise(a, size, MADV_NOHUGEPAGE);
