@@ -406,6 +406,10 @@ static void unpoison(struct tm_pool *p, int64_t b, int64_t n)
         p->meta.flags[i] &= (uint8_t)~TM_F_POISON;
 }
 
+/* Spare runs an allocation reuses at most: past that, its other spares are
+ * given back (zero-filled on first touch instead). */
+#define REUSE_RUNS 32
+
 void *tm_alloc(tm_pool *p, size_t size)
 {
     if (p->child) {
@@ -415,6 +419,8 @@ void *tm_alloc(tm_pool *p, size_t size)
     int64_t n = (int64_t)((size + p->bs - 1) >> p->bshift);
     if (n == 0)
         n = 1;
+    tm_extent runs[REUSE_RUNS];
+    int nruns = 0;
     tm_lock(p);
     void *ptr = NULL;
     int err = ENOMEM;
@@ -431,7 +437,9 @@ void *tm_alloc(tm_pool *p, size_t size)
         tm_set_error(p, "cannot allocate %zu bytes: the NVMe tier's filesystem has %llu bytes free, fewer than "
                      "this pool may have to write there", size, (unsigned long long)free_bytes);
     } else {
-        int64_t b = tm_extents_alloc(&p->extents, n);
+        int64_t b = tm_spare_place(p, n);
+        if (b < 0 || tm_extents_take(&p->extents, b, n) < 0)
+            b = tm_extents_alloc(&p->extents, n);
         if (b < 0) {
             tm_set_error(p, "cannot allocate %zu bytes: no free run of %lld blocks in the arena", size, (long long)n);
         } else {
@@ -440,12 +448,14 @@ void *tm_alloc(tm_pool *p, size_t size)
              * (another fault's zero fill had already served it). */
             for (int64_t i = b; i < b + n; i++) {
                 if (p->meta.flags[i] & TM_F_POISON) {
+                    tm_spare_drop(p, b, n);
                     unpoison(p, b, n);
                     break;
                 }
             }
             for (int64_t i = b; i < b + n; i++)
                 p->meta.flags[i] = TM_F_ALLOC;
+            tm_spare_reuse(p, b, n, runs, REUSE_RUNS, &nruns);
             p->alloc_len[b] = (uint32_t)n;
             if (b + n > p->scan_end)
                 p->scan_end = b + n;
@@ -455,8 +465,15 @@ void *tm_alloc(tm_pool *p, size_t size)
         }
     }
     tm_unlock(p);
-    if (!ptr)
+    if (!ptr) {
         errno = err;
+        return NULL;
+    }
+    /* Reused spares hold what their last owner wrote. They are resident and
+     * mapped writable: this faults only if one was demoted meanwhile (it
+     * comes back, and is zeroed then). */
+    for (int i = 0; i < nruns; i++)
+        memset(tm_block_addr(p, runs[i].start), 0, (size_t)runs[i].len << p->bshift);
     return ptr;
 }
 
@@ -478,13 +495,12 @@ void tm_free(tm_pool *p, void *ptr)
     /* A writeback or load of some of its blocks still uses their pages and
      * slots: let it finish. */
     tm_wait_settled(p, b, n);
-    tm_release(p, b, n);
-    for (int64_t i = b; i < b + n; i++) {
-        if (p->meta.flags[i] & TM_F_POISON) {
-            unpoison(p, b, n);
-            break;
-        }
-    }
+    int poisoned = 0;
+    for (int64_t i = b; i < b + n && !poisoned; i++)
+        poisoned = (p->meta.flags[i] & TM_F_POISON) != 0;
+    tm_release(p, b, n, !poisoned);
+    if (poisoned)
+        unpoison(p, b, n);
     p->alloc_len[b] = 0;
     for (int64_t i = b; i < b + n; i++)
         p->meta.flags[i] = 0;
@@ -534,6 +550,7 @@ void tm_get_stats(tm_pool *p, tm_stats *out)
     *out = p->st;
     out->dram.capacity = (uint64_t)p->dram_blocks << p->bshift;
     out->dram.used = (uint64_t)p->resident << p->bshift;
+    out->spare = (uint64_t)p->spare << p->bshift;
     tier_stats(&p->pmem, &out->pmem);
     tier_stats(&p->nvme, &out->nvme);
     out->allocated = (uint64_t)p->reserved << p->bshift;
@@ -629,7 +646,10 @@ int tm_pool_resize(tm_pool *p, uint64_t dram_bytes)
         p->cap_blocks = cap;
         int64_t zmin = TM_ZERO_MIN_BYTES / p->bs ? (int64_t)(TM_ZERO_MIN_BYTES / p->bs) : 1;
         p->zero_min_blocks = zmin < batch ? zmin : batch;
-        while (p->resident > p->dram_blocks) {
+        for (;;) { /* spares first: frees may make more while demotions write */
+            tm_spare_room(p, 0);
+            if (p->resident <= p->dram_blocks)
+                break;
             if (p->writeback_blocks || p->loading_blocks) { /* DRAM use settles when they are done */
                 pthread_cond_wait(&p->io_cond, &p->lock);
                 continue;

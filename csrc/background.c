@@ -40,7 +40,7 @@ static void keep_pmem_headroom(struct tm_pool *p)
 static void keep_headroom(struct tm_pool *p)
 {
     while (!p->bg_stop && tm_watermark_spilling(p)) {
-        int64_t want = tm_watermark_headroom(p) - (p->dram_blocks - p->resident);
+        int64_t want = tm_watermark_headroom(p) - (p->dram_blocks - p->resident - p->spare);
         if (want <= 0)
             break;
         int64_t moved = tm_demote(&p->bg, want);
@@ -72,6 +72,7 @@ static void tick(struct tm_pool *p)
     tm_watermark_decay(p);
     keep_headroom(p);
     policy_promotions(p);
+    tm_spare_tick(p);
     if (p->ngens)
         tm_fork_reap(p);
     if (p->sample_budget_ppm && (p->pmem.nslots || p->nvme.nslots))

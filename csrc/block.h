@@ -17,13 +17,16 @@
  *   READAHEAD  in PMEM or NVMe and being read ahead of a stream
  *   VICTIM     in DRAM and being demoted (written back, or dropped if clean)
  *   CASCADING  in PMEM and being moved to NVMe, outside the lock
+ *   SPARE      not allocated, but its pages still mapped in the arena
+ *              (writable): the next allocation there reuses them (spare.c)
  *
  *   UNBACKED, LOWER -> LOADING -> RESIDENT (or back, if it did not arrive)
  *   LOWER -> READAHEAD -> LOADING, or back to LOWER
  *   RESIDENT, PARKED -> VICTIM -> LOWER, or RESIDENT (pinned, or not written)
  *   RESIDENT <-> PARKED (sampling)
  *   LOWER (PMEM) -> CASCADING -> LOWER (NVMe), or back to PMEM (the cascade)
- *   any but in flight -> FREE (released) */
+ *   any but in flight -> FREE (released)
+ *   RESIDENT -> SPARE (freed) -> RESIDENT (allocated again), or FREE (given back) */
 #ifndef TIEREDMEM_BLOCK_H
 #define TIEREDMEM_BLOCK_H
 
@@ -39,6 +42,7 @@ enum tm_block_state {
     TM_BS_READAHEAD,
     TM_BS_VICTIM,
     TM_BS_CASCADING,
+    TM_BS_SPARE,
 };
 
 static inline int tm_tier_is_lower(uint8_t tier)
@@ -51,6 +55,8 @@ static inline enum tm_block_state tm_block_state(const struct tm_pool *p, int64_
     uint8_t f = p->meta.flags[b], t = p->meta.tier[b];
     if (p->xflags[b] & TM_X_LOADING)
         return TM_BS_LOADING;
+    if (p->xflags[b] & TM_X_SPARE)
+        return TM_BS_SPARE;
     if (!(f & TM_F_ALLOC))
         return TM_BS_FREE;
     if (t == TM_DRAM)
@@ -204,6 +210,32 @@ static inline void tm_block_release(struct tm_pool *p, int64_t b)
     p->xflags[b] = 0;
     p->meta.access_count[b] = 0;
     p->meta.last_access[b] = 0;
+}
+
+/* RESIDENT -> SPARE: freed with its pages kept mapped; it reads as a free
+ * block to everyone but spare.c (tier TM_UNBACKED, flags clear). */
+static inline void tm_block_spare(struct tm_pool *p, int64_t b)
+{
+    tm_assert(tm_block_state(p, b) == TM_BS_RESIDENT && !(p->meta.flags[b] & TM_F_POISON));
+    tm_block_release(p, b);
+    p->xflags[b] = TM_X_SPARE;
+}
+
+/* SPARE -> RESIDENT: allocated again (the caller flagged it allocated),
+ * dirty: no slot holds what its pages hold. */
+static inline void tm_block_reuse(struct tm_pool *p, int64_t b)
+{
+    tm_assert(tm_block_state(p, b) == TM_BS_SPARE && (p->meta.flags[b] & TM_F_ALLOC));
+    p->xflags[b] = 0;
+    p->meta.tier[b] = TM_DRAM;
+    p->meta.flags[b] |= TM_F_DIRTY;
+}
+
+/* SPARE -> FREE: its pages were given back. */
+static inline void tm_block_spare_drop(struct tm_pool *p, int64_t b)
+{
+    tm_assert(tm_block_state(p, b) == TM_BS_SPARE);
+    p->xflags[b] = 0;
 }
 
 #endif

@@ -369,7 +369,8 @@ int64_t tm_demote_blocks(tm_worker *w, int64_t *blocks, int64_t n)
 int64_t tm_demote_room(tm_worker *w, int64_t n)
 {
     struct tm_pool *p = w->pool;
-    while (p->resident + n > p->dram_blocks) {
+    /* Spares are given back first: room without I/O. */
+    for (tm_spare_room(p, n); p->resident + n > p->dram_blocks; tm_spare_room(p, n)) {
         /* Demote a whole batch when we must demote at all: fewer, larger
          * writes, and headroom for the next faults. */
         int64_t want = p->resident + n - p->dram_blocks;

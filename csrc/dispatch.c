@@ -140,8 +140,10 @@ static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
 static void make_fault_room(tm_worker *w, int64_t b)
 {
     struct tm_pool *p = w->pool;
-    while ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC && p->meta.tier[b] != TM_DRAM &&
-           p->resident + p->batch_blocks > p->dram_blocks) {
+    while ((p->meta.flags[b] & (TM_F_ALLOC | TM_F_BUSY)) == TM_F_ALLOC && p->meta.tier[b] != TM_DRAM) {
+        tm_spare_room(p, p->batch_blocks); /* spares first: room without I/O */
+        if (p->resident + p->batch_blocks <= p->dram_blocks)
+            break;
         if (p->writeback_blocks && p->resident - p->writeback_blocks + p->batch_blocks <= p->dram_blocks) {
             p->st.writeback_waits++;
             pthread_cond_wait(&p->io_cond, &p->lock);
@@ -168,6 +170,13 @@ void tm_dispatch_fault(tm_worker *w, uint64_t addr, int kind, int write)
     int64_t b = tm_block_of(p, a);
     make_fault_room(w, b);
     p->st.faults++;
+    if (tm_block_state(p, b) == TM_BS_SPARE) {
+        /* Raised before the block was freed (its pages are mapped now): the
+         * access goes on, as one to freed C-library memory would. */
+        p->st.minor_faults++;
+        tm_uffd_wake(p, b, 1);
+        return;
+    }
     if (!(p->meta.flags[b] & TM_F_ALLOC)) {
         tm_set_error(p, "access to unallocated pool memory at %p; the thread got SIGBUS (none did if the fault was "
                      "raised before its memory was freed and served by another fault meanwhile)", (void *)a);

@@ -59,6 +59,46 @@ static int64_t upper_bound(const tm_extents *e, int64_t start)
     return lo;
 }
 
+/* Make room for one more extent. */
+static int grow(tm_extents *e)
+{
+    if (e->nfree < e->cap)
+        return 0;
+    tm_extent *n = realloc(e->free, sizeof(tm_extent) * (size_t)e->cap * 2);
+    if (!n)
+        return -ENOMEM;
+    e->free = n;
+    e->cap *= 2;
+    return 0;
+}
+
+int tm_extents_take(tm_extents *e, int64_t start, int64_t len)
+{
+    int64_t i = upper_bound(e, start) - 1;
+    if (i < 0 || e->free[i].start + e->free[i].len < start + len)
+        return -EINVAL;
+    tm_extent *x = &e->free[i];
+    int64_t before = start - x->start, after = x->start + x->len - start - len;
+    if (before && after) { /* split in two */
+        if (grow(e) < 0)
+            return -ENOMEM;
+        x = &e->free[i];
+        memmove(x + 2, x + 1, sizeof(tm_extent) * (size_t)(e->nfree - i - 1));
+        x[1] = (tm_extent){start + len, after};
+        x->len = before;
+        e->nfree++;
+    } else if (before) {
+        x->len = before;
+    } else if (after) {
+        x->start = start + len;
+        x->len = after;
+    } else {
+        memmove(x, x + 1, sizeof(tm_extent) * (size_t)(e->nfree - i - 1));
+        e->nfree--;
+    }
+    return 0;
+}
+
 int tm_extents_free(tm_extents *e, int64_t start, int64_t len)
 {
     int64_t i = upper_bound(e, start);
@@ -74,13 +114,8 @@ int tm_extents_free(tm_extents *e, int64_t start, int64_t len)
         e->free[i].start = start;
         e->free[i].len += len;
     } else {
-        if (e->nfree == e->cap) {
-            tm_extent *n = realloc(e->free, sizeof(tm_extent) * (size_t)e->cap * 2);
-            if (!n)
-                return -ENOMEM;
-            e->free = n;
-            e->cap *= 2;
-        }
+        if (grow(e) < 0)
+            return -ENOMEM;
         memmove(&e->free[i + 1], &e->free[i], sizeof(tm_extent) * (size_t)(e->nfree - i));
         e->free[i] = (tm_extent){start, len};
         e->nfree++;

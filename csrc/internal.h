@@ -40,6 +40,9 @@ enum {
     TM_X_CHILD = 1 << 3,
     /* Being moved from PMEM to NVMe outside the lock (also TM_F_BUSY). */
     TM_X_CASCADE = 1 << 4,
+    /* Freed, its pages still mapped (writable) for the next allocation
+     * there (spare.c); not allocated, tier TM_UNBACKED. */
+    TM_X_SPARE = 1 << 5,
 };
 
 /* Checked preconditions and invariants (as mimalloc's mi_assert_internal).
@@ -227,6 +230,9 @@ int tm_extents_init(tm_extents *e, int64_t nblocks);
 void tm_extents_destroy(tm_extents *e);
 /* First fit; returns the first block or -1. */
 int64_t tm_extents_alloc(tm_extents *e, int64_t len);
+/* Allocate [start, start+len) itself: 0, -EINVAL if it is not all free, or
+ * -ENOMEM. */
+int tm_extents_take(tm_extents *e, int64_t start, int64_t len);
 /* Precondition: [start, start+len) is allocated. Returns 0 or -ENOMEM. */
 int tm_extents_free(tm_extents *e, int64_t start, int64_t len);
 
@@ -273,6 +279,8 @@ typedef struct tm_stream {
 } tm_stream;
 #define TM_STREAMS 8
 #define TM_RECENT 4
+
+#define TM_SPARE_RECENT 16
 
 /* Advice on a range of blocks that is kept (sequential / random). */
 typedef struct tm_range { int64_t start, end; int advice; } tm_range;
@@ -331,6 +339,14 @@ struct tm_pool {
     int64_t loading_blocks;    /* blocks of unlocked promotions in flight (counted resident) */
     int64_t planned_blocks;    /* flagged loading, waiting for room to be made (not counted resident) */
     int64_t cascade_blocks;    /* being moved from PMEM to NVMe outside the lock */
+    /* Spare blocks (spare.c): freed, their pages kept mapped for reuse.
+     * DRAM held, so the budget is resident + spare <= dram_blocks; room
+     * is made by giving spares back first, which needs no I/O. */
+    int64_t spare;
+    int64_t spare_hand;        /* where the next give-back looks */
+    tm_extent spare_recent[TM_SPARE_RECENT]; /* latest frees that kept spares: where to allocate next */
+    int spare_recent_i;
+    int spare_idle_ticks;      /* background ticks since a spare was reused */
 
     pthread_mutex_t lock;
     tm_meta meta;
@@ -549,6 +565,30 @@ void tm_advice_forget(struct tm_pool *p, int64_t b, int64_t n);
 int tm_worker_init(struct tm_pool *p, tm_worker *w, int populate);
 void tm_worker_fini(tm_worker *w);
 
+/* ---- spare.c --------------------------------------------------------- */
+
+/* Keep the freed blocks of [b, b+n) that are mapped in the arena (RESIDENT)
+ * as spares, their pages writable; the caller releases (and zaps) the
+ * others. Precondition: each block of the range is not in flight, and
+ * still allocated. Returns how many became spare. */
+int64_t tm_spare_keep(struct tm_pool *p, int64_t b, int64_t n);
+/* Where an allocation of n blocks reuses the most spares: the start of a
+ * recently freed range that still holds some, or -1 (first fit). */
+int64_t tm_spare_place(struct tm_pool *p, int64_t n);
+/* The spares of [b, b+n) become resident blocks of a new allocation there
+ * (dirty: no slot holds them), their pages kept: no fault, no zero fill.
+ * Their contents are what the last owner wrote: the runs reused are listed
+ * in runs[0..*nruns) (at most max; spares past that are given back) for a
+ * caller that must zero them. Returns how many blocks were reused. */
+int64_t tm_spare_reuse(struct tm_pool *p, int64_t b, int64_t n, tm_extent *runs, int max, int *nruns);
+/* Give back the spares of [b, b+n) (their pages zapped). */
+void tm_spare_drop(struct tm_pool *p, int64_t b, int64_t n);
+/* Give back spares until n more blocks fit the budget beside them, or none
+ * is left. */
+void tm_spare_room(struct tm_pool *p, int64_t n);
+/* Once a tick: spares nobody reused for a second go back. */
+void tm_spare_tick(struct tm_pool *p);
+
 /* ---- slots.c --------------------------------------------------------- */
 
 /* Give back block b's slot, if it holds one. */
@@ -688,8 +728,9 @@ void tm_wait_settled(struct tm_pool *p, int64_t b, int64_t n);
  * whole in one place: no I/O or copy in flight, no readahead, no block
  * parked in the shadow (which a child does not inherit). */
 void tm_quiesce(struct tm_pool *p);
-/* Release every block of [b, b+n): DRAM pages and slots. */
-void tm_release(struct tm_pool *p, int64_t b, int64_t n);
+/* Release every block of [b, b+n): slots, and DRAM pages but those kept as
+ * spares if `keep_spares` (spare.c). */
+void tm_release(struct tm_pool *p, int64_t b, int64_t n, int keep_spares);
 
 /* ---- fork.c ---------------------------------------------------------------
  * The atfork handlers of arena.c call these for every live pool. */

@@ -81,7 +81,7 @@ static void *h_calloc(void *ctx, size_t n, size_t elsize)
     if (__builtin_mul_overflow(n, elsize, &size))
         return NULL;
     if (size >= h->threshold) {
-        void *r = pool_alloc(h, size); /* fresh pool memory reads as zero */
+        void *r = pool_alloc(h, size); /* pool memory reads as zero */
         if (r || errno == ENOMEM)
             return r;
     }

@@ -32,7 +32,7 @@ void tm_wait_settled(struct tm_pool *p, int64_t b, int64_t n)
             pthread_cond_wait(&p->io_cond, &p->lock);
 }
 
-void tm_release(struct tm_pool *p, int64_t b, int64_t n)
+void tm_release(struct tm_pool *p, int64_t b, int64_t n, int keep_spares)
 {
     tm_readahead_drop(p, b, n); /* it may hold these slots' old data */
     tm_advice_forget(p, b, n);
@@ -56,11 +56,20 @@ void tm_release(struct tm_pool *p, int64_t b, int64_t n)
             run_len++;
             tm_slot_release(p, i);
         }
-        if (p->meta.tier[i] == TM_DRAM)
-            p->resident--;
-        tm_block_release(p, i); /* arena.c clears poison */
     }
-    tm_os_zap(tm_block_addr(p, b), (size_t)n << p->bshift);
+    if (keep_spares)
+        tm_spare_keep(p, b, n);
+    for (int64_t i = b; i < b + n;) { /* the others lose their pages, a run at a time */
+        int64_t j = i;
+        for (; j < b + n && tm_block_state(p, j) != TM_BS_SPARE; j++) {
+            if (p->meta.tier[j] == TM_DRAM)
+                p->resident--;
+            tm_block_release(p, j); /* arena.c clears poison */
+        }
+        if (j > i)
+            tm_os_zap(tm_block_addr(p, i), (size_t)(j - i) << p->bshift);
+        i = j + 1;
+    }
     tm_os_zap(tm_shadow_of(p, b), (size_t)n << p->bshift); /* blocks parked by sampling */
 }
 

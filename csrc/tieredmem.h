@@ -180,6 +180,8 @@ typedef struct tm_stats {
     uint64_t trace_events;     /* accesses recorded in the trace buffer */
     uint64_t trace_dropped;    /* accesses not recorded: the buffer was full */
     uint64_t locked_io_bytes;  /* bytes of tier I/O and UFFDIO_COPY done with the pool lock held (0 is the aim) */
+    uint64_t spare;            /* bytes of freed memory kept mapped for reuse: DRAM held, within the budget */
+    uint64_t spare_reuses;     /* blocks an allocation reused from freed memory: no fault, no zero fill */
     int32_t handler_threads;
     int32_t dirty_tracking;    /* 1 if clean blocks are write-protected */
     int32_t nvme_direct;       /* 1 if the NVMe file uses O_DIRECT */
@@ -210,14 +212,18 @@ tm_pool *tm_pool_of(const void *ptr);
  * interposer serves it from the C library; docs/malloc.md). */
 int tm_in_engine(void);
 
-/* Allocate `size` bytes (rounded up to whole blocks), reading as zero.
- * Returns NULL with errno ENOMEM when the tiers' total capacity is exhausted,
- * or EBADF when the pool is closed. */
+/* Allocate `size` bytes (rounded up to whole blocks), reading as zero: fresh
+ * blocks are zero-filled on first touch, the pages of freed memory it reuses
+ * (spares, below) are zeroed here. Returns NULL with errno ENOMEM when the
+ * tiers' total capacity is exhausted, or EBADF when the pool is closed. */
 void *tm_alloc(tm_pool *p, size_t size);
 
-/* Free an allocation made by tm_alloc; its DRAM and lower-tier slots return
- * to the pool at once (and a closed pool is released with its last one).
- * Precondition: ptr came from tm_alloc on p. */
+/* Free an allocation made by tm_alloc; its lower-tier
+ * slots return to the pool at once, and its DRAM too, except the pages of
+ * blocks mapped in DRAM, kept (within the budget) for the next allocation
+ * at that address until room is needed or a second passes unused
+ * (stats.spare). A closed pool is released with its last allocation.
+ * Precondition: ptr came from this pool. */
 void tm_free(tm_pool *p, void *ptr);
 
 /* Size in bytes of the allocation starting at ptr, or 0 if ptr is not one. */

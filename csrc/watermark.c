@@ -73,7 +73,7 @@ int tm_watermark_spilling(const struct tm_pool *p)
 
 static void wake_below_low(struct tm_pool *p)
 {
-    if (tm_watermark_spilling(p) && !p->bg_kick && p->dram_blocks - p->resident < tm_watermark_low(p)) {
+    if (tm_watermark_spilling(p) && !p->bg_kick && p->dram_blocks - p->resident - p->spare < tm_watermark_low(p)) {
         p->bg_kick = 1;
         pthread_cond_signal(&p->bg_cond);
     }
@@ -82,7 +82,7 @@ static void wake_below_low(struct tm_pool *p)
 void tm_watermark_resident(struct tm_pool *p, int64_t n)
 {
     p->resident += n;
-    uint64_t used = (uint64_t)p->resident << p->bshift;
+    uint64_t used = (uint64_t)(p->resident + p->spare) << p->bshift; /* DRAM held */
     if (used > p->st.dram.peak)
         p->st.dram.peak = used;
     wake_below_low(p);

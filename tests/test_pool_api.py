@@ -379,8 +379,7 @@ def test_reallocated_memory_reads_zero(pool):
     del a
     gc.collect()
     b = p.empty(3 * BLOCK // 8)
-    assert b.ctypes.data == addr  # the same memory was handed out again
-    assert p.placement(b)["unbacked"] == b.nbytes
+    assert b.ctypes.data == addr  # the same memory was handed out again (its pages kept: tests/test_spare.py)
     assert not b.any()
     del b
 

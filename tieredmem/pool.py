@@ -435,7 +435,10 @@ class Pool:
     def stats(self) -> dict:
         """Capacity and use per tier, the engine's counters, and the process's
         resident memory ("rss") and how much of it is outside this pool
-        ("outside_pool": RSS less the pool's DRAM tier, i.e. what is left to tier).
+        ("outside_pool": RSS less the pool's DRAM tier and its spares, i.e. what
+        is left to tier). "spare" is freed pool memory kept mapped for the next
+        allocation at its address (DRAM held, within the budget; given back when
+        room is needed or after a second unused).
         "locked_io_bytes" counts the bytes of tier I/O and of copies into the
         arena done with the pool lock held, which keeps other faults waiting:
         0 is the aim (docs/architecture.md, "Threads and locking")."""
@@ -450,7 +453,7 @@ class Pool:
         out["block_size"] = self.block_size
         out["last_error"] = self.last_error()
         out["rss"] = _resident_bytes()
-        out["outside_pool"] = max(out["rss"] - out["dram"]["used"], 0)
+        out["outside_pool"] = max(out["rss"] - out["dram"]["used"] - out["spare"], 0)
         return out
 
     def last_error(self) -> str:

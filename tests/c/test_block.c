@@ -244,6 +244,56 @@ static void release_a_cascading_block(struct tm_pool *p)
     tm_block_release(p, 0);
 }
 
+static void a_freed_resident_block_becomes_spare_and_is_reused_dirty(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 0, TM_DRAM);
+    tm_block_spare(p, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_SPARE);
+    /* Everyone but spare.c sees a free block: not allocated, no tier. */
+    CHECK(!(p->meta.flags[0] & TM_F_ALLOC) && p->meta.tier[0] == TM_UNBACKED);
+    CHECK(!tm_block_free_to_move(p, 0));
+    p->meta.flags[0] = TM_F_ALLOC; /* allocated again over it */
+    tm_block_reuse(p, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_RESIDENT);
+    CHECK(p->meta.flags[0] & TM_F_DIRTY); /* no slot holds what its pages hold */
+}
+
+static void a_spare_given_back_is_free(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 0, TM_DRAM);
+    tm_block_spare(p, 0);
+    tm_block_spare_drop(p, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_FREE);
+}
+
+static void keep_a_parked_block_as_spare(struct tm_pool *p)
+{
+    put(p, 0, TM_DRAM);
+    tm_block_park(p, 0); /* its pages are in the shadow, not mapped */
+    tm_block_spare(p, 0);
+}
+
+static void keep_a_victim_as_spare(struct tm_pool *p)
+{
+    put(p, 0, TM_DRAM);
+    tm_block_take_victim(p, 0);
+    tm_block_spare(p, 0);
+}
+
+static void keep_a_lower_block_as_spare(struct tm_pool *p)
+{
+    put(p, 0, TM_NVME);
+    tm_block_spare(p, 0);
+}
+
+static void reuse_a_free_block(struct tm_pool *p)
+{
+    p->meta.flags[0] = TM_F_ALLOC;
+    tm_block_reuse(p, 0);
+}
+
 static void a_transition_from_the_wrong_state_aborts(void)
 {
     CHECKF(aborts(load_a_resident_block), "loading a resident block");
@@ -255,6 +305,10 @@ static void a_transition_from_the_wrong_state_aborts(void)
     CHECKF(aborts(load_a_cascading_block), "loading a block being cascaded");
     CHECKF(aborts(finish_a_cascade_never_started), "finishing a cascade that was not started");
     CHECKF(aborts(release_a_cascading_block), "releasing a block being cascaded");
+    CHECKF(aborts(keep_a_parked_block_as_spare), "keeping a parked block's (unmapped) pages as a spare");
+    CHECKF(aborts(keep_a_victim_as_spare), "keeping a block being demoted as a spare");
+    CHECKF(aborts(keep_a_lower_block_as_spare), "keeping a block with no pages as a spare");
+    CHECKF(aborts(reuse_a_free_block), "reusing a block that is not spare");
 }
 
 static const struct check checks[] = {
@@ -268,6 +322,8 @@ static const struct check checks[] = {
     CHECK_ENTRY(a_cascade_that_fails_leaves_the_block_in_pmem),
     CHECK_ENTRY(a_block_read_ahead_is_not_taken_for_a_cascade),
     CHECK_ENTRY(a_release_frees_a_block_and_keeps_its_poison),
+    CHECK_ENTRY(a_freed_resident_block_becomes_spare_and_is_reused_dirty),
+    CHECK_ENTRY(a_spare_given_back_is_free),
     CHECK_ENTRY(a_transition_from_the_wrong_state_aborts),
 };
 

@@ -339,10 +339,42 @@ static void random_allocs_and_frees_match_a_bitmap_model(void)
     tm_extents_destroy(&e);
 }
 
+static void take_allocates_the_range_named_splitting_its_extent(void)
+{
+    tm_extents e;
+    tm_extents_init(&e, 100);
+    CHECK_EQ(tm_extents_take(&e, 40, 10), 0); /* the middle: two pieces */
+    CHECK_FREE_LIST(&e, {0, 40}, {50, 50});
+    CHECK_EQ(tm_extents_take(&e, 0, 5), 0); /* an extent's start */
+    CHECK_FREE_LIST(&e, {5, 35}, {50, 50});
+    CHECK_EQ(tm_extents_take(&e, 30, 10), 0); /* its end */
+    CHECK_FREE_LIST(&e, {5, 25}, {50, 50});
+    CHECK_EQ(tm_extents_take(&e, 5, 25), 0); /* all of it */
+    CHECK_FREE_LIST(&e, {50, 50});
+    CHECK_EQ(tm_extents_free(&e, 0, 50), 0);
+    CHECK_FREE_LIST(&e, {0, 100});
+    tm_extents_destroy(&e);
+}
+
+static void take_refuses_a_range_that_is_not_all_free(void)
+{
+    tm_extents e;
+    tm_extents_init(&e, 100);
+    CHECK_EQ(tm_extents_alloc(&e, 10), 0);
+    CHECK_EQ(tm_extents_take(&e, 5, 10), -EINVAL);  /* starts in use */
+    CHECK_EQ(tm_extents_take(&e, 95, 10), -EINVAL); /* runs past the end */
+    CHECK_EQ(tm_extents_take(&e, 20, 10), 0);
+    CHECK_EQ(tm_extents_take(&e, 15, 10), -EINVAL); /* ends in use */
+    CHECK_FREE_LIST(&e, {10, 10}, {30, 70});
+    tm_extents_destroy(&e);
+}
+
 static const struct check checks[] = {
     CHECK_ENTRY(init_gives_one_free_extent_covering_all_blocks),
     CHECK_ENTRY(sequential_allocations_are_contiguous_from_block_zero),
     CHECK_ENTRY(alloc_is_first_fit_not_best_fit),
+    CHECK_ENTRY(take_allocates_the_range_named_splitting_its_extent),
+    CHECK_ENTRY(take_refuses_a_range_that_is_not_all_free),
     CHECK_ENTRY(alloc_of_a_whole_extent_removes_it_from_the_free_list),
     CHECK_ENTRY(alloc_fails_with_minus_one_when_no_run_is_long_enough),
     CHECK_ENTRY(freeing_adjacent_extents_coalesces_them),
