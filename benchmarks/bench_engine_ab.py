@@ -8,8 +8,10 @@ OLD_PYTHON and NEW_PYTHON are the interpreters of two checkouts' venvs (for
 example a `git worktree` of the last release and this one). Besides time, each
 case reports what does not vary with noise: bytes read and written, faults.
 
-A case runs as `python -m benchmarks.bench_engine_ab --case NAME` under the
-build being measured and prints one JSON line."""
+A case runs as `python benchmarks/bench_engine_ab.py --case NAME` under the
+build being measured and prints one JSON line, with the checkout whose
+tieredmem it imported ("engine"): a run whose two builds import the same one
+stops with an error."""
 import argparse
 import json
 import os
@@ -86,7 +88,43 @@ def case_two_streams(tm, np, nvme):
     return pool, {"two_s": s, "gbps": (a.nbytes + b.nbytes) / s / 1e9}
 
 
-CASES = {"in_budget": case_in_budget, "seq4x": case_seq4x, "rmw2x": case_rmw2x, "two_streams": case_two_streams}
+def case_fill_sum4x(tm, np, nvme):
+    """A sum right after the fill of 512 MiB on 128 MiB: DRAM holds the fill's dirty tail."""
+    pool = tm.Pool(dram="128MiB", nvme="4GiB", nvme_path=nvme)
+    a = pool.empty(512 * MiB // 8)
+    a.fill(1.0)
+    total, s = timed(a.sum)
+    assert total == a.size
+    return pool, {"sum1_s": s, "gbps": a.nbytes / s / 1e9}
+
+
+def pipeline(tm, nvme, footprint):
+    """The tiering suite's pandas pipeline (tieredmem/bench/workloads.py) at `footprint`
+    times a 160 MiB budget, its arrays in the pool: the computation's time."""
+    import pandas  # noqa: F401 -- imported before the pool, as the suite does
+    from tieredmem.bench.workloads import WORKLOADS
+    wl, budget = WORKLOADS["pipeline"], 160 * MiB
+    params = wl.params(int(footprint * budget), budget)
+    pool = tm.Pool(dram=budget, nvme="4GiB", nvme_path=nvme)
+    import numpy as np
+    with tm.use(pool):
+        data = wl.setup(lambda shape, dtype, name: np.empty(shape, dtype), params)
+        _, s = timed(lambda: wl.run(data, params))
+    return pool, {"compute_s": s}
+
+
+def case_pipeline_half(tm, np, nvme):
+    """The pandas pipeline at half the budget: temporaries freed and made again, nothing spills."""
+    return pipeline(tm, nvme, 0.5)
+
+
+def case_pipeline2x(tm, np, nvme):
+    """The pandas pipeline at twice the budget (issue 11's target: at most 1.3x all-DRAM)."""
+    return pipeline(tm, nvme, 2.0)
+
+
+CASES = {"in_budget": case_in_budget, "seq4x": case_seq4x, "fill_sum4x": case_fill_sum4x, "rmw2x": case_rmw2x,
+         "two_streams": case_two_streams, "pipeline_half": case_pipeline_half, "pipeline2x": case_pipeline2x}
 
 
 def run_case(name):
@@ -99,6 +137,7 @@ def run_case(name):
         pool, out = CASES[name](tm, np, nvme)
         st = pool.stats()
         out.update({k: st[k] for k in COUNTERS if k in st})
+        out["engine"] = os.path.dirname(os.path.dirname(tm.__file__))  # the checkout measured
         print(json.dumps({"case": name, **out}))
 
 
@@ -119,26 +158,30 @@ def main():
     unknown = set(cases) - set(CASES)
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))} (known: {', '.join(CASES)})")
-    root = str(Path(__file__).resolve().parent.parent)
     raw = []
     for rnd in range(args.rounds):
         for name in cases:
             order = ("old", "new") if rnd % 2 == 0 else ("new", "old")
             for build in order:
                 py = args.old if build == "old" else args.new
-                # cwd is this checkout (for the case code); the build measured is py's own tieredmem.
-                res = subprocess.run([py, "-c", f"import sys; sys.argv[1:] = ['--case', {name!r}]; "
-                                      f"sys.path.append({root!r}); from benchmarks.bench_engine_ab import main; main()"],
-                                     capture_output=True, text=True, cwd="/")
+                # This file run by path: sys.path then holds its directory, not this
+                # checkout, so that `import tieredmem` finds py's own build (with the
+                # checkout on sys.path, its package would shadow the other venv's
+                # editable install, and both sides would measure this build).
+                res = subprocess.run([py, __file__, "--case", name], capture_output=True, text=True, cwd="/")
                 line = res.stdout.strip().splitlines()[-1] if res.returncode == 0 and res.stdout.strip() else None
                 row = json.loads(line) if line else {"case": name, "error": res.stderr.strip()[-500:]}
                 row.update(build=build, round=rnd)
                 raw.append(row)
                 print(json.dumps(row), flush=True)
+    engines = {b: sorted({r["engine"] for r in raw if r["build"] == b and "engine" in r}) for b in ("old", "new")}
+    if set(engines["old"]) & set(engines["new"]):
+        sys.exit(f"both builds imported tieredmem from {engines['old']}: not an A/B")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "engine_ab.json").write_text(json.dumps({"old": args.old, "new": args.new, "runs": raw}, indent=1))
-    lines = ["| case | figure | old: median (min-max) | new: median (min-max) | new/old |", "|---|---|---|---|---|"]
+    lines = [f"old: {', '.join(engines['old'])}; new: {', '.join(engines['new'])}", "",
+             "| case | figure | old: median (min-max) | new: median (min-max) | new/old |", "|---|---|---|---|---|"]
     for name in cases:
         rows = [r for r in raw if r["case"] == name and "error" not in r]
         keys = sorted({k for r in rows for k in r if k.endswith("_s") or k == "gbps" or k in COUNTERS})

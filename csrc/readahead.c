@@ -351,11 +351,16 @@ void tm_readahead_finish(tm_worker *w, tm_ra_run *r)
 void tm_readahead_fill(tm_worker *w)
 {
     struct tm_pool *p = w->pool;
-    for (int k = 0; k < p->ra.depth; k++) {
-        tm_ra_run *r = &p->ra.run[k];
-        if (r->state == TM_RA_READING && r->async) {
-            tm_readahead_finish(w, r);
-            k = -1; /* the lock was released: look again from the first */
+    for (;;) {
+        /* The one the stream reaches first: the runs are in no order. */
+        tm_ra_run *next = NULL;
+        for (int k = 0; k < p->ra.depth; k++) {
+            tm_ra_run *r = &p->ra.run[k];
+            if (r->state == TM_RA_READING && r->async && (!next || r->start < next->start))
+                next = r;
         }
+        if (!next)
+            return;
+        tm_readahead_finish(w, next); /* the lock is released meanwhile: look again */
     }
 }
