@@ -40,7 +40,7 @@ static void keep_pmem_headroom(struct tm_pool *p)
 static void keep_headroom(struct tm_pool *p)
 {
     while (!p->bg_stop && tm_watermark_spilling(p)) {
-        int64_t want = tm_watermark_headroom(p) - (p->dram_blocks - p->resident - p->spare);
+        int64_t want = tm_watermark_headroom(p) - (p->dram_blocks - p->resident);
         if (want <= 0)
             break;
         int64_t moved = tm_demote(&p->bg, want);

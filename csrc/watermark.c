@@ -73,7 +73,7 @@ int tm_watermark_spilling(const struct tm_pool *p)
 
 static void wake_below_low(struct tm_pool *p)
 {
-    if (tm_watermark_spilling(p) && !p->bg_kick && p->dram_blocks - p->resident - p->spare < tm_watermark_low(p)) {
+    if (tm_watermark_spilling(p) && !p->bg_kick && p->dram_blocks - p->resident < tm_watermark_low(p)) {
         p->bg_kick = 1;
         pthread_cond_signal(&p->bg_cond);
     }
