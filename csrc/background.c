@@ -124,7 +124,6 @@ int tm_background_start(struct tm_pool *p)
     int r = tm_worker_init(p, &p->bg, 0);
     if (r < 0 || (r = tm_worker_init(p, &p->ctl, 0)) < 0)
         return r;
-    p->bg.unlocked_loads = p->ctl.unlocked_loads = 1; /* ctl: its users hold ctl_lock */
     pthread_cond_init(&p->io_cond, NULL);
     /* Signals belong to the application's threads. */
     sigset_t all, old;

@@ -50,33 +50,14 @@ static int64_t strided_run(struct tm_pool *p, int64_t b, int64_t stride, int64_t
 static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
 {
     struct tm_pool *p = w->pool;
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n; i++)
         tm_assert(tm_block_state(p, list[i]) == TM_BS_UNBACKED);
-        tm_block_start_load(p, list[i]);
-    }
-    p->planned_blocks += n;
-    int64_t fit = tm_demote_fault_room(w, n);
-    p->planned_blocks -= n;
-    for (int64_t i = fit; i < n; i++)
-        tm_block_end_load(p, list[i]);
-    if (fit < n) { /* threads that faulted on the cut ones fault again */
-        tm_uffd_wake(p, list[fit], n - fit);
-        pthread_cond_broadcast(&p->io_cond);
-    }
-    n = fit;
-    p->resident += n;
-    p->loading_blocks += n;
-    if (w->unlocked_loads)
-        tm_unlock(p);
+    n = tm_promote_reserve(w, addr, list, n);
+    tm_unlock(p);
     tm_io_bytes(p, (uint64_t)n << p->bshift);
     int r = tm_uffd_zero_fill(p, list[0], n);
-    if (w->unlocked_loads)
-        tm_lock(p);
-    p->resident -= n;
-    p->loading_blocks -= n;
-    for (int64_t i = 0; i < n; i++)
-        tm_block_end_load(p, list[i]);
-    pthread_cond_broadcast(&p->io_cond);
+    tm_lock(p);
+    tm_promote_settle(p, list, n);
     if (r < 0) {
         tm_uffd_fail_fault(p, addr, "zero fill (UFFDIO_COPY) failed", r);
         tm_uffd_wake(p, list[0], n); /* those that faulted on the others meanwhile fault again */

@@ -86,7 +86,6 @@ int tm_handler_start(struct tm_pool *p)
         w->cpu = cpus[i];
         if ((err = tm_worker_init(p, w, 1)) < 0)
             break;
-        w->unlocked_loads = 1;
         if ((err = -pthread_create(&w->thread, NULL, handler_main, w)) < 0)
             break;
         p->nworkers++;

@@ -298,10 +298,6 @@ typedef struct tm_worker {
     pthread_t thread;
     int cpu;
     tm_ioq *ioq;         /* its NVMe requests in flight */
-    /* promotes with the lock released during its reads and copies: set on
-     * every worker (handlers, background, control); demotions always write
-     * with it released */
-    int unlocked_loads;
     uint8_t *iobuf;      /* batch_max blocks, page aligned */
     /* 3 batch_max of block ids: the fault's (or advice's), its victims', the
      * PMEM cascade's (at batch_max offsets: pool.resize may change
@@ -682,7 +678,18 @@ int64_t tm_demote_cascade(tm_worker *w, int64_t want);
 
 /* ---- promote.c ------------------------------------------------------- */
 
+/* Flag list[0..n) (never written, or lower-tier; not in flight) loading and
+ * reserve their room: tm_promote_room. */
 int64_t tm_promote_reserve(tm_worker *w, uint64_t addr, int64_t *list, int64_t n);
+/* Room for list[0..n), flagged loading by the caller (list[0] faulted at
+ * addr, or 0 if nobody waits): made with the lock released meanwhile, the
+ * plan cut to what fits (the blocks cut go back to what they were, their
+ * waiting threads woken). Reserves the room of those kept (resident,
+ * loading_blocks) and returns how many, from the first. */
+int64_t tm_promote_room(tm_worker *w, uint64_t addr, int64_t *list, int64_t n);
+/* The load of list[0..n) (reserved by tm_promote_room) is over, arrived or
+ * not: their room and loading flags go; the caller maps their state. */
+void tm_promote_settle(struct tm_pool *p, const int64_t *list, int64_t n);
 int64_t tm_promote_load(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write);
 /* Bring lower-tier blocks list[0..n) (n at most a batch) into DRAM ahead of
  * need; returns how many arrived. Invalid entries are skipped and counted as

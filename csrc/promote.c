@@ -1,7 +1,7 @@
 /* promote.c: promotion. Lower-tier blocks are read into a worker's buffer,
  * checked against their checksums and copied into the arena
- * (UFFDIO_COPY), the reads and copies outside the lock on an unlocked
- * worker. */
+ * (UFFDIO_COPY), the reads and copies outside the lock. Also the room and
+ * the bookkeeping every load shares (a zero fill, a readahead run). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -88,11 +88,14 @@ static int64_t settle_load(struct tm_pool *p, uint64_t addr, int64_t *list, int6
  * reserved, which tm_promote_load then brings in. */
 int64_t tm_promote_reserve(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
 {
+    for (int64_t i = 0; i < n; i++) /* free to move: no other thread has it in flight */
+        tm_block_start_load(w->pool, list[i]);
+    return tm_promote_room(w, addr, list, n);
+}
+
+int64_t tm_promote_room(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
+{
     struct tm_pool *p = w->pool;
-    for (int64_t i = 0; i < n; i++) { /* free to move: no other thread has it in flight */
-        tm_assert(tm_block_state(p, list[i]) == TM_BS_LOWER);
-        tm_block_start_load(p, list[i]);
-    }
     p->planned_blocks += n;
     /* Victims are DRAM blocks, never one of list. */
     int64_t fit = addr ? tm_demote_fault_room(w, n) : tm_demote_room(w, n);
@@ -108,28 +111,29 @@ int64_t tm_promote_reserve(tm_worker *w, uint64_t addr, int64_t *list, int64_t n
     return fit;
 }
 
+void tm_promote_settle(struct tm_pool *p, const int64_t *list, int64_t n)
+{
+    p->resident -= n;
+    p->loading_blocks -= n;
+    for (int64_t i = 0; i < n; i++)
+        tm_block_end_load(p, list[i]);
+    pthread_cond_broadcast(&p->io_cond); /* a free or a fork may wait for them */
+}
+
 /* Bring the n blocks tm_promote_reserve reserved into DRAM. Returns how many
- * arrived. On a worker with unlocked loads the reads, checksums and copies
- * run with the lock released: the blocks are busy (a fault on one waits for
- * the wake below), their room is reserved, and nothing moves them or their
- * slots. */
+ * arrived. The reads, checksums and copies run with the lock released: the
+ * blocks are busy (a fault on one waits for the wake below), their room is
+ * reserved, and nothing moves them or their slots. */
 int64_t tm_promote_load(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int write)
 {
     struct tm_pool *p = w->pool;
     int err, copy_err;
     int64_t damaged;
     const char *what = "";
-    if (w->unlocked_loads)
-        tm_unlock(p);
+    tm_unlock(p);
     int64_t done = load(w, addr, list, n, write, &err, &what, &damaged, &copy_err);
-    if (w->unlocked_loads)
-        tm_lock(p);
-    p->resident -= n;
-    p->loading_blocks -= n;
-    for (int64_t i = 0; i < n; i++)
-        tm_block_end_load(p, list[i]);
-    if (w->unlocked_loads)
-        pthread_cond_broadcast(&p->io_cond);
+    tm_lock(p);
+    tm_promote_settle(p, list, n);
     int64_t got = settle_load(p, addr, list, n, write, err, what, damaged, done, copy_err);
     /* Threads that faulted on the blocks that did not arrive wait too:
      * woken, they fault again and are answered. */

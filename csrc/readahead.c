@@ -250,7 +250,7 @@ static int readahead_copy_pmem(struct tm_pool *p, tm_ra_run *r, const uint8_t *k
 
 /* Wait for run r, start the next runs (so the disk works while this one is
  * mapped and used), and map what is still valid: blocks in the same slot as
- * when read. On a worker with unlocked loads the wait, the PMEM copies, the
+ * when read. The wait, the PMEM copies, the
  * checksums and the copies into DRAM run with the lock released: the blocks
  * stay busy (a fault on one waits for the wake at the end); while it waits,
  * the run's state keeps other faults from finishing it and releases from
@@ -262,50 +262,38 @@ void tm_readahead_finish(tm_worker *w, tm_ra_run *r)
     int64_t *list = r->blocks, n = r->n;
     uint8_t *buf = r->buf;
     r->state = TM_RA_WAITING;
-    if (w->unlocked_loads)
-        tm_unlock(p);
-    if (!w->unlocked_loads)
-        tm_io_bytes(p, (uint64_t)n << p->bshift);
+    tm_unlock(p);
     int rr = readahead_wait(p, r);
-    if (w->unlocked_loads)
-        tm_lock(p);
+    tm_lock(p);
     r->state = TM_RA_MAPPING;
     pthread_cond_broadcast(&p->io_cond); /* a release may wait for that */
     /* A run larger than a batch was sized before the budget shrank and might
      * not fit: like a failed one, its blocks are read again on demand. */
     int valid = rr >= 0 && n <= p->batch_blocks;
-    uint8_t keep[n];
-    int64_t kept = 0;
+    /* The blocks kept are loading from here, so that nobody takes them while
+     * room is made; what does not fit is dropped from the end, read again on
+     * demand. */
+    uint8_t keep[n ? n : 1];
+    int64_t loading[n ? n : 1], kept = 0;
     for (int64_t i = 0; i < n; i++) {
         keep[i] = valid && tm_tier_is_lower(p->meta.tier[list[i]]) && p->meta.slot[list[i]] == r->slots[i];
-        if (keep[i])
-            kept++;
-        else
+        if (keep[i]) {
+            tm_block_keep_readahead(p, list[i]);
+            loading[kept++] = list[i];
+        } else {
             tm_block_end_readahead(p, list[i]);
+        }
     }
     tm_readahead_submit(p, r->end);
     if (!r->async)
         readahead_mark_async(p, r->end);
-    /* The kept blocks are loading from here, so that nobody takes them while
-     * room is made (the lock released: planned_blocks); what does not fit is
-     * dropped from the end, read again on demand. */
-    for (int64_t i = 0; i < n; i++)
-        if (keep[i])
-            tm_block_keep_readahead(p, list[i]);
-    int64_t planned = kept;
-    p->planned_blocks += planned;
-    int64_t fit = kept ? tm_demote_room(w, kept) : 0;
-    p->planned_blocks -= planned;
+    int64_t fit = kept ? tm_promote_room(w, 0, loading, kept) : 0;
     for (int64_t i = n - 1; i >= 0 && kept > fit; i--)
         if (keep[i]) {
             keep[i] = 0;
             kept--;
-            tm_block_end_load(p, list[i]);
         }
-    p->resident += kept; /* their room, reserved */
-    p->loading_blocks += kept;
-    if (w->unlocked_loads)
-        tm_unlock(p);
+    tm_unlock(p);
     int pmem_ok = readahead_copy_pmem(p, r, keep);
     /* Runs of kept blocks that arrived intact, each mapped with one copy. */
     int64_t start[n ? n : 1], done[n ? n : 1];
@@ -322,13 +310,8 @@ void tm_readahead_finish(tm_worker *w, tm_ra_run *r)
         }
         i = j + 1;
     }
-    if (w->unlocked_loads)
-        tm_lock(p);
-    p->resident -= kept;
-    p->loading_blocks -= kept;
-    for (int64_t i = 0; i < n; i++)
-        if (keep[i])
-            tm_block_end_load(p, list[i]);
+    tm_lock(p);
+    tm_promote_settle(p, loading, kept);
     uint8_t arrived[n ? n : 1];
     memset(arrived, 0, sizeof arrived);
     for (int i = 0; i < runs; i++) {
