@@ -471,9 +471,14 @@ void *tm_alloc(tm_pool *p, size_t size)
     }
     /* Reused spares hold what their last owner wrote. They are resident and
      * mapped writable: this faults only if one was demoted meanwhile (it
-     * comes back, and is zeroed then). */
+     * comes back, and is zeroed then). Then they are zero blocks. */
     for (int i = 0; i < nruns; i++)
         memset(tm_block_addr(p, runs[i].start), 0, (size_t)runs[i].len << p->bshift);
+    if (nruns) {
+        tm_lock(p);
+        tm_spare_zeroed(p, runs, nruns);
+        tm_unlock(p);
+    }
     return ptr;
 }
 

@@ -10,7 +10,9 @@
  *   FREE       not allocated
  *   UNBACKED   allocated, never written: a fault fills it with zeros
  *   RESIDENT   in DRAM, mapped in the arena; clean (its slot holds its data,
- *              its pages write-protected) unless TM_F_DIRTY
+ *              its pages write-protected) unless TM_F_DIRTY; or zeroed
+ *              (TM_X_ZERO: a reused spare, no slot, its content checked
+ *              at eviction)
  *   PARKED     in DRAM, its pages in the shadow for a hint sample
  *   LOWER      in PMEM or NVMe, at its slot
  *   LOADING    being zero-filled or read into DRAM, outside the lock
@@ -22,7 +24,8 @@
  *
  *   UNBACKED, LOWER -> LOADING -> RESIDENT (or back, if it did not arrive)
  *   LOWER -> READAHEAD -> LOADING, or back to LOWER
- *   RESIDENT, PARKED -> VICTIM -> LOWER, or RESIDENT (pinned, or not written)
+ *   RESIDENT, PARKED -> VICTIM -> LOWER, or RESIDENT (pinned, or not written),
+ *                      or UNBACKED (a zero block, dropped)
  *   RESIDENT <-> PARKED (sampling)
  *   LOWER (PMEM) -> CASCADING -> LOWER (NVMe), or back to PMEM (the cascade)
  *   any but in flight -> FREE (released)
@@ -161,6 +164,40 @@ static inline void tm_block_victim_stays(struct tm_pool *p, int64_t b)
     tm_assert(tm_block_state(p, b) == TM_BS_VICTIM);
     p->meta.flags[b] = (uint8_t)((p->meta.flags[b] & ~(TM_F_BUSY | TM_F_SAMPLED)) | TM_F_DIRTY);
     p->xflags[b] = 0;
+}
+
+/* VICTIM -> UNBACKED: a zeroed block found still all zero, dropped; it is
+ * zero-filled again when touched. */
+static inline void tm_block_victim_zeroed(struct tm_pool *p, int64_t b)
+{
+    tm_assert(tm_block_state(p, b) == TM_BS_VICTIM && (p->xflags[b] & TM_X_ZERO) &&
+              !(p->meta.flags[b] & TM_F_DIRTY) && p->meta.slot[b] == TM_NO_SLOT);
+    p->meta.tier[b] = TM_UNBACKED;
+    p->meta.flags[b] &= (uint8_t)~(TM_F_BUSY | TM_F_SAMPLED | TM_F_REF);
+    p->xflags[b] = 0;
+}
+
+/* b's pages were mapped writable and unprotected (moved back from the
+ * shadow, or made this process's own), so whether it is written from now on
+ * is not seen: dirty if `written`, else a clean block's checksum against its
+ * slot's decides at demotion (a zeroed block's content does anyway). */
+static inline void tm_block_unprotected(struct tm_pool *p, int64_t b, int written)
+{
+    if (written) {
+        p->meta.flags[b] |= TM_F_DIRTY;
+        p->xflags[b] &= (uint8_t)~(TM_X_ZERO | TM_X_VERIFY);
+    } else if (!(p->meta.flags[b] & TM_F_DIRTY) && !(p->xflags[b] & TM_X_ZERO)) {
+        p->xflags[b] |= TM_X_VERIFY;
+    }
+}
+
+/* RESIDENT or PARKED, dirty (a reused spare, just zeroed) -> zeroed. */
+static inline void tm_block_zeroed(struct tm_pool *p, int64_t b)
+{
+    enum tm_block_state s = tm_block_state(p, b);
+    tm_assert((s == TM_BS_RESIDENT || s == TM_BS_PARKED) && p->meta.slot[b] == TM_NO_SLOT);
+    p->meta.flags[b] &= (uint8_t)~TM_F_DIRTY;
+    p->xflags[b] = TM_X_ZERO;
 }
 
 /* VICTIM -> LOWER, in tier `tier` where its slot is. */

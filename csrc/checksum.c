@@ -1,6 +1,6 @@
 /* checksum.c: checksums of blocks written to lower tiers, so that data
  * damaged on a tier is detected when it is read back instead of being
- * returned. A block's checksum is the CRC-32C of the CRC-32Cs of its four
+ * returned; and whether a block is all zero (a zeroed block's eviction). A block's checksum is the CRC-32C of the CRC-32Cs of its four
  * quarters: SSE4.2's crc32 instruction has a latency of 3 cycles and a
  * throughput of 1, so four independent streams run about three times as fast
  * as one (one stream: ~6 GB/s here, on the fault path of every block read
@@ -97,6 +97,15 @@ uint32_t tm_crc32c(const void *data, size_t len)
 {
     pthread_once(&once, choose);
     return ~impl(~0u, data, len);
+}
+
+int tm_all_zero(const void *data, size_t len)
+{
+    const uint64_t *w = data;
+    uint64_t any = 0;
+    for (size_t i = 0; i < len / 8; i++) /* no early exit: vectorized, it streams */
+        any |= w[i];
+    return any == 0;
 }
 
 uint32_t tm_block_checksum(const void *data, size_t len)

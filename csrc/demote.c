@@ -115,12 +115,12 @@ int64_t tm_demote_cascade(tm_worker *w, int64_t want)
  * ones. Made the parent's own (a copy while the child lives, else taken
  * back), they move; a pinned page stays pinned (a pin for writing had
  * already made it the parent's own) and still refuses. Its write protection
- * was lifted for that, so its checksum decides whether it is clean. */
+ * was lifted for that (tm_block_unprotected). */
 static int64_t unshare_and_park(struct tm_pool *p, int64_t b, int64_t n)
 {
     if (tm_uffd_unshare(p, b, 1) < 0)
         return 0;
-    p->xflags[b] |= TM_X_VERIFY;
+    tm_block_unprotected(p, b, 0);
     p->st.fork_unshared++;
     return tm_uffd_park(p, b, n);
 }
@@ -162,9 +162,11 @@ static int free_shadow_run(struct tm_pool *p, int64_t b, int64_t n)
     return tm_os_zap(tm_shadow_of(p, b), (size_t)n << p->bshift);
 }
 
-/* What becomes of each victim of a demotion. TO_WRITE is 0: the states are
- * the skip list of tm_slot_ios. */
-enum { TO_WRITE, WRITTEN, FAILED, CLEAN, VERIFY };
+/* What becomes of each victim of a demotion. A zeroed block (TM_X_ZERO) is
+ * checked: still all ZERO, it is dropped to UNBACKED; WRITTEN_TO, it stays
+ * in DRAM, dirty, and is written when next taken (it has no slot yet).
+ * TO_WRITE is 0: the states are the skip list of tm_slot_ios. */
+enum { TO_WRITE, WRITTEN, FAILED, CLEAN, VERIFY, ZERO_CHECK, ZERO, WRITTEN_TO };
 
 /* Write the victims of list[0..n) that are TO_WRITE to their slots, straight
  * from the shadow, sealing each slot's checksum first (lock released):
@@ -213,6 +215,11 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
         int64_t b = list[i];
         uint32_t g = p->meta.slot[b];
         int kept = g != TM_NO_SLOT && tm_tier_kept(tm_slot_tier(p, g), tm_slot_local(p, g));
+        if (p->xflags[b] & TM_X_ZERO) {
+            state[i] = ZERO_CHECK;
+            io = 1;
+            continue;
+        }
         if (g != TM_NO_SLOT && !(p->meta.flags[b] & TM_F_DIRTY) && (!(p->xflags[b] & TM_X_VERIFY) || !kept)) {
             state[i] = (p->xflags[b] & TM_X_VERIFY) ? VERIFY : CLEAN;
             io |= state[i] == VERIFY;
@@ -238,6 +245,8 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
             for (int64_t i = 0; i < n; i++)
                 if (state[i] == VERIFY)
                     state[i] = tm_slot_intact(p, list[i], tm_shadow_of(p, list[i])) ? CLEAN : TO_WRITE;
+                else if (state[i] == ZERO_CHECK)
+                    state[i] = tm_all_zero(tm_shadow_of(p, list[i]), p->bs) ? ZERO : WRITTEN_TO;
         write_victims(w, list, n, state, sent, res);
         tm_lock(p);
         for (int id = TM_PMEM; id <= TM_NVME; id++)
@@ -278,7 +287,9 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     int64_t nleft = 0;
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
-        if ((state[i] != WRITTEN && state[i] != CLEAN) || p->meta.slot[b] == TM_NO_SLOT) {
+        if (state[i] == ZERO) {
+            tm_block_victim_zeroed(p, b);
+        } else if ((state[i] != WRITTEN && state[i] != CLEAN) || p->meta.slot[b] == TM_NO_SLOT) {
             uint32_t g = p->meta.slot[b];
             if (g != TM_NO_SLOT && state[i] != CLEAN) { /* a failed write left nothing valid there */
                 tm_tier *t = tm_slot_tier(p, g);
@@ -287,8 +298,9 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
             }
             tm_block_victim_stays(p, b);
             continue;
+        } else {
+            tm_block_victim_left(p, b, tm_slot_tier(p, p->meta.slot[b])->id);
         }
-        tm_block_victim_left(p, b, tm_slot_tier(p, p->meta.slot[b])->id);
         p->resident--;
         p->st.demotions++;
         if (state[i] == WRITTEN)

@@ -98,12 +98,7 @@ static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
     }
     uint64_t t0 = tm_os_now_ns();
     tm_block_unpark(p, b);
-    if (write)
-        p->meta.flags[b] |= TM_F_DIRTY;
-    /* Moved back writable: a clean block's checksum decides at demotion
-     * whether it was written since. */
-    else if (!(p->meta.flags[b] & TM_F_DIRTY))
-        p->xflags[b] |= TM_X_VERIFY;
+    tm_block_unprotected(p, b, write); /* moved back writable */
     int r = tm_uffd_unpark(p, b, 1);
     if (r < 0)
         tm_set_error(p, "cannot map sampled block %lld back: %s", (long long)b, strerror(-r));

@@ -43,6 +43,11 @@ enum {
     /* Freed, its pages still mapped (writable) for the next allocation
      * there (spare.c); not allocated, tier TM_UNBACKED. */
     TM_X_SPARE = 1 << 5,
+    /* Resident, no slot, zeroed when a spare was reused by an allocation
+     * (spare.c), mapped writable: whether it was written since is decided at
+     * eviction by its content. Still all zero, it is dropped back to
+     * UNBACKED, as a fresh block never written would be. */
+    TM_X_ZERO = 1 << 6,
 };
 
 /* Checked preconditions and invariants (as mimalloc's mi_assert_internal).
@@ -213,6 +218,8 @@ int tm_inject_parse(const char *spec, tm_tier *pmem, tm_tier *nvme, char *err);
 
 /* CRC-32C of len bytes. */
 uint32_t tm_crc32c(const void *data, size_t len);
+/* Whether len bytes (a multiple of 8, 8-byte aligned) are all zero. */
+int tm_all_zero(const void *data, size_t len);
 /* A block's checksum: the CRC-32C of the CRC-32Cs of its four quarters (of
  * the whole when len is not a multiple of 32). */
 uint32_t tm_block_checksum(const void *data, size_t len);
@@ -577,6 +584,11 @@ int64_t tm_spare_place(struct tm_pool *p, int64_t n);
  * in runs[0..*nruns) (at most max; spares past that are given back) for a
  * caller that must zero them. Returns how many blocks were reused. */
 int64_t tm_spare_reuse(struct tm_pool *p, int64_t b, int64_t n, tm_extent *runs, int max, int *nruns);
+/* The caller zeroed the runs tm_spare_reuse listed (without the lock):
+ * those of their blocks still resident become zero blocks (TM_X_ZERO), so
+ * that if they are evicted still all zero they are dropped, not written, as
+ * fresh blocks would be. */
+void tm_spare_zeroed(struct tm_pool *p, const tm_extent *runs, int nruns);
 /* Give back the spares of [b, b+n) (their pages zapped). */
 void tm_spare_drop(struct tm_pool *p, int64_t b, int64_t n);
 /* Give back spares until n more blocks fit the budget beside them, or none

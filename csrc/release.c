@@ -88,8 +88,7 @@ void tm_quiesce(struct tm_pool *p)
         if (p->meta.tier[b] != TM_DRAM || !(p->meta.flags[b] & TM_F_SAMPLED))
             continue;
         tm_block_unpark(p, b);
-        if (!(p->meta.flags[b] & TM_F_DIRTY))
-            p->xflags[b] |= TM_X_VERIFY; /* moved back writable, as after a hint */
+        tm_block_unprotected(p, b, 0); /* moved back writable, as after a hint */
         tm_uffd_restore(p, b, 1);
     }
 }

@@ -44,7 +44,7 @@ int64_t tm_spare_keep(struct tm_pool *p, int64_t b, int64_t n)
          * need no fault either. */
         int64_t j = i, wp = 0;
         for (; j < b + n && tm_block_state(p, j) == TM_BS_RESIDENT && !(p->meta.flags[j] & TM_F_POISON); j++) {
-            wp |= p->dirty_tracking && !(p->meta.flags[j] & TM_F_DIRTY) && !(p->xflags[j] & TM_X_VERIFY);
+            wp |= p->dirty_tracking && !(p->meta.flags[j] & TM_F_DIRTY) && !(p->xflags[j] & (TM_X_VERIFY | TM_X_ZERO));
             tm_block_spare(p, j);
         }
         if (wp && tm_uffd_unprotect(p, i, j - i) < 0) { /* they would fault: give them back */
@@ -120,6 +120,17 @@ int64_t tm_spare_reuse(struct tm_pool *p, int64_t b, int64_t n, tm_extent *runs,
         p->spare_idle_ticks = 0;
     }
     return reused;
+}
+
+void tm_spare_zeroed(struct tm_pool *p, const tm_extent *runs, int nruns)
+{
+    for (int k = 0; k < nruns; k++)
+        for (int64_t b = runs[k].start; b < runs[k].start + runs[k].len; b++)
+            /* Still as reused (one demoted meanwhile is not): resident,
+             * dirty, no slot; parked by sampling is as good. */
+            if (tm_block_state(p, b) == TM_BS_RESIDENT || tm_block_state(p, b) == TM_BS_PARKED)
+                if ((p->meta.flags[b] & TM_F_DIRTY) && p->meta.slot[b] == TM_NO_SLOT)
+                    tm_block_zeroed(p, b);
 }
 
 /* Give back the spares the hand finds, up to `want`; returns how many. */
