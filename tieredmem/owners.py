@@ -6,21 +6,28 @@ import sys
 import numpy as np
 
 
+def _data(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
 def owners(addresses) -> dict:
-    """{address: the live numpy array whose own data starts there}, for the
-    addresses found. Arrays are looked for among what every object the
-    garbage collector tracks refers to (numpy arrays are not tracked
-    themselves) and the local variables of every thread's frames; a view
-    leads to the array that owns its memory."""
+    """{address: the live numpy array whose data starts there}, for the
+    addresses found: the array that owns the memory, or a view of the whole
+    of it (a reshape: what the program sees). Arrays are looked for among
+    what every object the garbage collector tracks refers to (numpy arrays
+    are not tracked themselves) and the local variables of every thread's
+    frames; a view leads to the array that owns its memory."""
     wanted = set(addresses)
     found = {}
 
     def consider(obj):
+        seen = obj
         while isinstance(obj, np.ndarray):
             if obj.flags.owndata:
-                address = obj.__array_interface__["data"][0]
-                if address in wanted:
-                    found.setdefault(address, obj)
+                address = _data(obj)
+                if address in wanted and found.get(address, obj) is obj:
+                    whole = seen.nbytes == obj.nbytes and _data(seen) == address
+                    found[address] = seen if whole else obj
                 return
             obj = obj.base
 
