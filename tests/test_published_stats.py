@@ -17,36 +17,16 @@ import time
 
 import pytest
 
-import tieredmem as tm
 from tieredmem import published
 from tieredmem._engine import ffi, lib
 from tieredmem.pool import TIERS
 from tieredmem.sizes import format_size
 
+from settled import SCRIPT, origin_line, start, stop
+
 pytestmark = pytest.mark.timeout(120, method="thread")
 
-SCRIPT = pathlib.Path(__file__).parent / "scripts" / "settled_pool.py"
 TOP_WAIT_S = 20
-
-
-def origin_line(script) -> int:
-    """The line of settled_pool.py that makes its array."""
-    return next(i for i, line in enumerate(script.read_text().splitlines(), 1) if "# ORIGIN" in line)
-
-
-def start(cmd, **kwargs):
-    """A settled_pool.py process and the figures it printed of itself."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, **kwargs)
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait()
-        raise AssertionError(f"{cmd} exited with {proc.returncode} before printing its figures")
-    return proc, json.loads(line)
-
-
-def stop(proc):
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +56,7 @@ def test_stats_json_agrees_with_the_process_own_pool_stats(settled):
     assert (pool["block_size"], pool["last_error"], pool["policy"]) == (mine["block_size"], mine["last_error"], "lru")
     (array,) = pool["arrays"]
     assert {t: array[t] for t in TIERS} == told["placement"]
-    assert array["origin"] == f"{SCRIPT}:{origin_line(SCRIPT)}"
+    assert array["origin"] == f"{SCRIPT}:{origin_line()}"
 
 
 def test_stats_of_a_process_without_pools_says_so():
@@ -113,7 +93,7 @@ def test_top_shows_the_process_and_its_numbers_in_a_terminal(settled, tmp_path):
         figures = told["stats"][tier]
         assert f"{tier} {format_size(figures['used'])} {format_size(figures['capacity'])}" in rows[tier], screen
     assert "policy lru" in screen
-    assert f"settled_pool.py:{origin_line(SCRIPT)}" in screen
+    assert f"settled_pool.py:{origin_line()}" in screen
 
 
 def test_a_pool_publishes_a_file_only_its_user_can_read_and_its_release_removes_it(pool):
