@@ -71,8 +71,8 @@ def test_top_shows_the_process_and_its_numbers_in_a_terminal(settled, tmp_path):
     tmux = ["tmux", "-L", socket]
     # Its size is the terminal's: not COLUMNS and LINES as pytest may have set them.
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    subprocess.run(tmux + ["new-session", "-d", "-x", "160", "-y", "50", f"{sys.executable} -m tieredmem top {proc.pid}"],
-                   check=True, env=env)
+    top = f"{sys.executable} -m tieredmem top {proc.pid}"
+    subprocess.run(tmux + ["new-session", "-d", "-x", "160", "-y", "50", top], check=True, env=env)
     try:
         nvme = format_size(told["stats"]["nvme"]["used"])
         deadline = time.monotonic() + TOP_WAIT_S

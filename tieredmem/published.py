@@ -136,3 +136,9 @@ def processes(pids=None) -> list:
         if snap is not None:
             by_pid.setdefault(pid, []).append(snap)
     return [{"pid": pid, "command": command(pid), "pools": pools} for pid, pools in sorted(by_pid.items())]
+
+
+def nothing_published(pids=None) -> str:
+    """Why no pool was found for `pids` (None: any process of this user)."""
+    who = "no process of this user" if pids is None else "no process " + ", ".join(map(str, pids))
+    return f"{who} publishes tieredmem pools (they do unless created with publish=False or TIEREDMEM_PUBLISH=0)"

@@ -20,17 +20,10 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
-def nothing_published(pids) -> str:
-    """Why no pool was found for `pids` (None: any process of this user)."""
-    who = "no process of this user" if pids is None else "no process " + ", ".join(map(str, pids))
-    return (f"{who} publishes tieredmem pools (they publish unless created with publish=False or "
-            f"TIEREDMEM_PUBLISH=0)")
-
-
 def run(args, parser) -> int:
     procs = published.processes([args.pid])
     if not procs:
-        print(f"tieredmem stats: {nothing_published([args.pid])}", file=sys.stderr)
+        print(f"tieredmem stats: {published.nothing_published([args.pid])}", file=sys.stderr)
         return 1
     if args.json:
         json.dump(procs[0], sys.stdout, indent=1)

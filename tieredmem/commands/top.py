@@ -15,7 +15,6 @@ from rich.live import Live
 
 from .. import published
 from ..reporters import pools
-from .stats import nothing_published
 
 
 def add_arguments(parser):
@@ -31,7 +30,8 @@ def run(args, parser) -> int:
     with Live(console=Console(), screen=True, auto_refresh=False) as live:
         try:
             while True:
-                live.update(pools.view(published.processes(pids), nothing_published(pids)), refresh=True)
+                procs = published.processes(pids)
+                live.update(pools.view(procs, published.nothing_published(pids)), refresh=True)
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             pass
