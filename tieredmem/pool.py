@@ -104,12 +104,6 @@ def allocation_dict(a) -> dict:
             "origin": ffi.string(a.origin).decode(errors="replace") or None}
 
 
-def publishing_default() -> bool:
-    """Whether pools publish their statistics unless told: yes, but not
-    with TIEREDMEM_PUBLISH=0."""
-    return os.environ.get("TIEREDMEM_PUBLISH", "") != "0"
-
-
 def default_nvme_dir() -> pathlib.Path:
     """$TIEREDMEM_NVME_PATH, else a private directory in the user's cache."""
     env = os.environ.get("TIEREDMEM_NVME_PATH")
@@ -192,7 +186,7 @@ class Pool:
         if emu and not pmem_b:
             raise ValueError("pmem_emulation: the pool has no PMEM tier (pmem=0)")
         if publish is None:
-            publish = publishing_default()
+            publish = os.environ.get("TIEREDMEM_PUBLISH", "") != "0"
         if not isinstance(publish, bool):
             raise TypeError(f"publish: expected True or False, got {publish!r}")
         origin_min = self._parse_origin_min(track_origin)

@@ -9,10 +9,7 @@ counters as pool.stats() gives them, "rates" per second, "arrays")."""
 import json
 import sys
 
-from rich.console import Console
-
 from .. import published
-from ..reporters import pools
 
 
 def add_arguments(parser):
@@ -29,5 +26,8 @@ def run(args, parser) -> int:
         json.dump(procs[0], sys.stdout, indent=1)
         print()
     else:
+        from rich.console import Console  # rich: imported by the commands that draw (top.py)
+
+        from ..reporters import pools
         Console().print(pools.process(procs[0]))
     return 0

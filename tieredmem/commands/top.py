@@ -10,11 +10,7 @@ the largest arrays with where their bytes are (where the program made them
 too, with track_origin / run --track-origins). Ctrl-C quits."""
 import time
 
-from rich.console import Console
-from rich.live import Live
-
 from .. import published
-from ..reporters import pools
 
 
 def add_arguments(parser):
@@ -26,6 +22,11 @@ def add_arguments(parser):
 def run(args, parser) -> int:
     if not args.interval > 0:
         parser.error(f"--interval: a number of seconds above 0, got {args.interval}")
+    # rich: imported by the commands that draw, not at every `tieredmem run`'s start.
+    from rich.console import Console
+    from rich.live import Live
+
+    from ..reporters import pools
     pids = args.pids or None
     with Live(console=Console(), screen=True, auto_refresh=False) as live:
         try:
