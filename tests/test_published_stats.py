@@ -9,6 +9,7 @@ figures once they have settled."""
 import json
 import os
 import pathlib
+import shutil
 import stat
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def test_stats_of_a_process_without_pools_says_so():
 
 def test_top_shows_the_process_and_its_numbers_in_a_terminal(settled, tmp_path):
     proc, told = settled
+    assert shutil.which("tmux"), "this test draws `top` in tmux: apt-get install tmux"
     socket = f"tieredmem-test-{os.getpid()}"  # a tmux server of its own
     tmux = ["tmux", "-L", socket]
     # Its size is the terminal's: not COLUMNS and LINES as pytest may have set them.
