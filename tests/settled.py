@@ -4,6 +4,8 @@ import json
 import pathlib
 import subprocess
 
+from tieredmem import published
+
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "settled_pool.py"
 
 
@@ -24,5 +26,8 @@ def start(cmd, **kwargs):
 
 
 def stop(proc):
+    """Kill it; its published file is left for a reader to remove, as any
+    reader does."""
     proc.kill()
     proc.wait()
+    published.processes([proc.pid])

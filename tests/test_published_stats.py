@@ -155,7 +155,8 @@ def test_a_forked_child_that_exits_leaves_its_parent_file(tmp_path):
 
 def test_a_sigkilled_process_leaves_a_file_that_the_next_reader_removes(tmp_path):
     proc, told = start([sys.executable, str(SCRIPT), str(tmp_path)])
-    stop(proc)
+    proc.kill()
+    proc.wait()
     assert os.path.exists(told["path"]), "nothing removes the file of a killed process but a reader"
     assert proc.pid not in [p["pid"] for p in published.processes()]
     assert not os.path.exists(told["path"])
