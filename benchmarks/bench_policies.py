@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common as c
+from benchmarks import sampling_overhead as overhead
 from benchmarks.bench_engine import odirect_read, write_uncached_file
 
 FULL = {"reps": 3, "dram": 512 * c.MiB, "zipf_accesses": 2_000_000, "overhead_s": 3.0}
@@ -41,7 +42,6 @@ QUICK = {"reps": 2, "dram": 128 * c.MiB, "zipf_accesses": 300_000, "overhead_s":
 
 SEQ_TARGET = (">=", 0.9)          # sum bandwidth / O_DIRECT bandwidth
 BELADY_TARGET = (">=", 0.9)       # engine DRAM hit ratio / Belady's
-OVERHEAD_TARGET = ("<=", 1.02)    # time with sampling / time without
 ZIPF_S = 0.99
 DRAM_SHARES = (0.10, 0.25, 0.50)
 CHILD = "benchmarks.bench_policies"
@@ -183,34 +183,11 @@ def bench_zipf_gather(dram, accesses, reps, workdir):
 
 # --------------------------------------------------------- sampling_overhead
 
-def overhead_child(sampling, dram, workdir, seconds):
-    """In a fresh process: repeated a += 1; a.sum() over an array half the
-    budget, for about `seconds` at 4 GB/s."""
-    pool = make_pool("lru", dram, workdir, sampling=sampling)
-    a = pool.zeros(dram // 2 // 8)
-    a += 1.0  # everything resident before timing
-    # A round moves the array 3 times (a += 1 reads and writes, sum reads);
-    # a fixed count, from the size alone, so both systems do the same work.
-    rounds = max(3, int(seconds * 4e9 / (3 * a.nbytes)))
-    start = time.perf_counter()
-    for _ in range(rounds):
-        a += 1.0
-        a.sum()
-    elapsed = time.perf_counter() - start
-    st = pool.stats()
-    if a[0] != rounds + 1:
-        raise SystemExit(f"wrong value {a[0]} != {rounds + 1}")
-    del a
-    pool.close()
-    return {"seconds": elapsed, "rounds": rounds, "hint_faults": st["hint_faults"], "sampled": st["sampled"],
-            "sample_ns": st["sample_ns"]}
-
-
 def bench_sampling_overhead(dram, seconds, reps, workdir):
-    systems = {name: lambda s=s: c.in_subprocess(CHILD, "overhead_child", s, dram, str(workdir), seconds)
+    systems = {name: lambda s=s: c.in_subprocess(overhead.CHILD, "overhead_child", s, dram, str(workdir), seconds)
                for name, s in (("sampling off", 0.0), ("sampling 1%", 0.01))}
     records = c.interleave(reps, systems)
-    rows = c.comparison_rows(records, "sampling off", "sampling 1%", [("seconds", "time (s)", OVERHEAD_TARGET)])
+    rows = c.comparison_rows(records, "sampling off", "sampling 1%", [("seconds", "time (s)", overhead.TARGET)])
     if records["sampling 1%"]["status"] == "ok":
         s = c.summarize(records["sampling 1%"], "hint_faults")
         rows.append({"system": "sampling 1%", "metric": "hint faults", **s})

@@ -257,6 +257,10 @@ static tm_pool *create_pool(const tm_config *cfg)
         errno = -r;
         return NULL; /* tm_uffd_open set the message */
     }
+    if ((r = tm_publish_init(p, cfg->publish)) < 0) {
+        snprintf(err, sizeof err, "cannot allocate the pool's published statistics: %s", strerror(-r));
+        goto fail;
+    }
     if ((r = tm_handler_start(p)) < 0 || (r = tm_background_start(p)) < 0) {
         snprintf(err, sizeof err, "cannot start the engine's threads: %s", strerror(-r));
         goto fail;
@@ -290,6 +294,7 @@ static void release_engine(struct tm_pool *p)
 {
     registry_remove(p);
     tm_background_stop(p);
+    tm_publish_fini(p);
     tm_handler_stop(p);
     tm_uffd_close(p);
     tm_readahead_fini(p);
@@ -506,6 +511,7 @@ void tm_free(tm_pool *p, void *ptr)
     tm_release(p, b, n, !poisoned);
     if (poisoned)
         unpoison(p, b, n);
+    tm_publish_freed(p, b);
     p->alloc_len[b] = 0;
     for (int64_t i = b; i < b + n; i++)
         p->meta.flags[i] = 0;
@@ -542,27 +548,10 @@ int64_t tm_live_allocations(tm_pool *p)
     return n;
 }
 
-static void tier_stats(const tm_tier *t, tm_tier_stats *s)
-{
-    s->capacity = t->nslots * t->bs;
-    s->used = t->used * t->bs;
-    s->peak = t->peak * t->bs;
-}
-
 void tm_get_stats(tm_pool *p, tm_stats *out)
 {
     tm_lock(p);
-    *out = p->st;
-    out->dram.capacity = (uint64_t)p->dram_blocks << p->bshift;
-    out->dram.used = (uint64_t)p->resident << p->bshift;
-    out->spare = (uint64_t)p->spare << p->bshift;
-    tier_stats(&p->pmem, &out->pmem);
-    tier_stats(&p->nvme, &out->nvme);
-    out->allocated = (uint64_t)p->reserved << p->bshift;
-    out->capacity = (uint64_t)p->cap_blocks << p->bshift;
-    out->headroom = (uint64_t)tm_watermark_headroom(p) << p->bshift;
-    out->fork_children = (uint64_t)p->ngens;
-    out->fork_kept = (p->pmem.kept_slots + p->nvme.kept_slots) << p->bshift;
+    tm_stats_snapshot(p, out);
     tm_unlock(p);
 }
 

@@ -77,6 +77,9 @@ static void tick(struct tm_pool *p)
         tm_fork_reap(p);
     if (p->sample_budget_ppm && (p->pmem.nslots || p->nvme.nslots))
         tm_sampling_tick(p);
+    tm_stats st;
+    tm_stats_snapshot(p, &st);
+    tm_publish_tick(p, &st);
 }
 
 static void next_tick(struct timespec *t)

@@ -115,6 +115,16 @@ int tm_os_private_dir(const char *path);
 int tm_os_is_dax(const char *dir);
 /* Mount point of a filesystem mounted with -o dax, or NULL. */
 const char *tm_os_find_dax_mount(char *buf, size_t len);
+/* Precondition: size > 0. Create the file `path` (0600; it must not exist,
+ * and a symlink there is not followed) of `size` bytes and map it shared and
+ * writable; the descriptor is not kept. NULL and errno on failure (EEXIST:
+ * the file exists). */
+void *tm_os_shm_create(const char *path, size_t size);
+/* 0 or -errno. */
+int tm_os_unlink(const char *path);
+/* This process's start time, in clock ticks after boot (/proc/self/stat
+ * field 22, as a reader finds it for any pid); 0 if unknown. */
+uint64_t tm_os_start_time(void);
 
 /* ---- tier.c and tier_*.c: lower-tier backends --------------------------- */
 
@@ -416,6 +426,7 @@ struct tm_pool {
     int npolicy_mem;
     tm_stats st;
     char err[TM_ERRLEN];
+    struct tm_publisher *publisher;  /* its published statistics and the origins of its allocations (publish.c) */
 };
 
 static inline int64_t tm_block_of(const struct tm_pool *p, const void *addr)
@@ -509,6 +520,23 @@ void tm_set_error(struct tm_pool *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Creation errors before a pool exists. */
 void tm_set_create_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- publish.c ------------------------------------------------------- */
+
+/* Set up what the pool shows outside itself: its published file if
+ * `publish` (a failure is recorded as the pool's error and leaves it
+ * unpublished), and room for the origins of its allocations. Called at
+ * creation, before its threads start. 0 or -ENOMEM. */
+int tm_publish_init(struct tm_pool *p, int publish);
+/* The background's tick: publish `st` (the pool's tm_stats_snapshot), and
+ * once a period the rates and the largest allocations. No-op if the pool
+ * publishes nothing. */
+void tm_publish_tick(struct tm_pool *p, const tm_stats *st);
+/* The allocation at block b is being freed: forget its origin. */
+void tm_publish_freed(struct tm_pool *p, int64_t b);
+/* Remove the published file (unless this is a forked child of its
+ * creator) and free the origins. Safe on a pool never set up. */
+void tm_publish_fini(struct tm_pool *p);
 
 /* ---- uffd.c ---------------------------------------------------------- */
 
@@ -658,6 +686,12 @@ void tm_sampling_hint(struct tm_pool *p, uint64_t service_ns);
 /* The background's tick: adapt the sample size to its measured cost, and
  * sample. */
 void tm_sampling_tick(struct tm_pool *p);
+
+/* ---- stats.c --------------------------------------------------------- */
+
+/* The pool's statistics (tm_get_stats): its counters, each tier's use and
+ * the figures derived from its state. */
+void tm_stats_snapshot(struct tm_pool *p, tm_stats *out);
 
 /* ---- stream.c -------------------------------------------------------- */
 

@@ -50,16 +50,85 @@ static void *small_alloc(size_t size)
     return posix_memalign(&p, ALIGN, size ? size : 1) == 0 ? p : NULL;
 }
 
+/* Directories whose frames are not origins (tm_np_origin_skip): the
+ * libraries', so that an origin is a line of the program. Appended under
+ * np_lock, read without it: an entry is written before the count that
+ * shows it. */
+#define ORIGIN_SKIPS 16
+static char *origin_skip[ORIGIN_SKIPS];
+static int norigin_skip;
+
+int tm_np_origin_skip(const char *prefix)
+{
+    int r = 0;
+    pthread_mutex_lock(&np_lock);
+    int n = norigin_skip, known = 0;
+    for (int i = 0; i < n && !known; i++)
+        known = strcmp(origin_skip[i], prefix) == 0;
+    if (!known) {
+        if (n == ORIGIN_SKIPS || !(origin_skip[n] = strdup(prefix)))
+            r = -ENOMEM;
+        else
+            __atomic_store_n(&norigin_skip, n + 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&np_lock);
+    return r;
+}
+
+static int origin_skipped(const char *file)
+{
+    int n = __atomic_load_n(&norigin_skip, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++)
+        if (strncmp(file, origin_skip[i], strlen(origin_skip[i])) == 0)
+            return 1;
+    return 0;
+}
+
+/* Record where the program allocated ptr in p: the innermost Python frame
+ * outside the skipped directories, else the innermost. Only with the GIL
+ * (numpy may allocate in a thread that released it: then nothing is
+ * recorded), and without np_lock: walking frames may run the garbage
+ * collector, which frees arrays through h_free. */
+static void record_origin(tm_pool *p, void *ptr)
+{
+    if (!PyGILState_Check())
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    char origin[2 * TM_PUB_ORIGIN] = "";
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    while (f) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        const char *file = PyUnicode_AsUTF8(code->co_filename);
+        int outside = file && !origin_skipped(file);
+        if (file && (outside || !origin[0]))
+            snprintf(origin, sizeof origin, "%s:%d", file, PyFrame_GetLineNumber(f));
+        Py_DECREF(code);
+        PyFrameObject *back = outside ? NULL : PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    if (origin[0])
+        tm_set_origin(p, ptr, origin);
+}
+
 /* Pool memory for size bytes, NULL with errno ENOMEM (pool full) or EBADF
  * (no pool: detached, or closed). */
 static void *pool_alloc(tm_np_handler *h, size_t size)
 {
     pthread_mutex_lock(&np_lock);
     void *r = NULL;
+    tm_pool *p = h->pool;
     errno = EBADF;
-    if (h->pool && (r = tm_alloc(h->pool, size)))
+    if (p && (r = tm_alloc(p, size)))
         h->live++;
     pthread_mutex_unlock(&np_lock);
+    uint64_t min = r ? tm_origin_min(p) : 0; /* p lives: r is one of its allocations */
+    if (min && size >= min)
+        record_origin(p, r);
     return r;
 }
 

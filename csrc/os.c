@@ -268,3 +268,46 @@ int tm_os_private_dir(const char *path)
         return -EPERM;
     return 0;
 }
+
+void *tm_os_shm_create(const char *path, size_t size)
+{
+    tm_assert(size > 0);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return NULL;
+    void *m = MAP_FAILED;
+    if (ftruncate(fd, (off_t)size) == 0)
+        m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (m == MAP_FAILED) {
+        unlink(path);
+        errno = e;
+        return NULL;
+    }
+    return m;
+}
+
+int tm_os_unlink(const char *path)
+{
+    return unlink(path) < 0 ? -errno : 0;
+}
+
+uint64_t tm_os_start_time(void)
+{
+    char buf[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    /* The command (field 2) may hold spaces and parentheses: count from its
+     * closing one, after which field 3 starts. */
+    char *s = strrchr(buf, ')');
+    for (int field = 2; s && field < 22; field++)
+        s = strchr(s + 1, ' ');
+    return s ? strtoull(s + 1, NULL, 10) : 0;
+}

@@ -81,6 +81,8 @@ typedef struct tm_config {
     /* Hint-fault sampling: 0 off; else the share of the time its faults may
      * cost, in millionths (e.g. 10000 = 1%). */
     uint32_t sample_budget_ppm;
+    /* 1: publish the pool's statistics for other processes to read (tm_pub) */
+    int publish;
 } tm_config;
 
 /* Per-block metadata, structure of arrays, one entry per arena block.
@@ -294,6 +296,85 @@ int tm_np_install(tm_pool *p, size_t threshold);
 /* New arrays use numpy's default again; existing ones stay valid. */
 void tm_np_uninstall(void);
 tm_pool *tm_np_installed_pool(void);
+
+/* ---- published statistics (publish.c; docs/observability.md) ----------
+ * A pool created with tm_config.publish keeps a tm_pub in a file of its own,
+ * tm_publish_dir()/tieredmem-UID-PID-POOL (mode 0600), that other processes
+ * of the user read (`tieredmem top`, `stats`, Prometheus). Its background
+ * thread rewrites it every tick (the rates and the arrays every
+ * TM_PUB_PERIOD_MS) under a sequence counter, so that readers take a
+ * consistent copy without a lock: tm_pub_read. The file is removed when the
+ * pool is released, and at exit; one left by a killed process names a dead
+ * pid (or a pid reused since: start_time differs), and readers remove it. */
+#define TM_PUB_MAGIC 0x42504d54   /* "TMPB" */
+#define TM_PUB_VERSION 1
+#define TM_PUB_PERIOD_MS 1000
+#define TM_PUB_ARRAYS 16          /* the largest allocations shown */
+#define TM_PUB_ORIGIN 96          /* an origin, "file:line", its end kept if longer */
+#define TM_PUB_POLICY 32
+#define TM_PUB_ERROR 512          /* the pool's last error, as tm_last_error gives it */
+
+/* A live allocation (tm_allocations, tm_pub.arrays). */
+typedef struct tm_pub_array {
+    uint64_t offset;            /* from the arena's base */
+    uint64_t bytes;             /* whole blocks */
+    uint64_t tier_bytes[4];     /* of them per tier, indexed by tm_tier_id */
+    char origin[TM_PUB_ORIGIN]; /* where the program made it ("file:line"), or "" (tm_set_origin) */
+} tm_pub_array;
+
+/* Per second, over the last period. */
+typedef struct tm_pub_rates {
+    double faults, promotions, demotions;
+    double bytes_read, bytes_written;
+    double stalled;             /* seconds of fault service per second, summed over the threads that faulted */
+    double period;              /* seconds the rates are over; 0 until the first period ends */
+} tm_pub_rates;
+
+typedef struct tm_pub {
+    uint32_t magic;             /* TM_PUB_MAGIC */
+    uint32_t version;           /* TM_PUB_VERSION */
+    uint64_t size;              /* sizeof(tm_pub) */
+    uint64_t seq;               /* odd while the engine writes, even when stable */
+    int64_t pid;
+    uint64_t start_time;        /* the process's start (/proc/PID/stat field 22): a reused pid has another */
+    uint64_t pool;              /* the pool's number in its process, from 1 */
+    uint64_t updated_ns;        /* CLOCK_MONOTONIC of the last write */
+    uint64_t block_size;
+    char policy[TM_PUB_POLICY];
+    char last_error[TM_PUB_ERROR];
+    tm_stats stats;             /* as tm_get_stats */
+    tm_pub_rates rates;
+    int64_t live_allocations;
+    int64_t narrays;
+    tm_pub_array arrays[TM_PUB_ARRAYS]; /* the largest live allocations, largest first */
+} tm_pub;
+
+/* The directory of the published files. */
+const char *tm_publish_dir(void);
+/* The pool's published file, or NULL if it publishes none. */
+const char *tm_publish_path(tm_pool *p);
+/* The policy's name, as published. */
+void tm_publish_policy(tm_pool *p, const char *name);
+/* Copy a published tm_pub (mapped from its file) into out if it is stable:
+ * 0, or -EAGAIN while it is being written (try again). */
+int tm_pub_read(const tm_pub *shared, tm_pub *out);
+
+/* Where allocations were made: recorded by tm_set_origin for those of at
+ * least `min_bytes` (0: none) from now on, and kept until they are freed.
+ * 0 or -ENOMEM. */
+int tm_track_origins(tm_pool *p, uint64_t min_bytes);
+/* The size from which origins are recorded; 0 when they are not. */
+uint64_t tm_origin_min(tm_pool *p);
+/* Record `origin` for the allocation that starts at ptr (ignored when
+ * origins are not tracked or ptr starts no allocation). */
+void tm_set_origin(tm_pool *p, const void *ptr, const char *origin);
+/* The `max` largest live allocations, largest first, with their bytes per
+ * tier and origin; returns how many were written. */
+int64_t tm_allocations(tm_pool *p, tm_pub_array *out, int64_t max);
+/* numpy_handler.c records the origins of the pool allocations it makes: the
+ * innermost Python frame whose file is not under one of these prefixes (the
+ * libraries', so that the line is the program's). 0, or -ENOMEM. */
+int tm_np_origin_skip(const char *prefix);
 
 #ifdef __cplusplus
 }

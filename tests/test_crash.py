@@ -29,6 +29,7 @@ import pytest
 from patterns import MiB, fill, first_mismatch
 
 import tieredmem as tm
+from tieredmem import published
 
 CHILD = r"""
 import sys
@@ -155,6 +156,13 @@ def settle(before, timeout=10.0):
         time.sleep(0.2)
 
 
+def read_published_statistics(pid):
+    """What `tieredmem top` or any reader does: the file of published
+    statistics that the killed process could not remove goes
+    (docs/observability.md)."""
+    assert published.processes([pid]) == []
+
+
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory):
     """The child, killed once, and what was measured around it."""
@@ -169,6 +177,7 @@ def killed(tmp_path_factory):
         after = settle(before)
         # Reaped, so gone with all its threads: the checks below see no live owner.
         assert not os.path.exists(f"/proc/{pid}")
+        read_published_statistics(pid)
         yield dict(nvme=nvme_dir, pmem=pmem_dir, pid=pid, log=base / "child.log", shm_before=shm_before,
                    shm_after=dev_shm_entries(), shmem=(before, during, after))
     finally:
@@ -235,7 +244,8 @@ def test_killing_a_pool_with_emulated_pmem_in_its_default_place_leaves_no_file_i
     nvme_dir = tmp_path / "nvme"
     nvme_dir.mkdir(mode=0o700)
     before = {p for p in dev_shm_entries() if not os.path.isdir(p)}
-    kill_during_demotions(nvme_dir, None, tmp_path / "child.log", delay=0.5)
+    pid, _ = kill_during_demotions(nvme_dir, None, tmp_path / "child.log", delay=0.5)
+    read_published_statistics(pid)
     after = {p for p in dev_shm_entries() if not os.path.isdir(p)}
     assert after - before == set()
     # (Who holds files in that directory is not checked: every pool of this

@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # tm.policy imports numba: only when asked for, so `import tieredmem` and
-    # `tieredmem run` start fast.
-    if name == "policy":
+    # tm.policy imports numba, tm.metrics prometheus_client: only when asked
+    # for, so `import tieredmem` and `tieredmem run` start fast.
+    if name in ("policy", "metrics"):
         import importlib
-        return importlib.import_module(".policy", __name__)
+        return importlib.import_module("." + name, __name__)
     if name == "Policy":
         from .policy.base import Policy
         return Policy

@@ -2,9 +2,9 @@
 import argparse
 import sys
 
-from .commands import bench, demo, doctor, run
+from .commands import bench, demo, doctor, run, stats, top
 
-COMMANDS = {"demo": demo, "run": run, "bench": bench, "doctor": doctor}
+COMMANDS = {"demo": demo, "run": run, "top": top, "stats": stats, "bench": bench, "doctor": doctor}
 
 
 def main(argv=None) -> int:

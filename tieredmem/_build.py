@@ -2,7 +2,8 @@
 
 The C declarations come from csrc/tieredmem.h itself (the engine's one public
 header), minus its preprocessor lines, so the binding cannot drift from it; its
-integer constants (`#define TM_NAME value`) are read from the compiled header."""
+integer constants (`#define TM_NAME value`), and the array lengths they give, are
+read from the compiled header."""
 import pathlib
 import re
 
@@ -23,7 +24,7 @@ def public_declarations() -> str:
         if constant:
             keep.append(f"#define {constant.group(1)} ...")
         elif not (s.startswith("#") or s in ('extern "C" {', "}")):  # "}" alone closes extern "C"
-            keep.append(line)
+            keep.append(re.sub(r"\[TM_\w+\]", "[...]", line))  # cffi takes a length from the compiler only so
     return "\n".join(keep) + "\n"
 
 

@@ -4,12 +4,13 @@ import mmap
 import os
 import pathlib
 import stat
+import sysconfig
 import weakref
 
 import numpy as np
 
 from ._engine import ffi, lib
-from . import malloc, numpy_alloc
+from . import malloc, numpy_alloc, owners
 from .numpy_alloc import _init, use
 from .sizes import parse_size
 
@@ -24,6 +25,7 @@ TIERS = tuple(_enum_names("enum tm_tier_id", "TM_").values())  # indexed by tier
 # Every scalar field of tm_stats, in the header's order (the per-tier
 # structs are reported apart).
 _STAT_COUNTERS = tuple(name for name, field in ffi.typeof("tm_stats").fields if field.type.kind == "primitive")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 POLICIES = ("lru", "fifo", "hotness")
 DEFAULT_POLICY = "lru"
 DEFAULT_SAMPLING = 0.01  # share of the time hint sampling may cost
@@ -74,10 +76,40 @@ def parse_pmem_emulation(spec) -> dict:
     return out
 
 
-def _resident_bytes() -> int:
-    """This process's resident set size in bytes."""
-    with open("/proc/self/statm") as f:
+def resident_bytes(pid="self") -> int:
+    """The resident set size of process `pid` (this one by default) in bytes."""
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * mmap.PAGESIZE
+
+
+# The scalar fields of pool.stats() that are levels (what is held now), not
+# counts since the pool was made: a rate or a difference over time means
+# nothing for them.
+STAT_LEVELS = frozenset({"allocated", "capacity", "headroom", "spare", "fork_kept", "fork_children",
+                         "handler_threads", "sample_rate", "rss", "outside_pool", "block_size",
+                         "dirty_tracking", "nvme_direct", "pmem_dax"})
+
+
+def stats_dict(s, rss: int) -> dict:
+    """A tm_stats as pool.stats() gives it (without "last_error"), with the
+    process's resident memory `rss`: what is outside the pool is the rest."""
+    out = {}
+    for tier in ("dram", "pmem", "nvme"):
+        t = getattr(s, tier)
+        out[tier] = {"capacity": t.capacity, "used": t.used, "peak": t.peak}
+    for key in _STAT_COUNTERS:
+        out[key] = int(getattr(s, key))
+    out["rss"] = rss
+    out["outside_pool"] = max(rss - out["dram"]["used"] - out["spare"], 0)
+    return out
+
+
+def allocation_dict(a) -> dict:
+    """A tm_pub_array (a live allocation) as report() and the published
+    snapshots give it: its offset in the arena, bytes, bytes per tier, origin."""
+    return {"offset": int(a.offset), "bytes": int(a.bytes),
+            **{name: int(a.tier_bytes[i]) for i, name in enumerate(TIERS)},
+            "origin": ffi.string(a.origin).decode(errors="replace") or None}
 
 
 def default_nvme_dir() -> pathlib.Path:
@@ -129,11 +161,17 @@ class Pool:
     close() (or leaving a `with` block) while arrays from the pool are alive
     defers the release: the pool stops allocating at once and is destroyed
     when its last array is freed. Arrays never dangle.
+
+    publish: keep the pool's statistics where `tieredmem top`, `tieredmem
+    stats` and tieredmem.metrics read them (default: yes, unless
+    TIEREDMEM_PUBLISH=0). track_origin: record where the program made each
+    allocation of at least the threshold (True) or of a size given, for
+    report() and `top` (docs/observability.md).
     """
 
     def __init__(self, dram="256MiB", pmem=0, nvme="16GiB", pmem_path=None, nvme_path=None,
                  block_size="64KiB", threshold="1MiB", policy=DEFAULT_POLICY, sampling=DEFAULT_SAMPLING,
-                 pmem_emulation=None):
+                 pmem_emulation=None, publish=None, track_origin=False):
         dram_b = parse_size(dram, "dram")
         pmem_b = parse_size(pmem, "pmem")
         nvme_b = parse_size(nvme, "nvme")
@@ -155,6 +193,11 @@ class Pool:
         emu = parse_pmem_emulation(pmem_emulation) if pmem_emulation is not None else None
         if emu and not pmem_b:
             raise ValueError("pmem_emulation: the pool has no PMEM tier (pmem=0)")
+        if publish is None:
+            publish = os.environ.get("TIEREDMEM_PUBLISH", "") != "0"
+        if not isinstance(publish, bool):
+            raise TypeError(f"publish: expected True or False, got {publish!r}")
+        origin_min = self._parse_origin_min(track_origin)
         self._keep = []  # C strings referenced by the config
         cfg = ffi.new("tm_config *")
         cfg.dram_bytes, cfg.pmem_bytes, cfg.nvme_bytes, cfg.block_size = dram_b, pmem_b, nvme_b, bs
@@ -168,6 +211,7 @@ class Pool:
             cfg.inject = self._cstr(inject)
         cfg.force_no_uffd = os.environ.get("TIEREDMEM_FORCE_NO_UFFD", "") not in ("", "0")
         cfg.sample_budget_ppm = round(sampling * 1e6)
+        cfg.publish = publish
         if emu:
             cfg.pmem_read_ns, cfg.pmem_write_ns = round(emu["read_ns"]), round(emu["write_ns"])
             cfg.pmem_read_mbps, cfg.pmem_write_mbps = round(emu["read_gbps"] * 1000), round(emu["write_gbps"] * 1000)
@@ -190,9 +234,31 @@ class Pool:
         self._trace_len = 0  # events recorded when close() stopped the trace
         try:
             self.policy = self._bind_policy(policy)
+            lib.tm_publish_policy(p, (policy if isinstance(policy, str) else type(policy).__name__).encode())
+            if origin_min:
+                self._track_origins(origin_min)
         except BaseException:
             self.close()
             raise
+
+    def _parse_origin_min(self, track_origin) -> int:
+        """The size from which allocations' origins are recorded (0: none)."""
+        if track_origin is False or track_origin is None:
+            return 0
+        if track_origin is True:
+            return max(self.threshold, 1)
+        n = parse_size(track_origin, "track_origin")
+        if n == 0:
+            raise ValueError("track_origin: a size of at least 1 byte, or True/False, got 0")
+        return n
+
+    def _track_origins(self, min_bytes: int) -> None:
+        # Frames in the libraries are passed over: an origin is the program's line.
+        for path in {sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")} | {_PACKAGE_DIR}:
+            if lib.tm_np_origin_skip(os.fsencode(os.path.join(path, ""))) < 0:
+                raise MemoryError("cannot record the libraries' directories for track_origin")
+        if lib.tm_track_origins(self._p, min_bytes) < 0:
+            raise MemoryError("track_origin: cannot reserve room for the origins")
 
     def _bind_policy(self, policy):
         """Install the policy's hooks; returns the policy (its name if built in)."""
@@ -444,17 +510,39 @@ class Pool:
         0 is the aim (docs/architecture.md, "Threads and locking")."""
         s = ffi.new("tm_stats *")
         lib.tm_get_stats(self._engine(), s)
-        out = {}
-        for tier in ("dram", "pmem", "nvme"):
-            t = getattr(s, tier)
-            out[tier] = {"capacity": t.capacity, "used": t.used, "peak": t.peak}
-        for key in _STAT_COUNTERS:
-            out[key] = int(getattr(s, key))
+        out = stats_dict(s, resident_bytes())
         out["block_size"] = self.block_size
         out["last_error"] = self.last_error()
-        out["rss"] = _resident_bytes()
-        out["outside_pool"] = max(out["rss"] - out["dram"]["used"] - out["spare"], 0)
         return out
+
+    @property
+    def published_path(self):
+        """The file this pool publishes its statistics in, or None."""
+        path = lib.tm_publish_path(self._p)
+        return None if path == ffi.NULL else os.fsdecode(ffi.string(path))
+
+    def report(self) -> list:
+        """The pool's live allocations, largest first, as dicts: the numpy
+        array that owns each ("shape", "dtype"; None for memory that is no
+        array's, as the C library's under `run` or pyarrow's buffers), its
+        "bytes" (whole blocks) and their bytes per tier, and "origin", the
+        file:line where the program made it (with Pool(track_origin=...)).
+
+        The arrays are found among the objects the garbage collector knows
+        and the frames of every thread: this takes a while in a program with
+        millions of objects, and an array referenced only from C is missed."""
+        engine = self._engine()
+        count = lib.tm_live_allocations(engine)
+        found = ffi.new("tm_pub_array[]", max(count, 1))
+        n = lib.tm_allocations(engine, found, count)
+        base = int(ffi.cast("uintptr_t", lib.tm_arena_base(engine)))
+        rows = [allocation_dict(found[i]) for i in range(n)]
+        arrays = owners.owners(base + row["offset"] for row in rows)
+        for row in rows:
+            a = arrays.get(base + row["offset"])
+            row["shape"] = None if a is None else a.shape
+            row["dtype"] = None if a is None else str(a.dtype)
+        return rows
 
     def last_error(self) -> str:
         return ffi.string(lib.tm_last_error(self._engine(), ffi.new("char[1024]"), 1024)).decode()

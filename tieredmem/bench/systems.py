@@ -33,8 +33,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-GAUGES = {"sample_rate", "handler_threads", "dirty_tracking", "nvme_direct", "pmem_dax", "block_size", "capacity",
-          "allocated", "rss", "outside_pool"}
 CORRUPT_ENV = "TIEREDMEM_BENCH_CORRUPT"  # test hook: comma list of system ids whose checksum is perturbed
 
 
@@ -188,9 +186,10 @@ def child_main(spec_path):
                marks={"setup": t0 - start, "compute": t1 - start, "checksum": t2 - start, "end": t3 - start},
                series=_thin(series, 600))
     if pool is not None:
+        from ..pool import STAT_LEVELS
         out["stats"] = after
         out["stats_compute"] = {k: after[k] - before[k] for k in after
-                                if k not in GAUGES and isinstance(after[k], int) and isinstance(before.get(k), int)}
+                                if k not in STAT_LEVELS and isinstance(after[k], int) and isinstance(before.get(k), int)}
         out["series_columns"] = ["t", "cgroup", "swap", "dram", "pmem", "nvme"]
     else:
         out["series_columns"] = ["t", "cgroup", "swap"]

@@ -36,11 +36,17 @@ OPTIONS = (  # option, environment variable, help
     ("--block-size", "TIEREDMEM_BLOCK_SIZE", "placement unit, a power of two from 4KiB to 2MiB (default: 64KiB)"),
     ("--policy", "TIEREDMEM_POLICY", "placement policy: lru, fifo or hotness (default: lru; docs/policies.md)"),
     ("--pmem-emulation", "TIEREDMEM_PMEM_EMULATION", "emulated PMEM speed: optane, cxl or read_ns=..,read_gbps=.."),
-    ("--stats", "TIEREDMEM_STATS", "write the pool's statistics to this file as JSON at exit"),
+    ("--stats", "TIEREDMEM_STATS", "write the pool's statistics to this file as JSON at exit, with its live "
+     "arrays (\"arrays\": pool.report())"),
+    ("--metrics-port", "TIEREDMEM_METRICS_PORT", "serve Prometheus metrics of the pool on this port "
+     "(tieredmem.metrics; on --metrics-addr)"),
+    ("--metrics-addr", "TIEREDMEM_METRICS_ADDR", "the address --metrics-port listens on (default: 127.0.0.1, "
+     "this machine only)"),
     ("--pymalloc-floor", "TIEREDMEM_PYMALLOC_FLOOR", "Python's first SIZE of small-object arenas (the "
      "interpreter's own working set) stay outside the pool (default: 64MiB)"),
 )
-METAVARS = {"--stats": "PATH", "--policy": "NAME", "--pmem-emulation": "SPEC"}
+METAVARS = {"--stats": "PATH", "--policy": "NAME", "--pmem-emulation": "SPEC", "--metrics-port": "PORT",
+            "--metrics-addr": "ADDR"}
 SIZES = ("dram", "pmem", "nvme", "threshold", "block_size")
 # Set across the re-exec that preloads the interposer, so that it happens once:
 # "" if LD_PRELOAD was unset, else "=" and its value. Removed, and LD_PRELOAD
@@ -61,6 +67,10 @@ def add_arguments(parser):
                         default=os.environ.get("TIEREDMEM_PYMALLOC", "") == "0",
                         help="leave Python's small objects (pymalloc's arenas) outside the pool (--no-malloc does "
                              "too); env TIEREDMEM_PYMALLOC=0")
+    parser.add_argument("--track-origins", action="store_true",
+                        default=os.environ.get("TIEREDMEM_TRACK_ORIGINS", "") not in ("", "0"),
+                        help="record where the program makes each array of at least the threshold, for top and "
+                             "--stats (Pool(track_origin=True)); env TIEREDMEM_TRACK_ORIGINS=1")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     parser.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args...] (or the module's args)")
 
@@ -136,7 +146,17 @@ def pool_settings(args, parser) -> dict:
     nvme = values.get("nvme", int(shutil.disk_usage(nvme_path).free * (1 - NVME_MARGIN)))
     return dict(dram=max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
                 pmem_path=args.pmem_path, nvme_path=nvme_path, block_size=bs,
-                threshold=values.get("threshold", 1 << 20), policy=policy, pmem_emulation=emulation)
+                threshold=values.get("threshold", 1 << 20), policy=policy, pmem_emulation=emulation,
+                track_origin=args.track_origins)
+
+
+def metrics_port(args, parser):
+    """--metrics-port as a port number, or None."""
+    if args.metrics_port is None:
+        return None
+    if not args.metrics_port.isdigit() or not 0 < int(args.metrics_port) < 65536:
+        parser.error(f"--metrics-port: a port number from 1 to 65535, got {args.metrics_port!r}")
+    return int(args.metrics_port)
 
 
 def _user_traceback(exc):
@@ -148,17 +168,19 @@ def _user_traceback(exc):
     return tb
 
 
-def run_program(args) -> int:
-    """Run the script or module as __main__; return its exit code."""
+def run_program(args, finished: dict) -> int:
+    """Run the script or module as __main__; return its exit code. If it
+    returns, its globals are left in `finished`, so that the arrays it kept
+    are still alive for the report."""
     try:
         if args.module:
             sys.argv = [args.module] + args.program
-            runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+            finished.update(runpy.run_module(args.module, run_name="__main__", alter_sys=True))
         else:
             script = args.program[0]
             sys.argv = list(args.program)
             sys.path[0] = os.path.dirname(os.path.abspath(script))
-            runpy.run_path(script, run_name="__main__")
+            finished.update(runpy.run_path(script, run_name="__main__"))
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
@@ -240,6 +262,7 @@ def run(args, parser) -> int:
     reexecuted = restore_environment()
     interposer = not args.no_malloc and preload_interposer(args.quiet, reexecuted)
     settings = pool_settings(args, parser)
+    port = metrics_port(args, parser)
     try:
         floor = parse_size(args.pymalloc_floor or malloc.PYMALLOC_FLOOR, "--pymalloc-floor")
     except ValueError as e:
@@ -248,6 +271,12 @@ def run(args, parser) -> int:
         pool = Pool(**settings)
     except (ValueError, OSError) as e:
         parser.error(str(e))
+    if port is not None:
+        from .. import metrics  # prometheus_client: only when asked for
+        try:
+            metrics.serve(port, addr=args.metrics_addr or "127.0.0.1")
+        except OSError as e:
+            parser.error(f"--metrics-port: cannot serve on {args.metrics_addr or '127.0.0.1'}:{port}: {e.strerror}")
     stats_path = os.path.abspath(args.stats) if args.stats else None  # the program may chdir
     numpy_alloc.install(pool)
     if interposer:
@@ -260,8 +289,9 @@ def run(args, parser) -> int:
         # ones. Read when Arrow first allocates, so set before the program runs.
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     start = time.perf_counter()
+    finished = {}
     try:
-        code = run_program(args)
+        code = run_program(args, finished)
         wait_for_threads()
     finally:
         report(pool, settings, start, args.quiet, stats_path, locals().get("code"))
@@ -283,5 +313,6 @@ def report(pool, settings, start, quiet, stats_path, code):
               f"--nvme (disk), or --dram / --pmem", file=sys.stderr)
     if stats_path:
         with open(stats_path, "w") as f:
-            json.dump({"elapsed_s": elapsed, "exit_code": code, "settings": settings, **stats}, f, indent=1, default=str)
+            json.dump({"elapsed_s": elapsed, "exit_code": code, "settings": settings, **stats,
+                       "arrays": pool.report()}, f, indent=1, default=str)
     sys.stdout.flush()

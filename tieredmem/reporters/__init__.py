@@ -1,0 +1,1 @@
+"""Reporters: how the commands show what tieredmem.published reads."""
