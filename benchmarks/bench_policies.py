@@ -26,6 +26,7 @@ DIR/traces/*.npy.
 
 import argparse
 import gc
+import os
 import shutil
 import tempfile
 import time
@@ -35,7 +36,7 @@ import numpy as np
 
 from benchmarks import common as c
 from benchmarks import sampling_overhead as overhead
-from benchmarks.bench_engine import odirect_read, write_uncached_file
+from benchmarks.bench_engine import WRITE_CHUNK, odirect_ceiling, write_uncached_file
 
 FULL = {"reps": 3, "dram": 512 * c.MiB, "zipf_accesses": 2_000_000, "overhead_s": 3.0}
 QUICK = {"reps": 2, "dram": 128 * c.MiB, "zipf_accesses": 300_000, "overhead_s": 2.0}
@@ -96,8 +97,8 @@ def seq_child(policy, dram, workdir, trace_path=None):
 def bench_seq_scan(dram, reps, workdir):
     size = 4 * dram
     path = workdir / "odirect-read.bin"
-    write_uncached_file(path, size)
-    systems = {"odirect": lambda: odirect_read(path, size)}
+    write_uncached_file(path, size, os.urandom(WRITE_CHUNK))  # random: a virtual disk may skip zero blocks
+    systems = {"odirect": lambda: odirect_ceiling(path, size)}
     for p in policies():
         systems[f"tieredmem/{p}"] = lambda p=p: c.in_subprocess(CHILD, "seq_child", p, dram, str(workdir))
     records = c.interleave(reps, systems)
