@@ -238,13 +238,19 @@ static tm_pool *create_pool(const tm_config *cfg)
         snprintf(err, sizeof err, "cannot allocate block metadata: %s", strerror(-r));
         goto fail;
     }
-    p->base = tm_os_reserve(p->arena_size, bs, 1); /* a fork child reads it (fork.c) */
+    /* Aligned to a huge page, so that hugezero.c moves whole ones in. A fork
+     * child reads it (fork.c). */
+    p->base = tm_os_reserve(p->arena_size, TM_HUGE_BYTES, 1);
     p->shadow = tm_os_reserve(p->arena_size, bs, 0);
     p->zeros = tm_os_reserve((size_t)p->batch_max << p->bshift, PAGE_BYTES, 0);
     if (!p->base || !p->shadow || !p->zeros) {
         r = -errno;
         snprintf(err, sizeof err, "cannot reserve the arena (2 x %zu bytes of address space): %s", p->arena_size,
                  strerror(errno));
+        goto fail;
+    }
+    if ((r = tm_hugezero_init(p)) < 0) {
+        snprintf(err, sizeof err, "cannot reserve the huge pages of zero fills: %s", strerror(-r));
         goto fail;
     }
     if ((r = tm_readahead_init(p)) < 0) {
@@ -298,6 +304,7 @@ static void release_engine(struct tm_pool *p)
     tm_handler_stop(p);
     tm_uffd_close(p);
     tm_readahead_fini(p);
+    tm_hugezero_fini(p);
     tm_fork_fini(p);
     tm_os_unmap(p->base, p->arena_size);
     tm_os_unmap(p->shadow, p->arena_size);

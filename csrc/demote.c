@@ -163,10 +163,9 @@ static int free_shadow_run(struct tm_pool *p, int64_t b, int64_t n)
 }
 
 /* What becomes of each victim of a demotion. A zeroed block (TM_X_ZERO) is
- * checked: still all ZERO, it is dropped to UNBACKED; WRITTEN_TO, it stays
- * in DRAM, dirty, and is written when next taken (it has no slot yet).
+ * checked: still all ZERO, it is dropped to UNBACKED, else written.
  * TO_WRITE is 0: the states are the skip list of tm_slot_ios. */
-enum { TO_WRITE, WRITTEN, FAILED, CLEAN, VERIFY, ZERO_CHECK, ZERO, WRITTEN_TO };
+enum { TO_WRITE, WRITTEN, FAILED, CLEAN, VERIFY, ZERO_CHECK, ZERO };
 
 /* Write the victims of list[0..n) that are TO_WRITE to their slots, straight
  * from the shadow, sealing each slot's checksum first (lock released):
@@ -215,11 +214,6 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
         int64_t b = list[i];
         uint32_t g = p->meta.slot[b];
         int kept = g != TM_NO_SLOT && tm_tier_kept(tm_slot_tier(p, g), tm_slot_local(p, g));
-        if (p->xflags[b] & TM_X_ZERO) {
-            state[i] = ZERO_CHECK;
-            io = 1;
-            continue;
-        }
         if (g != TM_NO_SLOT && !(p->meta.flags[b] & TM_F_DIRTY) && (!(p->xflags[b] & TM_X_VERIFY) || !kept)) {
             state[i] = (p->xflags[b] & TM_X_VERIFY) ? VERIFY : CLEAN;
             io |= state[i] == VERIFY;
@@ -234,7 +228,9 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
             state[i] = FAILED;
             continue;
         }
-        state[i] = TO_WRITE;
+        /* A zeroed block gets its slot too, to be written at once if it
+         * turns out not to be zero any more. */
+        state[i] = (p->xflags[b] & TM_X_ZERO) ? ZERO_CHECK : TO_WRITE;
         io = 1;
     }
     p->writeback_blocks += n;
@@ -246,7 +242,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
                 if (state[i] == VERIFY)
                     state[i] = tm_slot_intact(p, list[i], tm_shadow_of(p, list[i])) ? CLEAN : TO_WRITE;
                 else if (state[i] == ZERO_CHECK)
-                    state[i] = tm_all_zero(tm_shadow_of(p, list[i]), p->bs) ? ZERO : WRITTEN_TO;
+                    state[i] = tm_all_zero(tm_shadow_of(p, list[i]), p->bs) ? ZERO : TO_WRITE;
         write_victims(w, list, n, state, sent, res);
         tm_lock(p);
         for (int id = TM_PMEM; id <= TM_NVME; id++)
@@ -288,6 +284,7 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
     for (int64_t i = 0; i < n; i++) {
         int64_t b = list[i];
         if (state[i] == ZERO) {
+            tm_slot_release(p, b); /* taken for nothing: nothing was written there */
             tm_block_victim_zeroed(p, b);
         } else if ((state[i] != WRITTEN && state[i] != CLEAN) || p->meta.slot[b] == TM_NO_SLOT) {
             uint32_t g = p->meta.slot[b];

@@ -42,21 +42,33 @@ static int64_t strided_run(struct tm_pool *p, int64_t b, int64_t stride, int64_t
     return n;
 }
 
-/* Zero-fill list[0..n) (never written; list[0] faulted at addr). The
+/* Zero-fill list[0..n) (never written; the fault at addr is on one of
+ * them; if `huge`, they are a huge page's group, which has room). The
  * blocks are flagged loading before room is made (the lock is released
  * meanwhile, planned_blocks), cut to what fits, and filled with the lock
- * released too: a fault on one waits for the wake below, a release waits
- * for the end. */
-static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n)
+ * released too, by moving a populated huge page in if `huge` (hugezero.c),
+ * else by copying zeros: a fault on one waits for the wake below, a release
+ * waits for the end. */
+static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int huge)
 {
     struct tm_pool *p = w->pool;
+    int64_t moved = 0;
     for (int64_t i = 0; i < n; i++)
         tm_assert(tm_block_state(p, list[i]) == TM_BS_UNBACKED);
     n = tm_promote_reserve(w, addr, list, n);
+    int k = huge && n == p->hz.per ? tm_hugezero_take(p) : -1;
     tm_unlock(p);
-    tm_io_bytes(p, (uint64_t)n << p->bshift);
-    int r = tm_uffd_zero_fill(p, list[0], n);
+    int r = k >= 0 ? tm_hugezero_move(p, k, list[0]) : -1;
+    if (r == 0) {
+        moved = n;
+    } else {
+        tm_io_bytes(p, (uint64_t)n << p->bshift);
+        r = tm_uffd_zero_fill(p, list[0], n);
+    }
     tm_lock(p);
+    if (k >= 0)
+        tm_hugezero_used(p, k);
+    p->st.huge_zero_fills += (uint64_t)moved;
     tm_promote_settle(p, list, n);
     if (r < 0) {
         tm_uffd_fail_fault(p, addr, "zero fill (UFFDIO_COPY) failed", r);
@@ -184,12 +196,18 @@ void tm_dispatch_fault(tm_worker *w, uint64_t addr, int kind, int write)
         /* A zero fill costs little next to a fault: never fill less than
          * TM_ZERO_MIN_BYTES, so a small fresh array takes one fault. */
         tm_stream *s = tm_stream_of(p, b);
-        int64_t n = sequential_run(p, b, s->window > p->zero_min_blocks ? s->window : p->zero_min_blocks, list);
-        s->next = b + n;
+        int64_t g = tm_hugezero_group(p, b), n;
+        if (g >= 0) { /* its whole huge page, moved in */
+            for (n = 0; n < p->hz.per; n++)
+                list[n] = g + n;
+        } else {
+            n = sequential_run(p, b, s->window > p->zero_min_blocks ? s->window : p->zero_min_blocks, list);
+        }
+        s->next = list[n - 1] + 1;
         /* What a stream fills is new data, read next rather than used once:
          * it passes only blocks it reads back. */
         s->start = s->lo = s->hi = s->next;
-        zero_fill(w, addr, list, n);
+        zero_fill(w, addr, list, n, g >= 0);
         break;
     }
     default: {

@@ -2,7 +2,7 @@
  * thread's own CPU always has one to wake (a wake-up on the other vCPU costs
  * ~35 us on these VMs). Each reads userfaultfd messages and hands them to
  * dispatch.c under the pool lock; when idle, one maps the readahead runs
- * marked async (fill_fd). */
+ * marked async and populates the zero fills' huge pages (fill_fd). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/userfaultfd.h>
@@ -44,6 +44,7 @@ static void *handler_main(void *arg)
         if (fds[2].revents && read(p->fill_fd, &kicks, sizeof kicks) == (ssize_t)sizeof kicks) {
             tm_lock(p); /* the one that read the count maps; the others find it taken */
             tm_readahead_fill(w);
+            tm_hugezero_refill(p);
             tm_unlock(p);
         }
         if (!fds[0].revents)

@@ -25,6 +25,7 @@
 #define TM_BATCH_BYTES (4u << 20)  /* largest promotion / demotion batch */
 #define TM_IO_BYTES (512u << 10)     /* largest single request */
 #define TM_ZERO_MIN_BYTES (256u << 10) /* smallest zero fill of fresh memory */
+#define TM_HUGE_BYTES (2ul << 20)      /* a transparent huge page */
 #define TM_ERRLEN 512
 
 /* Engine-private block flags (tm_pool.xflags). */
@@ -71,6 +72,10 @@ void tm_os_assert_fail(const char *cond, const char *file, int line, const char 
  * made of huge pages; a fork child inherits it (copy-on-write) only if
  * `inherit`. NULL and errno on failure. */
 void *tm_os_reserve(size_t size, size_t align, int inherit);
+/* Precondition: size is a multiple of 2 MiB. An anonymous range aligned to
+ * 2 MiB whose pages the kernel makes huge when it can (MADV_HUGEPAGE), not
+ * inherited by a fork child, not populated. NULL and errno on failure. */
+void *tm_os_huge_reserve(size_t size);
 /* Precondition: size is a multiple of 4096. A buffer for tier I/O, in
  * transparent huge pages where the system allows: a disk request holds at
  * most max_segments pages (254 here: about 1 MiB of small pages), so only in
@@ -299,6 +304,21 @@ typedef struct tm_stream {
 
 #define TM_SPARE_RECENT 16
 
+/* Zero fills from huge pages (hugezero.c): chunks of 2 MiB populated ahead
+ * of need, off the fault path, moved into the arena whole. */
+#define TM_HUGEZERO_CHUNKS 4
+enum tm_hz_state {
+    TM_HZ_EMPTY,    /* to be populated */
+    TM_HZ_FILLING,  /* being populated, the lock released */
+    TM_HZ_READY,    /* populated: zeros, in a huge page if the kernel had one */
+    TM_HZ_TAKEN,    /* being moved into the arena by a zero fill */
+};
+typedef struct tm_hugezero {
+    uint8_t *base;         /* TM_HUGEZERO_CHUNKS chunks of 2 MiB; NULL: none */
+    int64_t per;           /* blocks per chunk */
+    enum tm_hz_state state[TM_HUGEZERO_CHUNKS];
+} tm_hugezero;
+
 /* Advice on a range of blocks that is kept (sequential / random). */
 typedef struct tm_range { int64_t start, end; int advice; } tm_range;
 #define TM_RANGES 16
@@ -407,6 +427,7 @@ struct tm_pool {
     int64_t trace_cap, trace_n;
 
     tm_readahead ra;
+    tm_hugezero hz;
 
     /* fork (fork.c) */
     int forks;                 /* forks so far: arena pages may be shared with a child */
@@ -562,6 +583,10 @@ int tm_uffd_restore(struct tm_pool *p, int64_t b, int64_t n);
  * with tm_uffd_wake, so a thread never runs ahead of its block's state.
  * Needs no lock when the blocks are busy. */
 int tm_uffd_install(struct tm_pool *p, int64_t b, int64_t n, const void *buf, int wp);
+/* Move the pages of src (n blocks, all present, in an anonymous range of
+ * this process) into [b, b+n) of the arena (unmapped), huge pages whole
+ * where aligned, without waking. 0, or -errno and [b, b+n) left unmapped. */
+int tm_uffd_move_in(struct tm_pool *p, int64_t b, int64_t n, void *src);
 /* Map [b, b+n) (at most batch_max blocks) as zeros without waking. */
 int tm_uffd_zero_fill(struct tm_pool *p, int64_t b, int64_t n);
 /* Answer a fault at addr with SIGBUS. */
@@ -721,6 +746,25 @@ int64_t tm_demote_fault_room(tm_worker *w, int64_t n);
 /* Move up to `want` PMEM blocks to NVMe (at most a batch), the lock released
  * during the copy; returns how many moved. */
 int64_t tm_demote_cascade(tm_worker *w, int64_t want);
+
+/* ---- hugezero.c ------------------------------------------------------ */
+
+/* Reserve the chunks (none for a budget too small for them); 0 or -errno. */
+int tm_hugezero_init(struct tm_pool *p);
+void tm_hugezero_fini(struct tm_pool *p);
+/* Populate the empty chunks, the lock released while the kernel does. */
+void tm_hugezero_refill(struct tm_pool *p);
+/* The first block of the chunk-sized, aligned group of blocks holding b, if
+ * every one of them is never written, DRAM has room for all of them (spares
+ * given back for it), and a chunk is ready; else -1. */
+int64_t tm_hugezero_group(struct tm_pool *p, int64_t b);
+/* A ready chunk, now the caller's (-1 if none). */
+int tm_hugezero_take(struct tm_pool *p);
+/* Move chunk k into the arena at block g (its blocks loading, the lock not
+ * needed); 0, or -errno and the blocks still unmapped. */
+int tm_hugezero_move(struct tm_pool *p, int k, int64_t g);
+/* Chunk k was moved in (or failed to be): it is populated again later. */
+void tm_hugezero_used(struct tm_pool *p, int k);
 
 /* ---- promote.c ------------------------------------------------------- */
 

@@ -59,21 +59,31 @@ void *tm_os_reserve(size_t size, size_t align, int inherit)
     void *a = map_aligned(size, align, MAP_NORESERVE);
     if (!a)
         return NULL;
-    /* Small pages: blocks (64 KiB by default) move one by one, and the first
-     * moved out of a transparent huge page would split it (UFFDIO_MOVE moves
-     * a huge page only whole). */
+    /* No huge pages of the kernel's making: blocks (64 KiB by default) move
+     * one by one, and the first moved out of a transparent huge page splits
+     * it. The engine moves whole huge pages in itself, where a zero fill
+     * covers one (hugezero.c). */
     if (!inherit)
         madvise(a, size, MADV_DONTFORK);
     madvise(a, size, MADV_NOHUGEPAGE);
     return a;
 }
 
-#define HUGE_PAGE (2ul << 20)
+void *tm_os_huge_reserve(size_t size)
+{
+    tm_assert(size > 0 && (size & (TM_HUGE_BYTES - 1)) == 0);
+    void *a = map_aligned(size, TM_HUGE_BYTES, MAP_NORESERVE);
+    if (!a)
+        return NULL;
+    madvise(a, size, MADV_HUGEPAGE);  /* where THP is "never", small pages: still correct */
+    madvise(a, size, MADV_DONTFORK);
+    return a;
+}
 
 void *tm_os_io_buffer(size_t size, int populate)
 {
     /* Aligned to a huge page, so that its huge pages can be used whole. */
-    void *a = map_aligned(size, HUGE_PAGE, 0);
+    void *a = map_aligned(size, TM_HUGE_BYTES, 0);
     if (!a)
         return NULL;
     /* Where THP is "never", small pages: requests are then split, not refused. */

@@ -163,6 +163,17 @@ static int64_t move(struct tm_pool *p, uint8_t *dst, uint8_t *src, uint64_t len,
     return (int64_t)done;
 }
 
+int tm_uffd_move_in(struct tm_pool *p, int64_t b, int64_t n, void *src)
+{
+    size_t len = (size_t)n << p->bshift;
+    int64_t r = move(p, tm_block_addr(p, b), src, len, 0);
+    if (r == (int64_t)len)
+        return 0;
+    if (r > 0) /* a hole stopped it: what moved goes, so the blocks stay unmapped */
+        tm_os_zap(tm_block_addr(p, b), (size_t)r);
+    return r < 0 ? (int)r : -ENOENT;
+}
+
 int64_t tm_uffd_park(struct tm_pool *p, int64_t b, int64_t n)
 {
     size_t off = (size_t)b << p->bshift, len = (size_t)n << p->bshift;

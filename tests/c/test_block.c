@@ -268,6 +268,46 @@ static void a_spare_given_back_is_free(void)
     CHECK_EQ(tm_block_state(p, 0), TM_BS_FREE);
 }
 
+static void a_reused_spare_zeroed_and_taken_as_victim_drops_to_unbacked(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 0, TM_DRAM);
+    tm_block_spare(p, 0);
+    p->meta.flags[0] = TM_F_ALLOC;
+    tm_block_reuse(p, 0);
+    tm_block_zeroed(p, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_RESIDENT);
+    CHECK(!(p->meta.flags[0] & TM_F_DIRTY) && (p->xflags[0] & TM_X_ZERO));
+    tm_block_take_victim(p, 0);
+    tm_block_victim_zeroed(p, 0);
+    CHECK_EQ(tm_block_state(p, 0), TM_BS_UNBACKED); /* zero-filled again when touched */
+}
+
+static void a_block_mapped_writable_is_dirty_if_written_else_verified(void)
+{
+    struct tm_pool *p = pool();
+    put(p, 0, TM_NVME);
+    tm_block_start_load(p, 0);
+    tm_block_end_load(p, 0);
+    tm_block_resident(p, 0, 0); /* clean: its slot holds it */
+    tm_block_unprotected(p, 0, 0);
+    CHECK(!(p->meta.flags[0] & TM_F_DIRTY) && (p->xflags[0] & TM_X_VERIFY));
+    tm_block_unprotected(p, 0, 1);
+    CHECK((p->meta.flags[0] & TM_F_DIRTY) && !(p->xflags[0] & TM_X_VERIFY));
+    put(p, 1, TM_DRAM); /* a zeroed block: its content decides, not a slot */
+    tm_block_zeroed(p, 1);
+    tm_block_unprotected(p, 1, 0);
+    CHECK(p->xflags[1] == TM_X_ZERO && !(p->meta.flags[1] & TM_F_DIRTY));
+}
+
+static void drop_a_dirty_victim_as_zero(struct tm_pool *p)
+{
+    put(p, 0, TM_DRAM);
+    p->meta.flags[0] |= TM_F_DIRTY;
+    tm_block_take_victim(p, 0);
+    tm_block_victim_zeroed(p, 0);
+}
+
 static void keep_a_parked_block_as_spare(struct tm_pool *p)
 {
     put(p, 0, TM_DRAM);
@@ -309,6 +349,7 @@ static void a_transition_from_the_wrong_state_aborts(void)
     CHECKF(aborts(keep_a_victim_as_spare), "keeping a block being demoted as a spare");
     CHECKF(aborts(keep_a_lower_block_as_spare), "keeping a block with no pages as a spare");
     CHECKF(aborts(reuse_a_free_block), "reusing a block that is not spare");
+    CHECKF(aborts(drop_a_dirty_victim_as_zero), "dropping a dirty block as if it were zero");
 }
 
 static const struct check checks[] = {
@@ -324,6 +365,8 @@ static const struct check checks[] = {
     CHECK_ENTRY(a_release_frees_a_block_and_keeps_its_poison),
     CHECK_ENTRY(a_freed_resident_block_becomes_spare_and_is_reused_dirty),
     CHECK_ENTRY(a_spare_given_back_is_free),
+    CHECK_ENTRY(a_reused_spare_zeroed_and_taken_as_victim_drops_to_unbacked),
+    CHECK_ENTRY(a_block_mapped_writable_is_dirty_if_written_else_verified),
     CHECK_ENTRY(a_transition_from_the_wrong_state_aborts),
 };
 
