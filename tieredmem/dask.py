@@ -32,10 +32,10 @@ import click
 from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 
 from . import malloc, numpy_alloc
-from .pool import TIERS, Pool, default_nvme_size, policy_names
+from .pool import TIERS, Pool, _check_dir, default_nvme_size, policy_names
 from .sizes import format_size, parse_size
 
-logger = logging.getLogger("tieredmem.dask")
+logger = logging.getLogger("distributed.worker.tieredmem")  # shown as Dask's own logs are
 
 # Of the worker's memory_limit: the rest is for memory outside the pool (the
 # interpreter, modules, small objects: ~150-250 MiB for a worker with pandas
@@ -72,7 +72,7 @@ class Settings:
             if not limit:
                 raise ValueError("tieredmem: the worker has no memory_limit to take a DRAM share of: give dram=")
             dram = int(limit * self.dram_share)
-        nvme_path = self.nvme_path or worker.local_directory
+        nvme_path = _check_dir(self.nvme_path or worker.local_directory, "nvme_path")
         nvme = self.sizes["nvme"] if "nvme" in self.sizes else default_nvme_size(nvme_path)
         bs = self.sizes["block_size"]
         return dict(dram=max(dram - dram % bs, bs), pmem=self.sizes["pmem"], nvme=nvme - nvme % bs,
