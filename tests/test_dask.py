@@ -17,7 +17,7 @@ import urllib.request
 import dask
 import numpy as np
 import pytest
-from distributed import Client, KilledWorker, LocalCluster
+from distributed import Client, KilledWorker, LocalCluster, wait
 
 import tieredmem.dask as tmd
 
@@ -73,8 +73,8 @@ def test_plugin_completes_tasks_larger_than_the_limit_with_the_plain_results(cli
 
 
 def test_worker_rss_holds_the_dram_budget_not_the_bytes_on_nvme(client):
-    held = client.submit(hold, 2 * GiB, workers=[next(iter(client.scheduler_info()["workers"]))])
-    held.result()  # noqa: computed and kept on the worker
+    held = client.submit(hold, 2 * GiB)
+    wait(held)  # computed and kept on its worker
     (report,) = [r for r in client.run(tmd.stats).values() if r["allocated_bytes"] >= 2 * GiB]
     assert report["nvme_bytes"] >= 1.4 * GiB
     assert report["rss"] < 0.8 * GiB  # below Dask's pause threshold: the worker runs on
@@ -129,7 +129,7 @@ def test_worker_restart_recreates_its_pool(client):
 
 def test_killed_worker_leaves_no_tier_files(client):
     held = client.submit(hold, GiB)  # half of it on NVMe
-    held.result()
+    wait(held)
 
     def where(dask_worker):
         return os.getpid(), dask_worker.local_directory, tmd.stats()["nvme_bytes"]
@@ -162,6 +162,15 @@ def test_a_worker_without_a_memory_limit_needs_a_dram_budget():
         local_directory = "/tmp"
     with pytest.raises(ValueError, match="no memory_limit.*give dram="):
         tmd.Settings().pool_kwargs(Worker)
+
+
+def test_a_missing_nvme_path_is_named():
+    class Worker:
+        class memory_manager:
+            memory_limit = 1 << 30
+        local_directory = "/tmp"
+    with pytest.raises(FileNotFoundError, match="nvme_path"):
+        tmd.Settings(nvme_path="/nonexistent/tier").pool_kwargs(Worker)
 
 
 def test_preload_installs_the_pool_with_the_interposer_in_cli_workers(tmp_path):

@@ -32,7 +32,7 @@ import click
 from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 
 from . import malloc, numpy_alloc
-from .pool import TIERS, Pool, _check_dir, default_nvme_size, policy_names
+from .pool import Pool, _check_dir, default_nvme_size, policy_names
 from .sizes import format_size, parse_size
 
 logger = logging.getLogger("distributed.worker.tieredmem")  # shown as Dask's own logs are
@@ -112,13 +112,15 @@ class WorkerPool:
 
     def report(self) -> dict:
         """Tier bytes, the DRAM budget, RSS and what of it is outside the pool,
-        the engine's counters, and rates per second over the latest interval."""
+        and the engine's counters, as they are now; their rates per second
+        over the latest sampling interval."""
+        s = self.pool.stats()
         with self.lock:
             (t0, s0), (t1, s1) = self.previous, self.latest
-        out = {f"{tier}_bytes": s1[tier]["used"] for tier in TIERS if tier != "unbacked"}
-        out.update(dram_budget=s1["dram"]["capacity"], spare_bytes=s1["spare"], allocated_bytes=s1["allocated"],
-                   rss=s1["rss"], outside_pool=s1["outside_pool"], malloc=self.malloc)
-        out.update({k: s1[k] for k in RATE_COUNTERS})
+        out = {f"{tier}_bytes": s[tier]["used"] for tier in ("dram", "pmem", "nvme")}
+        out.update(dram_budget=s["dram"]["capacity"], spare_bytes=s["spare"], allocated_bytes=s["allocated"],
+                   rss=s["rss"], outside_pool=s["outside_pool"], malloc=self.malloc)
+        out.update({k: s[k] for k in RATE_COUNTERS})
         dt = t1 - t0
         out.update({f"{k}_per_s": (s1[k] - s0[k]) / dt if dt > 0 else 0.0 for k in RATE_COUNTERS})
         return out
