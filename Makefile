@@ -33,6 +33,7 @@ bench: build
 	$(PY) -m benchmarks.bench_policy_sim
 	$(PY) -m benchmarks.bench_policies
 	$(PY) -m benchmarks.bench_malloc
+	$(PY) -m benchmarks.bench_dask
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks/micro -o addopts='' --benchmark-only
 	$(PY) -m tieredmem bench --out benchmarks/results/suite
 

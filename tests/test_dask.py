@@ -200,6 +200,8 @@ def test_preload_installs_the_pool_with_the_interposer_in_cli_workers(tmp_path):
             (report,) = cl.run(tmd.stats).values()
             assert report["dram_budget"] == 256 << 20
             assert report["malloc"]  # the nanny spawned the worker with the interposer
+            (env,) = cl.run(lambda: dict(os.environ)).values()
+            assert "LD_PRELOAD" not in env  # and took it out of what its tasks' children inherit
             assert cl.submit(intermediates, 1, pure=False).result() == intermediates(1)
     finally:
         for p in reversed(procs):

@@ -24,6 +24,7 @@ NVMe tier is in its local directory (the slot file is unlinked at creation, so
 a killed worker leaves none behind). Dask's own spilling is turned off unless
 asked for (dask_spill=True): see docs/dask.md for the measurement."""
 import logging
+import os
 import sys
 import threading
 import time
@@ -49,8 +50,6 @@ RATE_COUNTERS = ("faults", "promotions", "demotions", "bytes_read", "bytes_writt
 class Settings:
     """A worker pool's settings, checked where they are given (the client, the
     worker's command line) so that bad input fails there, naming the option."""
-
-    SIZES = ("dram", "pmem", "nvme", "block_size", "threshold")
 
     def __init__(self, dram=None, pmem=0, nvme=None, nvme_path=None, pmem_path=None, block_size="64KiB",
                  threshold="1MiB", policy="lru", dram_share=DRAM_SHARE, dask_spill=False, pymalloc=True):
@@ -84,12 +83,13 @@ class WorkerPool:
     """The pool of this worker process and what was installed with it."""
 
     def __init__(self, worker, settings: Settings):
-        self.settings = settings
         self.kwargs = settings.pool_kwargs(worker)
         self.pool = Pool(**self.kwargs)
         numpy_alloc.install(self.pool)
         self.malloc = malloc.loaded() and malloc.attach(self.pool, arenas=settings.pymalloc)
-        if not self.malloc:
+        if self.malloc:
+            forget_interposer(os.environ)
+        else:
             logger.warning("tieredmem: the malloc interposer is not preloaded in this worker: only numpy's and "
                            "Arrow's allocations go to the pool (register tieredmem.dask.Interposer(), or start "
                            "the worker with --preload-nanny tieredmem.dask; docs/dask.md)")
@@ -165,6 +165,17 @@ def stats() -> dict | None:
     """This worker's tier bytes, counters and rates (WorkerPool.report), or
     None without a pool: `client.run(tieredmem.dask.stats)`."""
     return _current.report() if _current is not None else None
+
+
+def forget_interposer(environ):
+    """Take the interposer out of LD_PRELOAD, as `tieredmem run` does: the
+    processes a task starts are not this pool's to tier."""
+    path = str(malloc.library_path())
+    rest = [p for p in environ.get("LD_PRELOAD", "").split(":") if p and p != path]
+    if rest:
+        environ["LD_PRELOAD"] = ":".join(rest)
+    else:
+        environ.pop("LD_PRELOAD", None)
 
 
 def disable_dask_spill(worker):
