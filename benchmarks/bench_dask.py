@@ -74,7 +74,7 @@ def one_run(system, nvme_dir):
 
     import tieredmem.dask as tmd
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=":0",
                       local_directory=str(nvme_dir)) as cluster, Client(cluster) as client:
         if system != "dask-spill":
             client.register_plugin(tmd.TieredMemory(dask_spill=system == "tieredmem+dask-spill"))

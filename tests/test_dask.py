@@ -41,7 +41,7 @@ def hold(nbytes):
 
 
 def cluster(**kwargs):
-    return LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=None,
+    return LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=":0",
                         worker_dashboard_address=":0", **kwargs)
 
 
@@ -90,6 +90,30 @@ def test_dask_spilling_is_off_under_the_pool(client):
         assert pause == 0.8  # pausing stays: it protects the machine
 
 
+def test_interposer_plugin_restarts_workers_with_the_interposer(monkeypatch):
+    # The nannies live in this process and set their pre-spawn environment in
+    # it: keep the interposer's variables from later tests' subprocesses.
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    with cluster() as c, Client(c) as cl:
+        cl.register_plugin(tmd.TieredMemory())
+        assert not any(r["malloc"] for r in cl.run(tmd.stats).values())
+        cl.register_plugin(tmd.Interposer())
+        cl.wait_for_workers(2)
+        assert all(r["malloc"] for r in cl.run(tmd.stats).values())
+
+
+def test_unregistering_the_plugin_gives_dask_its_spilling_back(client):
+    def spill_settings(dask_worker):
+        return dask_worker.memory_manager.memory_spill_fraction, dask_worker.data.n
+    client.unregister_worker_plugin("tieredmem")
+    try:
+        assert all(spill == 0.7 and n == int(0.6 * GiB) for spill, n in client.run(spill_settings).values())
+        assert not any(client.run(tmd.stats).values())
+    finally:
+        client.register_plugin(tmd.TieredMemory())
+
+
 def test_client_run_reports_tier_bytes_and_fault_rates(client):
     def touch_for(seconds):
         a = np.zeros(700 << 17)  # 700 MiB: more than the 512 MiB budget
@@ -117,6 +141,16 @@ def test_prometheus_endpoint_has_the_pools_metrics(client):
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         assert 'dask_worker_tieredmem_tier_bytes{tier="nvme"}' in text
         assert "dask_worker_tieredmem_faults_total" in text
+
+
+def test_heartbeats_carry_the_pools_report_to_the_scheduler(client):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        reports = [w["metrics"].get("tieredmem") for w in client.scheduler_info()["workers"].values()]
+        if all(reports):
+            break
+        time.sleep(0.2)
+    assert all(r["dram_budget"] == 512 << 20 for r in reports)
 
 
 def test_worker_restart_recreates_its_pool(client):

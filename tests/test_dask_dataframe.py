@@ -49,7 +49,7 @@ def workload(root):
 
 
 def cluster():
-    return LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=None)
+    return LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=":0")
 
 
 def test_plain_workers_are_killed_by_partitions_larger_than_their_limit(data):

@@ -93,8 +93,7 @@ class WorkerPool:
             logger.warning("tieredmem: the malloc interposer is not preloaded in this worker: only numpy's and "
                            "Arrow's allocations go to the pool (register tieredmem.dask.Interposer(), or start "
                            "the worker with --preload-nanny tieredmem.dask; docs/dask.md)")
-        if not settings.dask_spill:
-            disable_dask_spill(worker)
+        self.restore_dask_spill = (lambda: None) if settings.dask_spill else disable_dask_spill(worker)
         self.lock = threading.Lock()
         self.previous = self.latest = self._sample()
         logger.info("tieredmem: pool of %s DRAM, %s NVMe in %s%s", format_size(self.kwargs["dram"]),
@@ -126,6 +125,7 @@ class WorkerPool:
         return out
 
     def close(self):
+        self.restore_dask_spill()
         numpy_alloc.uninstall()
         self.pool.close()
 
@@ -182,11 +182,19 @@ def disable_dask_spill(worker):
     """Leave data beyond DRAM to the pool: Dask's spilling by managed bytes
     (target) and by RSS (spill) would pickle pool arrays to disk, which the
     pool demotes without a copy (docs/dask.md, the measurement). Pausing and
-    termination stay: RSS holds the pool's DRAM and what is outside it."""
-    mm = worker.memory_manager
+    termination stay: RSS holds the pool's DRAM and what is outside it.
+    Returns a function that turns it back on as it was."""
+    mm, data = worker.memory_manager, worker.data
+    was = mm.memory_target_fraction, mm.memory_spill_fraction, getattr(data, "n", None)
     mm.memory_target_fraction = mm.memory_spill_fraction = False
-    if hasattr(worker.data, "fast"):  # a SpillBuffer: its target, in managed bytes
-        worker.data.n = float("inf")
+    if was[2] is not None:  # a SpillBuffer: its target, in managed bytes
+        data.n = float("inf")
+
+    def restore():
+        mm.memory_target_fraction, mm.memory_spill_fraction = was[:2]
+        if was[2] is not None:
+            data.n = was[2]
+    return restore
 
 
 def _register_prometheus():
