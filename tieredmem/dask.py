@@ -31,6 +31,7 @@ import time
 
 import click
 from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
+from tornado.ioloop import PeriodicCallback
 
 from . import malloc, numpy_alloc
 from .pool import Pool, _check_dir, default_nvme_size, policy_names
@@ -141,7 +142,6 @@ def install(worker, settings: Settings) -> WorkerPool:
         raise RuntimeError("tieredmem: this process has a worker pool already (one per process: workers that "
                            "share a process, as LocalCluster(processes=False) makes, cannot each have one)")
     _current = WorkerPool(worker, settings)
-    from tornado.ioloop import PeriodicCallback
     pc = PeriodicCallback(_current.tick, RATE_INTERVAL * 1000)
     worker.periodic_callbacks["tieredmem"] = pc  # stopped by the worker when it closes
     pc.start()
