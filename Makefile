@@ -34,6 +34,7 @@ bench: build
 	$(PY) -m benchmarks.bench_policies
 	$(PY) -m benchmarks.bench_malloc
 	$(PY) -m benchmarks.bench_publish
+	$(PY) -m benchmarks.bench_dask
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks/micro -o addopts='' --benchmark-only
 	$(PY) -m tieredmem bench --out benchmarks/results/suite
 

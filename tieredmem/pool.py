@@ -3,6 +3,7 @@ import errno
 import mmap
 import os
 import pathlib
+import shutil
 import stat
 import sysconfig
 import weakref
@@ -121,6 +122,15 @@ def default_nvme_dir() -> pathlib.Path:
     path = pathlib.Path(cache) / "tieredmem"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+NVME_MARGIN = 0.10  # of the disk kept free when the NVMe size is not given
+
+
+def default_nvme_size(path) -> int:
+    """The NVMe tier's size when none is given: the free space of the disk
+    that holds `path`, less NVME_MARGIN of it."""
+    return int(shutil.disk_usage(path).free * (1 - NVME_MARGIN))
 
 
 def _check_dir(path, name: str) -> str:

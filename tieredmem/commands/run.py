@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import runpy
-import shutil
 import sys
 import threading
 import time
@@ -22,10 +21,9 @@ import psutil
 
 from .. import malloc, numpy_alloc
 from ..bench import cgroup
-from ..pool import Pool, default_nvme_dir, parse_pmem_emulation, policy_names
+from ..pool import Pool, default_nvme_dir, default_nvme_size, parse_pmem_emulation, policy_names
 from ..sizes import format_size, parse_size
 
-NVME_MARGIN = 0.10  # of the disk kept free when the NVMe size is not given
 OPTIONS = (  # option, environment variable, help
     ("--dram", "TIEREDMEM_DRAM", "DRAM budget (default: 25%% of available memory, or of the memory cgroup limit when lower)"),
     ("--pmem", "TIEREDMEM_PMEM", "PMEM tier size (default: none)"),
@@ -143,7 +141,7 @@ def pool_settings(args, parser) -> dict:
     if "dram" in values:
         check_dram(values["dram"], args.dram, bs, parser)
     dram = values.get("dram", default_dram())
-    nvme = values.get("nvme", int(shutil.disk_usage(nvme_path).free * (1 - NVME_MARGIN)))
+    nvme = values["nvme"] if "nvme" in values else default_nvme_size(nvme_path)
     return dict(dram=max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
                 pmem_path=args.pmem_path, nvme_path=nvme_path, block_size=bs,
                 threshold=values.get("threshold", 1 << 20), policy=policy, pmem_emulation=emulation,
