@@ -55,8 +55,12 @@ static void zero_fill(tm_worker *w, uint64_t addr, int64_t *list, int64_t n, int
     int64_t moved = 0;
     for (int64_t i = 0; i < n; i++)
         tm_assert(tm_block_state(p, list[i]) == TM_BS_UNBACKED);
+    int k = huge ? tm_hugezero_take(p) : -1; /* first: the room it held is theirs */
     n = tm_promote_reserve(w, addr, list, n);
-    int k = huge && n == p->hz.per ? tm_hugezero_take(p) : -1;
+    if (k >= 0 && n < p->hz.per) { /* cut to what fits: copies, then */
+        tm_hugezero_untake(p, k);
+        k = -1;
+    }
     tm_unlock(p);
     int r = k >= 0 ? tm_hugezero_move(p, k, list[0]) : -1;
     if (r == 0) {

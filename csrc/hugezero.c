@@ -9,8 +9,10 @@
  * (UFFDIO_MOVE: page-table entries, a huge page as one): measured, 128 MiB
  * filled in 6-15 ms this way against 28-31 ms of copies of zeros. Chunks are
  * populated off the fault path, by an idle handler (fill_fd), so the
- * kernel's compaction, when huge pages are scarce, delays no fault. They are
- * memory outside the DRAM budget, as the I/O buffers are.
+ * kernel's compaction, when huge pages are scarce, delays no fault. Their
+ * DRAM is in the budget (hz.held): they are populated only while DRAM has
+ * room for them, given back first when room is needed (with the spares,
+ * spare.c), and moving one in only turns held blocks into resident ones.
  *
  * The huge pages split when one of their blocks is later moved out alone
  * (demoted, parked by sampling); that is the kernel's business. */
@@ -23,8 +25,8 @@
 int tm_hugezero_init(struct tm_pool *p)
 {
     int64_t per = (int64_t)(TM_HUGE_BYTES >> p->bshift);
-    /* A whole chunk must fit one zero fill (a batch) and be a small share of
-     * the budget; else no chunks, and zero fills copy. */
+    /* A whole chunk must fit one zero fill (a batch), and the chunks be a
+     * small share of the budget; else no chunks, and zero fills copy. */
     if (per < 1 || per > p->batch_max || p->dram_blocks < 16 * per)
         return 0;
     p->hz.base = tm_os_huge_reserve(TM_HUGEZERO_CHUNKS * TM_HUGE_BYTES);
@@ -50,17 +52,34 @@ void tm_hugezero_refill(struct tm_pool *p)
     for (int k = 0; k < TM_HUGEZERO_CHUNKS && p->hz.base; k++) {
         if (p->hz.state[k] != TM_HZ_EMPTY)
             continue;
+        if (p->resident + p->spare + p->hz.held + p->hz.per > p->dram_blocks)
+            return; /* no room for it in the budget */
         p->hz.state[k] = TM_HZ_FILLING; /* ours while the lock is released */
+        p->hz.held += p->hz.per;
         tm_unlock(p);
         int r = tm_os_populate_write(chunk(p, k), TM_HUGE_BYTES);
         tm_lock(p);
         if (r < 0) { /* no memory for it now: zero fills copy meanwhile */
             tm_os_zap(chunk(p, k), TM_HUGE_BYTES);
             p->hz.state[k] = TM_HZ_EMPTY;
+            p->hz.held -= p->hz.per;
             return;
         }
         p->hz.state[k] = TM_HZ_READY;
     }
+}
+
+int64_t tm_hugezero_give_back(struct tm_pool *p, int64_t want)
+{
+    int64_t done = 0;
+    for (int k = 0; k < TM_HUGEZERO_CHUNKS && done < want; k++)
+        if (p->hz.state[k] == TM_HZ_READY) {
+            tm_os_zap(chunk(p, k), TM_HUGE_BYTES);
+            p->hz.state[k] = TM_HZ_EMPTY;
+            p->hz.held -= p->hz.per;
+            done += p->hz.per;
+        }
+    return done;
 }
 
 /* Whether a chunk is ready; if none is, have the empty ones populated. */
@@ -88,9 +107,7 @@ int64_t tm_hugezero_group(struct tm_pool *p, int64_t b)
     for (int64_t i = g; i < g + per; i++)
         if (tm_block_state(p, i) != TM_BS_UNBACKED || (p->meta.flags[i] & TM_F_POISON))
             return -1;
-    tm_spare_room(p, per);
-    /* Only where it fits: a fill that must demote gains nothing here. */
-    return p->resident + per <= p->dram_blocks ? g : -1;
+    return g;
 }
 
 int tm_hugezero_take(struct tm_pool *p)
@@ -98,9 +115,18 @@ int tm_hugezero_take(struct tm_pool *p)
     for (int k = 0; k < TM_HUGEZERO_CHUNKS; k++)
         if (p->hz.state[k] == TM_HZ_READY) {
             p->hz.state[k] = TM_HZ_TAKEN;
+            p->hz.held -= p->hz.per;
+            p->spare_idle_ticks = 0; /* in use: the background keeps them (spare.c) */
             return k;
         }
     return -1;
+}
+
+void tm_hugezero_untake(struct tm_pool *p, int k)
+{
+    tm_assert(p->hz.state[k] == TM_HZ_TAKEN);
+    p->hz.state[k] = TM_HZ_READY;
+    p->hz.held += p->hz.per;
 }
 
 int tm_hugezero_move(struct tm_pool *p, int k, int64_t g)

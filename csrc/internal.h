@@ -305,7 +305,8 @@ typedef struct tm_stream {
 #define TM_SPARE_RECENT 16
 
 /* Zero fills from huge pages (hugezero.c): chunks of 2 MiB populated ahead
- * of need, off the fault path, moved into the arena whole. */
+ * of need, off the fault path, moved into the arena whole. Their DRAM is in
+ * the budget: resident + spare + hz.held <= dram_blocks. */
 #define TM_HUGEZERO_CHUNKS 4
 enum tm_hz_state {
     TM_HZ_EMPTY,    /* to be populated */
@@ -316,6 +317,7 @@ enum tm_hz_state {
 typedef struct tm_hugezero {
     uint8_t *base;         /* TM_HUGEZERO_CHUNKS chunks of 2 MiB; NULL: none */
     int64_t per;           /* blocks per chunk */
+    int64_t held;          /* blocks of DRAM the filling and ready chunks hold: in the budget */
     enum tm_hz_state state[TM_HUGEZERO_CHUNKS];
 } tm_hugezero;
 
@@ -621,6 +623,32 @@ void tm_advice_forget(struct tm_pool *p, int64_t b, int64_t n);
 int tm_worker_init(struct tm_pool *p, tm_worker *w, int populate);
 void tm_worker_fini(tm_worker *w);
 
+/* ---- hugezero.c ------------------------------------------------------ */
+
+/* Reserve the chunks (none for a budget too small for them); 0 or -errno. */
+int tm_hugezero_init(struct tm_pool *p);
+void tm_hugezero_fini(struct tm_pool *p);
+/* Populate the empty chunks while DRAM has room for them, the lock released
+ * while the kernel does. */
+void tm_hugezero_refill(struct tm_pool *p);
+/* Give back up to `want` blocks' worth of ready chunks (room needed, or an
+ * idle pool); returns how many blocks. */
+int64_t tm_hugezero_give_back(struct tm_pool *p, int64_t want);
+/* The first block of the chunk-sized, aligned group of blocks holding b, if
+ * every one of them is never written and a chunk is ready; else -1. */
+int64_t tm_hugezero_group(struct tm_pool *p, int64_t b);
+/* A ready chunk, now the caller's, its DRAM no longer held by the chunks
+ * (the caller reserves the blocks it fills: the budget is unchanged); -1 if
+ * none. */
+int tm_hugezero_take(struct tm_pool *p);
+/* Chunk k, taken, is not used after all: ready again. */
+void tm_hugezero_untake(struct tm_pool *p, int k);
+/* Move chunk k into the arena at block g (its blocks loading, the lock not
+ * needed); 0, or -errno and the blocks still unmapped. */
+int tm_hugezero_move(struct tm_pool *p, int k, int64_t g);
+/* Chunk k was moved in (or failed to be): it is populated again later. */
+void tm_hugezero_used(struct tm_pool *p, int k);
+
 /* ---- spare.c --------------------------------------------------------- */
 
 /* Keep the freed blocks of [b, b+n) that are mapped in the arena (RESIDENT)
@@ -746,25 +774,6 @@ int64_t tm_demote_fault_room(tm_worker *w, int64_t n);
 /* Move up to `want` PMEM blocks to NVMe (at most a batch), the lock released
  * during the copy; returns how many moved. */
 int64_t tm_demote_cascade(tm_worker *w, int64_t want);
-
-/* ---- hugezero.c ------------------------------------------------------ */
-
-/* Reserve the chunks (none for a budget too small for them); 0 or -errno. */
-int tm_hugezero_init(struct tm_pool *p);
-void tm_hugezero_fini(struct tm_pool *p);
-/* Populate the empty chunks, the lock released while the kernel does. */
-void tm_hugezero_refill(struct tm_pool *p);
-/* The first block of the chunk-sized, aligned group of blocks holding b, if
- * every one of them is never written, DRAM has room for all of them (spares
- * given back for it), and a chunk is ready; else -1. */
-int64_t tm_hugezero_group(struct tm_pool *p, int64_t b);
-/* A ready chunk, now the caller's (-1 if none). */
-int tm_hugezero_take(struct tm_pool *p);
-/* Move chunk k into the arena at block g (its blocks loading, the lock not
- * needed); 0, or -errno and the blocks still unmapped. */
-int tm_hugezero_move(struct tm_pool *p, int k, int64_t g);
-/* Chunk k was moved in (or failed to be): it is populated again later. */
-void tm_hugezero_used(struct tm_pool *p, int k);
 
 /* ---- promote.c ------------------------------------------------------- */
 

@@ -167,13 +167,17 @@ void tm_spare_drop(struct tm_pool *p, int64_t b, int64_t n)
 
 void tm_spare_room(struct tm_pool *p, int64_t n)
 {
-    int64_t over = p->resident + p->spare + n - p->dram_blocks;
+    int64_t over = p->resident + p->spare + p->hz.held + n - p->dram_blocks;
     if (over > 0 && p->spare)
-        give_back(p, over < p->spare ? over : p->spare);
+        over -= give_back(p, over < p->spare ? over : p->spare);
+    if (over > 0)
+        tm_hugezero_give_back(p, over);
 }
 
 void tm_spare_tick(struct tm_pool *p)
 {
-    if (p->spare && ++p->spare_idle_ticks >= SPARE_IDLE_TICKS)
+    if ((p->spare || p->hz.held) && ++p->spare_idle_ticks >= SPARE_IDLE_TICKS) {
         give_back(p, p->spare);
+        tm_hugezero_give_back(p, p->hz.held);
+    }
 }

@@ -16,6 +16,7 @@ void tm_stats_snapshot(struct tm_pool *p, tm_stats *out)
     out->dram.capacity = (uint64_t)p->dram_blocks << p->bshift;
     out->dram.used = (uint64_t)p->resident << p->bshift;
     out->spare = (uint64_t)p->spare << p->bshift;
+    out->zero_ready = (uint64_t)p->hz.held << p->bshift;
     tier_stats(&p->pmem, &out->pmem);
     tier_stats(&p->nvme, &out->nvme);
     out->allocated = (uint64_t)p->reserved << p->bshift;

@@ -183,6 +183,7 @@ typedef struct tm_stats {
     uint64_t trace_dropped;    /* accesses not recorded: the buffer was full */
     uint64_t locked_io_bytes;  /* bytes of tier I/O and UFFDIO_COPY done with the pool lock held (0 is the aim) */
     uint64_t spare;            /* bytes of freed memory kept mapped for reuse: DRAM held, within the budget */
+    uint64_t zero_ready;       /* bytes of huge pages populated for zero fills: DRAM held, within the budget */
     uint64_t spare_reuses;     /* blocks an allocation reused from freed memory: no fault, no zero fill */
     uint64_t huge_zero_fills;  /* of zero_fills, blocks filled by moving in a huge page populated ahead */
     int32_t handler_threads;

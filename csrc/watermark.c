@@ -82,7 +82,7 @@ static void wake_below_low(struct tm_pool *p)
 void tm_watermark_resident(struct tm_pool *p, int64_t n)
 {
     p->resident += n;
-    uint64_t used = (uint64_t)(p->resident + p->spare) << p->bshift; /* DRAM held */
+    uint64_t used = (uint64_t)(p->resident + p->spare + p->hz.held) << p->bshift; /* DRAM held */
     if (used > p->st.dram.peak)
         p->st.dram.peak = used;
     wake_below_low(p);

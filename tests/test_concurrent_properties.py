@@ -399,7 +399,7 @@ def watch(run, threads):
         s = pool.stats()
         n1 = len(run.budget_log)
         bound = max(run.budget_log[n0 - 1:n1])  # every budget that may have applied meanwhile
-        used = s["dram"]["used"] + s["spare"]  # DRAM held: freed blocks kept for reuse count too
+        used = s["dram"]["used"] + s["spare"] + s["zero_ready"]  # DRAM held: kept for reuse counts too
         if s["last_error"] and len(run.last_errors) < 50 and s["last_error"] not in run.last_errors:
             run.last_errors.append(s["last_error"])
         run.max_used = max(run.max_used, used)

@@ -207,6 +207,17 @@ def test_a_missing_nvme_path_is_named():
         tmd.Settings(nvme_path="/nonexistent/tier").pool_kwargs(Worker)
 
 
+def test_config_preload_installs_the_pool_in_every_worker():
+    """The `distributed.worker.preload` config route (for deployments that set
+    Dask's configuration rather than the worker's command line)."""
+    with dask.config.set({"distributed.worker.preload": ["tieredmem.dask"],
+                          "distributed.worker.preload-argv": [["--tieredmem-dram", "256MiB"]]}):
+        with cluster() as c, Client(c) as cl:
+            reports = cl.run(tmd.stats)
+    assert len(reports) == 2
+    assert all(r["dram_budget"] == 256 << 20 for r in reports.values()), reports
+
+
 def test_preload_installs_the_pool_with_the_interposer_in_cli_workers(tmp_path):
     """`dask worker ADDRESS --preload-nanny tieredmem.dask --preload
     tieredmem.dask --tieredmem-dram 256MiB`, against a `dask scheduler`, both

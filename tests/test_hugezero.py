@@ -89,3 +89,17 @@ def test_a_freed_huge_page_array_is_kept_as_spares_and_reused(pool):
     assert b.ctypes.data == addr and p.stats()["spare_reuses"] == 4 * MiB // p.block_size
     assert not b.any()
     del b
+
+
+def test_huge_pages_populated_ahead_count_in_the_budget_and_give_way(pool):
+    p = pool(dram="32MiB", nvme="256MiB")
+    chunks_ready(p.empty(MiB // 8))
+    assert p.stats()["zero_ready"] > 0
+    a = p.empty(31 * MiB // 8)
+    a[:] = 1.0  # fills DRAM: the ready huge pages are moved in or given back
+    s = p.stats()
+    assert s["dram"]["used"] + s["spare"] + s["zero_ready"] <= s["dram"]["capacity"], s
+    assert s["dram"]["peak"] <= s["dram"]["capacity"], s
+    assert s["bytes_written"] == 0, "room for a's blocks came from the huge pages, not from demotions"
+    assert a.sum() == a.size
+    del a

@@ -30,7 +30,7 @@ LOWER_TIERS = ("dram", "pmem", "nvme")
 # The names of the levels among pool.stats()' fields (pool.STAT_LEVELS:
 # gauges) that say their unit otherwise; the other fields are counters.
 GAUGE_NAMES = {"allocated": "allocated_bytes", "capacity": "capacity_bytes", "headroom": "headroom_bytes",
-               "spare": "spare_bytes", "fork_kept": "fork_kept_bytes", "sample_rate": "sample_rate_blocks_per_second",
+               "spare": "spare_bytes", "zero_ready": "zero_ready_bytes", "fork_kept": "fork_kept_bytes", "sample_rate": "sample_rate_blocks_per_second",
                "rss": "resident_bytes", "outside_pool": "outside_pool_bytes"}
 INFO = ("dirty_tracking", "nvme_direct", "pmem_dax")
 # Counters whose names say their unit otherwise.

@@ -86,7 +86,7 @@ def resident_bytes(pid="self") -> int:
 # The scalar fields of pool.stats() that are levels (what is held now), not
 # counts since the pool was made: a rate or a difference over time means
 # nothing for them.
-STAT_LEVELS = frozenset({"allocated", "capacity", "headroom", "spare", "fork_kept", "fork_children",
+STAT_LEVELS = frozenset({"allocated", "capacity", "headroom", "spare", "zero_ready", "fork_kept", "fork_children",
                          "handler_threads", "sample_rate", "rss", "outside_pool", "block_size",
                          "dirty_tracking", "nvme_direct", "pmem_dax"})
 
@@ -101,7 +101,7 @@ def stats_dict(s, rss: int) -> dict:
     for key in _STAT_COUNTERS:
         out[key] = int(getattr(s, key))
     out["rss"] = rss
-    out["outside_pool"] = max(rss - out["dram"]["used"] - out["spare"], 0)
+    out["outside_pool"] = max(rss - out["dram"]["used"] - out["spare"] - out["zero_ready"], 0)
     return out
 
 
@@ -513,8 +513,9 @@ class Pool:
         resident memory ("rss") and how much of it is outside this pool
         ("outside_pool": RSS less the pool's DRAM tier and its spares, i.e. what
         is left to tier). "spare" is freed pool memory kept mapped for the next
-        allocation at its address (DRAM held, within the budget; given back when
-        room is needed or after a second unused).
+        allocation at its address, "zero_ready" huge pages populated for the
+        next fresh ones (DRAM held, within the budget; given back when room is
+        needed or after a second unused).
         "locked_io_bytes" counts the bytes of tier I/O and of copies into the
         arena done with the pool lock held, which keeps other faults waiting:
         0 is the aim (docs/architecture.md, "Threads and locking")."""
