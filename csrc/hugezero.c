@@ -63,10 +63,20 @@ void tm_hugezero_refill(struct tm_pool *p)
             tm_os_zap(chunk(p, k), TM_HUGE_BYTES);
             p->hz.state[k] = TM_HZ_EMPTY;
             p->hz.held -= p->hz.per;
+            pthread_cond_broadcast(&p->io_cond);
             return;
         }
         p->hz.state[k] = TM_HZ_READY;
+        pthread_cond_broadcast(&p->io_cond); /* room-makers may wait for it (spare.c) */
     }
+}
+
+int tm_hugezero_filling(const struct tm_pool *p)
+{
+    for (int k = 0; k < TM_HUGEZERO_CHUNKS; k++)
+        if (p->hz.state[k] == TM_HZ_FILLING)
+            return 1;
+    return 0;
 }
 
 int64_t tm_hugezero_give_back(struct tm_pool *p, int64_t want)

@@ -631,6 +631,9 @@ void tm_hugezero_fini(struct tm_pool *p);
 /* Populate the empty chunks while DRAM has room for them, the lock released
  * while the kernel does. */
 void tm_hugezero_refill(struct tm_pool *p);
+/* Whether a chunk is being populated (the lock released): its room is held
+ * until it is ready (io_cond is broadcast then). */
+int tm_hugezero_filling(const struct tm_pool *p);
 /* Give back up to `want` blocks' worth of ready chunks (room needed, or an
  * idle pool); returns how many blocks. */
 int64_t tm_hugezero_give_back(struct tm_pool *p, int64_t want);
@@ -672,8 +675,9 @@ int64_t tm_spare_reuse(struct tm_pool *p, int64_t b, int64_t n, tm_extent *runs,
 void tm_spare_zeroed(struct tm_pool *p, const tm_extent *runs, int nruns);
 /* Give back the spares of [b, b+n) (their pages zapped). */
 void tm_spare_drop(struct tm_pool *p, int64_t b, int64_t n);
-/* Give back spares until n more blocks fit the budget beside them, or none
- * is left. */
+/* Give back spares, then ready zero-fill chunks, until n more blocks fit the
+ * budget beside them, or none is left (waiting, the lock released, for a
+ * chunk being populated if it holds the room). */
 void tm_spare_room(struct tm_pool *p, int64_t n);
 /* Once a tick: spares nobody reused for a second go back. */
 void tm_spare_tick(struct tm_pool *p);

@@ -167,11 +167,18 @@ void tm_spare_drop(struct tm_pool *p, int64_t b, int64_t n)
 
 void tm_spare_room(struct tm_pool *p, int64_t n)
 {
-    int64_t over = p->resident + p->spare + p->hz.held + n - p->dram_blocks;
-    if (over > 0 && p->spare)
-        over -= give_back(p, over < p->spare ? over : p->spare);
-    if (over > 0)
-        tm_hugezero_give_back(p, over);
+    for (;;) {
+        int64_t over = p->resident + p->spare + p->hz.held + n - p->dram_blocks;
+        if (over > 0 && p->spare)
+            over -= give_back(p, over < p->spare ? over : p->spare);
+        if (over > 0)
+            over -= tm_hugezero_give_back(p, over);
+        /* A chunk being populated holds its room until it is ready: wait for
+         * it (the lock released) rather than go over the budget. */
+        if (over <= 0 || !tm_hugezero_filling(p))
+            return;
+        pthread_cond_wait(&p->io_cond, &p->lock);
+    }
 }
 
 void tm_spare_tick(struct tm_pool *p)
