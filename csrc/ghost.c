@@ -12,11 +12,14 @@
  *  - Less DRAM: how soon resident blocks are used again. Hint sampling
  *    parks resident blocks (sampling.c); each parked block is stamped with
  *    the time, and its hint fault records the time from park to access: a
- *    block used every t seconds is hit about t/2 after a random park. A
- *    census of the blocks still parked, by how long, finds the idle ones.
- *    No hint fault is added: these are the samples sampling takes.
+ *    block used every t seconds is hit about t/2 after a random park. Only
+ *    a block seen used before since it came into DRAM counts as reused: a
+ *    scan's block read ahead is hit once, soon, and never again. A census
+ *    of the blocks still parked, by how long, finds the idle ones. No hint
+ *    fault is added: these are the samples sampling takes.
  * One u32 per block serves both: the eviction clock while the block is
- * below DRAM, the park time while it is parked (0: none seen).
+ * below DRAM; in DRAM, SEEN (used since it came in) and, while parked, the
+ * park time in the other 31 bits (0: none seen).
  *
  * The pure part works on a tm_ghost; the pool's hooks call it with the lock
  * held, only for pools that enabled it (p->ghost). */
@@ -25,6 +28,9 @@
 #include <string.h>
 
 #include "internal.h"
+
+#define SEEN 0x80000000u
+#define TIME_MASK 0x7fffffffu /* park times wrap after 2^31 units (39 hours) */
 
 int tm_ghost_distance_bucket(uint64_t d)
 {
@@ -53,11 +59,17 @@ uint64_t tm_ghost_age_lo_ns(int i)
     return i ? (uint64_t)TM_GHOST_UNIT_NS << (i - 1) : 0;
 }
 
-/* Time since the ghost began, in units, never 0 (0 marks "none"). */
+/* Time since the ghost began, in units modulo 2^31, never 0 (0 marks
+ * "none"). */
 static uint32_t units_at(const tm_ghost *g, uint64_t now_ns)
 {
-    uint32_t u = (uint32_t)((now_ns - g->epoch_ns) / TM_GHOST_UNIT_NS);
+    uint32_t u = (uint32_t)((now_ns - g->epoch_ns) / TM_GHOST_UNIT_NS) & TIME_MASK;
     return u ? u : 1;
+}
+
+static uint32_t units_since(uint32_t now, uint32_t then)
+{
+    return (now - then) & TIME_MASK;
 }
 
 tm_ghost *tm_ghost_new(int64_t nblocks, uint64_t now_ns)
@@ -106,20 +118,24 @@ void tm_ghost_parked(tm_ghost *g, int64_t b, int64_t n, uint64_t now_ns)
 {
     uint32_t u = units_at(g, now_ns);
     for (int64_t i = b; i < b + n; i++)
-        g->stamp[i] = u;
+        g->stamp[i] = (g->stamp[i] & SEEN) | u;
 }
 
 void tm_ghost_hint(tm_ghost *g, int64_t b, uint64_t now_ns)
 {
     uint32_t s = g->stamp[b];
-    if (!s)
+    g->stamp[b] = SEEN;
+    if (!(s & TIME_MASK))
         return;
-    g->stamp[b] = 0;
-    uint32_t units = units_at(g, now_ns) - s;
+    if (!(s & SEEN)) {
+        g->st.first_uses++;
+        return;
+    }
+    uint32_t units = units_since(units_at(g, now_ns), s & TIME_MASK);
     int i = tm_ghost_age_bucket(units);
-    g->st.hints++;
-    g->st.hint_latency[i]++;
-    g->st.hint_latency_ns[i] += (uint64_t)units * TM_GHOST_UNIT_NS;
+    g->st.reuses++;
+    g->st.reuse_latency[i]++;
+    g->st.reuse_latency_ns[i] += (uint64_t)units * TM_GHOST_UNIT_NS;
 }
 
 void tm_ghost_census(const tm_ghost *g, const uint8_t *tier, const uint8_t *flags, int64_t n, uint64_t now_ns,
@@ -128,8 +144,9 @@ void tm_ghost_census(const tm_ghost *g, const uint8_t *tier, const uint8_t *flag
     uint32_t u = units_at(g, now_ns);
     memset(parked, 0, TM_GHOST_AGES * sizeof parked[0]);
     for (int64_t b = 0; b < n; b++)
-        if (tier[b] == TM_DRAM && (flags[b] & (TM_F_SAMPLED | TM_F_BUSY)) == TM_F_SAMPLED && g->stamp[b])
-            parked[tm_ghost_age_bucket((uint32_t)(u - g->stamp[b]))]++;
+        if (tier[b] == TM_DRAM && (flags[b] & (TM_F_SAMPLED | TM_F_BUSY)) == TM_F_SAMPLED &&
+            (g->stamp[b] & TIME_MASK))
+            parked[tm_ghost_age_bucket(units_since(u, g->stamp[b] & TIME_MASK))]++;
 }
 
 int tm_ghost_enable(tm_pool *p)

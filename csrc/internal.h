@@ -563,7 +563,7 @@ void tm_publish_fini(struct tm_pool *p);
 /* ---- ghost.c: what more or less DRAM would be worth ------------------ */
 
 typedef struct tm_ghost {
-    uint32_t *stamp;      /* per block: eviction clock while below DRAM, park time while parked; 0: none */
+    uint32_t *stamp;      /* per block: eviction clock while below DRAM; in DRAM, seen used and park time (ghost.c) */
     int64_t nblocks;
     size_t bytes;         /* mapped, with this header */
     uint32_t clock;       /* evictions so far, from 1 (0 is skipped) */
@@ -585,7 +585,8 @@ void tm_ghost_evicted(tm_ghost *g, int64_t b);
 void tm_ghost_refault(tm_ghost *g, int64_t b);
 /* Blocks [b, b+n) were parked for hint sampling at now_ns. */
 void tm_ghost_parked(tm_ghost *g, int64_t b, int64_t n, uint64_t now_ns);
-/* A hint fault on block b (it was parked) at now_ns. */
+/* A hint fault on block b (it was parked) at now_ns: a reuse if it was
+ * seen used before since it came into DRAM, else a first use. */
 void tm_ghost_hint(tm_ghost *g, int64_t b, uint64_t now_ns);
 /* The resident blocks of [0, n) still parked, by how long (tier[], flags[]
  * as tm_meta's). */

@@ -381,7 +381,9 @@ int tm_np_origin_skip(const char *prefix);
  * What more or less DRAM would be worth to a pool, from what it does anyway:
  * refault distances (how many evictions happened between a block's eviction
  * and its return: that much more DRAM would have kept it) and, from hint
- * sampling's own samples, how soon a parked resident block is used again.
+ * sampling's own samples, how soon a parked resident block is used again
+ * (a reuse: it was seen used before, since it came into DRAM) or used at
+ * all (a first use, as a scan's block read ahead is).
  * Off unless enabled; then it costs a store per eviction, a load per
  * promotion, hint and park, and a scan of the blocks per read. */
 #define TM_GHOST_DISTANCES 128    /* quarter octaves of blocks */
@@ -393,9 +395,10 @@ typedef struct tm_ghost_stats {
     uint64_t evictions;         /* blocks that left DRAM for a lower tier */
     uint64_t refaults;          /* blocks brought back whose eviction it saw */
     uint64_t refault_distance[TM_GHOST_DISTANCES]; /* by evictions in between (tm_ghost_distance_lo) */
-    uint64_t hints;             /* hint faults on blocks whose parking it saw */
-    uint64_t hint_latency[TM_GHOST_AGES];    /* by time from park to access (tm_ghost_age_lo_ns) */
-    uint64_t hint_latency_ns[TM_GHOST_AGES]; /* their total time */
+    uint64_t reuses;            /* hint faults on blocks seen used before since they came into DRAM */
+    uint64_t reuse_latency[TM_GHOST_AGES];    /* by time from park to access (tm_ghost_age_lo_ns) */
+    uint64_t reuse_latency_ns[TM_GHOST_AGES]; /* their total time */
+    uint64_t first_uses;        /* hint faults on blocks not seen used before (read ahead, say) */
     uint64_t census_ns;         /* time the reads' scans took */
     /* When read: resident blocks parked and not used since, by how long. */
     uint64_t parked[TM_GHOST_AGES];

@@ -1,6 +1,6 @@
 /* test_ghost.c: benefit measurement (csrc/ghost.c): its histogram buckets,
- * refault distances from the eviction clock, park-to-hint times, and the
- * census of parked blocks.
+ * refault distances from the eviction clock, park-to-hint times of reused
+ * blocks (and first uses told apart), and the census of parked blocks.
  *
  * Links ghost.c and os.c (memory for the stamps, tm_assert's report). A
  * ghost here is tm_ghost_new's for a few blocks, with times given by the
@@ -105,28 +105,59 @@ static void the_eviction_clock_wraps_past_zero(void)
     tm_ghost_free(g);
 }
 
-static void a_hint_records_the_time_from_park_to_access(void)
+/* Block b came into DRAM from below and was hit once after a park at t. */
+static void arrive_and_use(tm_ghost *g, int64_t b, uint64_t t)
+{
+    tm_ghost_evicted(g, b);
+    tm_ghost_refault(g, b);
+    tm_ghost_parked(g, b, 1, t);
+    tm_ghost_hint(g, b, t + MS);
+}
+
+static void a_reuse_records_the_time_from_park_to_access(void)
 {
     tm_ghost *g = tm_ghost_new(N, T0);
+    arrive_and_use(g, 9, T0);
     tm_ghost_parked(g, 8, 4, T0 + 10 * MS);
     tm_ghost_hint(g, 9, T0 + 15 * MS);
     uint64_t units = (15 * MS) / TM_GHOST_UNIT_NS - (10 * MS) / TM_GHOST_UNIT_NS;
     int i = tm_ghost_age_bucket(units);
-    CHECK_EQ(g->st.hints, 1);
-    CHECK_EQ(g->st.hint_latency[i], 1);
-    CHECK_EQ(g->st.hint_latency_ns[i], units * TM_GHOST_UNIT_NS);
-    CHECK_EQ(hist_sum(g->st.hint_latency, TM_GHOST_AGES), 1);
+    CHECK_EQ(g->st.reuses, 1);
+    CHECK_EQ(g->st.reuse_latency[i], 1);
+    CHECK_EQ(g->st.reuse_latency_ns[i], units * TM_GHOST_UNIT_NS);
+    CHECK_EQ(hist_sum(g->st.reuse_latency, TM_GHOST_AGES), 1);
+    tm_ghost_free(g);
+}
+
+static void the_first_hint_after_a_block_came_in_is_a_first_use(void)
+{
+    tm_ghost *g = tm_ghost_new(N, T0);
+    arrive_and_use(g, 3, T0);
+    CHECK_EQ(g->st.first_uses, 1);
+    CHECK_EQ(g->st.reuses, 0);
+    tm_ghost_free(g);
+}
+
+static void an_eviction_forgets_that_a_block_was_used(void)
+{
+    tm_ghost *g = tm_ghost_new(N, T0);
+    arrive_and_use(g, 3, T0);
+    arrive_and_use(g, 3, T0 + 100 * MS); /* evicted and back: its hit is a first use again */
+    CHECK_EQ(g->st.first_uses, 2);
+    CHECK_EQ(g->st.reuses, 0);
     tm_ghost_free(g);
 }
 
 static void a_hint_on_a_block_not_seen_parked_is_not_recorded(void)
 {
     tm_ghost *g = tm_ghost_new(N, T0);
-    tm_ghost_parked(g, 8, 1, T0 + MS);
-    tm_ghost_hint(g, 9, T0 + 2 * MS);
-    tm_ghost_hint(g, 8, T0 + 2 * MS);
-    tm_ghost_hint(g, 8, T0 + 3 * MS); /* a second hint without a park between */
-    CHECK_EQ(g->st.hints, 1);
+    arrive_and_use(g, 8, T0);
+    tm_ghost_parked(g, 8, 1, T0 + 10 * MS);
+    tm_ghost_hint(g, 9, T0 + 12 * MS);
+    tm_ghost_hint(g, 8, T0 + 12 * MS);
+    tm_ghost_hint(g, 8, T0 + 13 * MS); /* a second hint without a park between */
+    CHECK_EQ(g->st.reuses, 1);
+    CHECK_EQ(g->st.first_uses, 1);
     tm_ghost_free(g);
 }
 
@@ -138,6 +169,7 @@ static void the_census_counts_resident_blocks_still_parked_by_age(void)
         tier[b] = TM_DRAM;
         flags[b] = TM_F_ALLOC | TM_F_SAMPLED;
     }
+    tm_ghost_hint(g, 0, T0);                   /* seen used: the census counts it all the same */
     tm_ghost_parked(g, 0, 3, T0 + 100 * MS);   /* parked 1.9 s at the census */
     tm_ghost_parked(g, 3, 3, T0 + 1900 * MS);  /* 0.1 s */
     flags[4] |= TM_F_BUSY;                     /* a victim on its way down */
@@ -170,7 +202,9 @@ static const struct check checks[] = {
     CHECK_ENTRY(a_block_never_evicted_is_no_refault),
     CHECK_ENTRY(a_refault_is_counted_once_per_eviction),
     CHECK_ENTRY(the_eviction_clock_wraps_past_zero),
-    CHECK_ENTRY(a_hint_records_the_time_from_park_to_access),
+    CHECK_ENTRY(a_reuse_records_the_time_from_park_to_access),
+    CHECK_ENTRY(the_first_hint_after_a_block_came_in_is_a_first_use),
+    CHECK_ENTRY(an_eviction_forgets_that_a_block_was_used),
     CHECK_ENTRY(a_hint_on_a_block_not_seen_parked_is_not_recorded),
     CHECK_ENTRY(the_census_counts_resident_blocks_still_parked_by_age),
     CHECK_ENTRY(an_eviction_replaces_a_park_stamp),
