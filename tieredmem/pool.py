@@ -266,7 +266,7 @@ class Pool:
             if origin_min:
                 self._track_origins(origin_min)
             if self._member is not None:
-                self._member.attach(p, self._published_number())
+                self._member.attach(p, self._published_number(), self.published_path)
         except BaseException:
             self.close()
             raise
@@ -353,8 +353,10 @@ class Pool:
                 # not go on writing into a buffer that dies with it.
                 self._trace_len = _lib.tm_trace_stop(self._p)
             _lib.tm_pool_close(self._p)
-            if self._member is not None:  # it keeps its DRAM until its last array goes
-                self._member.close()
+        if self._member is not None:
+            # It keeps its DRAM until its last array goes; if that is gone,
+            # its thread lets the engine go before this object can drop it.
+            self._member.close()
 
     @property
     def closed(self) -> bool:

@@ -90,6 +90,13 @@ def _squeeze(members: list, targets: dict, budget: int, step: int) -> list:
     return moves
 
 
+def _better(score: float, best: float) -> bool:
+    """Whether an amount's gain per byte beats the best so far; a larger
+    amount that does as well wins (it is looked at later), so that a gain
+    that grows evenly moves at once rather than a step a period."""
+    return score > 0 and score >= best * (1 - 1e-9)
+
+
 def _best_gain(m: View, targets: dict, most: int, step: int):
     """(gain per byte, amount, gain) of the best amount up to `most` for m,
     looking ahead over every multiple of the step."""
@@ -98,7 +105,7 @@ def _best_gain(m: View, targets: dict, most: int, step: int):
     base = _at(m.gain, have, step)
     for k in range(1, most // step + 1):
         g = (_at(m.gain, have + k * step, step) - base) * m.weight
-        if g / (k * step) > best[0]:
+        if _better(g / (k * step), best[0]):
             best = (g / (k * step), k * step, g)
     return best
 
@@ -157,7 +164,7 @@ def _exchange(members: list, targets: dict, step: int, payback_s: float, hystere
                     if g < (1 + hysteresis) * lost or (g - lost) * payback_s < amount:
                         continue
                     score = (g - lost) / amount
-                    if best is None or score > best[0]:
+                    if _better(score, best[0] if best else 0.0):
                         best = (score, Move(d.key, r.key, amount, g, lost))
         if best is None:
             return moves
@@ -171,7 +178,8 @@ def _exchange(members: list, targets: dict, step: int, payback_s: float, hystere
 def arbitrate(members: list, budget: int, step: int, period_s: float, hysteresis: float = HYSTERESIS,
               payback_periods: float = PAYBACK_PERIODS):
     """New targets for `members` (Views) sharing `budget` bytes: (targets by
-    key, the moves made)."""
+    key, the moves made). They add up to the budget at most, unless members
+    that do not answer hold more than the others' floors leave."""
     targets = {}
     for m in members:
         targets[m.key] = m.grant if m.frozen else min(max(m.target, m.floor), m.ceiling)

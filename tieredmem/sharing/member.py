@@ -27,6 +27,7 @@ LEASE_PERIODS = 3            # a member without a heartbeat for this many period
 MIN_BLOCKS = 16              # the least DRAM a member's pool gets: a floor below it is raised to it
 DEFAULT_PERIOD_S = 3.0
 JOIN_WAIT_PERIODS = 2        # a member joining waits this long for the others to make room for its floor
+PUBLISH_WAIT_S = 0.5         # a member that shrank waits at most this long for its pool to publish it
 ENV = {"name": "TIEREDMEM_SHARE", "host_dram": "TIEREDMEM_HOST_DRAM", "floor": "TIEREDMEM_SHARE_FLOOR",
        "ceiling": "TIEREDMEM_SHARE_CEILING", "weight": "TIEREDMEM_SHARE_WEIGHT", "period": "TIEREDMEM_SHARE_PERIOD"}
 
@@ -119,6 +120,7 @@ class Member:
         self.table = None
         self.slot = None
         self.engine = None
+        self.published = None  # its pool's published file, if any
         self.dram = 0          # its pool's budget now
         self.budget = self.step = self.period_s = None
         self._stop = threading.Event()
@@ -226,9 +228,10 @@ class Member:
 
     # ---- the pool ------------------------------------------------------
 
-    def attach(self, engine, pool_no: int) -> None:
+    def attach(self, engine, pool_no: int, published_path) -> None:
         """Measure the pool, set its budget to the grant, and start the
         member's thread. The member pins the engine until it leaves."""
+        self.published = published_path
         if lib.tm_ghost_enable(engine) < 0:
             raise MemoryError("share: cannot allocate the pool's benefit measurement")
         lib.tm_pool_pin(engine)
@@ -275,11 +278,25 @@ class Member:
             grant = self._reserve(h) if target > self.dram else h.slots[self.slot].grant
         if target < self.dram:  # its pool first, then its grant
             if self._resize(target):
+                self._await_published(target)
                 with self.table.locked() as h:
                     self._moved(h, target)
         elif grant > self.dram and self._resize(grant):
             with self.table.locked() as h:
                 self._moved(h, h.slots[self.slot].grant)
+
+    def _await_published(self, dram: int) -> None:
+        """Wait for its pool's published figures to show its new budget (a
+        tick of its background thread, 50 ms), so that what the group's
+        pools publish (top, the metrics) never adds up to more than the
+        group's DRAM: the grant it gives back goes to another member only
+        once its own figures are down."""
+        deadline = time.monotonic() + PUBLISH_WAIT_S
+        while self.published and time.monotonic() < deadline:
+            pub = published.read(self.published)
+            if pub is not None and pub.stats.dram.capacity <= dram:
+                return
+            time.sleep(0.005)
 
     def _moved(self, h, grant: int) -> None:
         slot = h.slots[self.slot]
@@ -352,13 +369,16 @@ class Member:
 
     def close(self) -> None:
         """The pool was closed: leave once its last array is freed (now, if
-        none is alive)."""
-        if self.pid != os.getpid() or self._left:
+        none is alive). Returns once the member's thread is done with the
+        engine if it left: the pool's owner may drop the engine's handle
+        next, which must not happen while the thread lets the engine go."""
+        if self.pid != os.getpid():
             return
         self._closing = True
         if self._thread is None:
             self.leave()
-        elif threading.current_thread() is not self._thread and lib.tm_live_allocations(self.engine) == 0:
+        elif threading.current_thread() is not self._thread and (
+                self._left or lib.tm_live_allocations(self.engine) == 0):
             self._stop.set()
             self._thread.join()
 
@@ -378,7 +398,7 @@ class Member:
         if self.slot is not None:
             with self.table.locked() as h:
                 h.slots[self.slot] = type(h.slots[self.slot])()
-                if not self.table.members():
+                if not self.table.members() and not self.table.unlinked():
                     os.unlink(self.table.path)
             self.table.drop_lease(self.slot)
         if self.table is not None:
