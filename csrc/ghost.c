@@ -13,8 +13,9 @@
  *    parks resident blocks (sampling.c); each parked block is stamped with
  *    the time, and its hint fault records the time from park to access: a
  *    block used every t seconds is hit about t/2 after a random park. Only
- *    a block seen used before since it came into DRAM counts as reused: a
- *    scan's block read ahead is hit once, soon, and never again. A census
+ *    a block seen used before since it came into DRAM (by the fault that
+ *    brought it, or a hint) counts as reused: a scan's block read ahead is
+ *    hit once, soon, and never again. A census
  *    of the blocks still parked, by how long, finds the idle ones. No hint
  *    fault is added: these are the samples sampling takes.
  * One u32 per block serves both: the eviction clock while the block is
@@ -102,12 +103,12 @@ void tm_ghost_evicted(tm_ghost *g, int64_t b)
     g->st.evictions++;
 }
 
-void tm_ghost_refault(tm_ghost *g, int64_t b)
+void tm_ghost_refault(tm_ghost *g, int64_t b, int used)
 {
     uint32_t s = g->stamp[b];
+    g->stamp[b] = used ? SEEN : 0;
     if (!s)
         return;
-    g->stamp[b] = 0;
     /* Evictions since, modulo 2^32 less the 0 the clock skips. */
     uint32_t d = g->clock - s - (g->clock < s);
     g->st.refaults++;

@@ -581,8 +581,9 @@ tm_ghost *tm_ghost_new(int64_t nblocks, uint64_t now_ns);
 void tm_ghost_free(tm_ghost *g);
 /* Block b left DRAM for a lower tier. */
 void tm_ghost_evicted(tm_ghost *g, int64_t b);
-/* Block b came back into DRAM from a lower tier. */
-void tm_ghost_refault(tm_ghost *g, int64_t b);
+/* Block b came back into DRAM from a lower tier: `used` if a fault on it
+ * brought it (not ahead of need). */
+void tm_ghost_refault(tm_ghost *g, int64_t b, int used);
 /* Blocks [b, b+n) were parked for hint sampling at now_ns. */
 void tm_ghost_parked(tm_ghost *g, int64_t b, int64_t n, uint64_t now_ns);
 /* A hint fault on block b (it was parked) at now_ns: a reuse if it was

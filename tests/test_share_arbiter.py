@@ -158,32 +158,45 @@ def test_more_dram_saves_the_refaults_within_its_amount():
 
 
 def test_less_dram_costs_nothing_for_what_the_pool_does_not_use():
-    population = benefit.classes(ghost(), ghost(first_uses=10), free=100, resident=0)
+    population = benefit.classes(ghost(), ghost(first_uses=10), 1.0, free=100, resident=0)
     assert benefit.loss(population, [50, 100]) == [0.0, 0.0]
 
 
-def test_less_dram_takes_the_blocks_parked_longest_first():
-    one_s = next(i for i in range(benefit.AGES) if benefit.AGE_LO_S[i] >= 1.0)
-    after = ghost(parked={one_s: 10, 1: 10}, first_uses=1)
-    population = benefit.classes(ghost(), after, free=0, resident=20)
-    lost = benefit.loss(population, [10, 20])
-    assert lost[0] == pytest.approx(10 / benefit.AGE_LO_S[one_s]) and lost[1] > lost[0] * 100
+def test_less_dram_takes_parked_blocks_first_each_reused_as_parked_blocks_were():
+    # 100 blocks parked now; 50 reuses in 2 s: a parked block is reused every 8 s (twice 4 s between reuses).
+    after = ghost(parked={3: 100}, reuse_latency={6: 50}, reuse_latency_ns={6: 50 * 5_000_000})
+    population = benefit.classes(ghost(), after, 2.0, free=0, resident=200)
+    lost = benefit.loss(population, [100, 101])
+    assert lost[0] == pytest.approx(100 * 50 / 2.0 / (2 * 100))
+    assert lost[1] - lost[0] == pytest.approx(1 / (2 * 0.005)), "the next block: a reused one, every 10 ms"
+
+
+def test_the_parked_blocks_of_a_pool_that_reuses_nothing_cost_nothing():
+    population = benefit.classes(ghost(), ghost(parked={9: 300}), 1.0, free=0, resident=300)
+    assert benefit.loss(population, [300]) == [0.0]
 
 
 def test_a_reused_block_costs_a_read_as_often_as_it_is_reused():
     # 100 reuses, each 50 ms after its park: used about every 100 ms.
     bucket = next(i for i in range(benefit.AGES) if benefit.AGE_LO_S[i + 1] > 0.05)
     after = ghost(reuse_latency={bucket: 100}, reuse_latency_ns={bucket: 100 * 50_000_000})
-    population = benefit.classes(ghost(), after, free=0, resident=1000)
+    population = benefit.classes(ghost(), after, 1.0, free=0, resident=1000)
     assert benefit.loss(population, [10]) == [100.0]
 
 
 def test_blocks_used_once_since_they_came_in_cost_nothing_to_lose():
     after = ghost(first_uses=30, reuse_latency={5: 10}, reuse_latency_ns={5: 10_000_000})
-    population = benefit.classes(ghost(), after, free=0, resident=400)
+    population = benefit.classes(ghost(), after, 1.0, free=0, resident=400)
     assert benefit.loss(population, [300]) == [0.0]
 
 
+def test_less_dram_costs_at_least_what_as_much_more_would_save():
+    # A pool that thrashes: its parked blocks are evicted before they are hit again; its refaults are near.
+    after = ghost(parked={3: 100}, refault_distance={distance_bucket(8): 400})
+    gain, loss = benefit.curves(ghost(), after, 1.0, free=0, resident=100, amounts=[16, 64])
+    assert gain == [400.0, 400.0] and loss == gain
+
+
 def test_blocks_nothing_was_learnt_of_are_not_given_away():
-    population = benefit.classes(ghost(), ghost(), free=0, resident=400)
+    population = benefit.classes(ghost(), ghost(), 1.0, free=0, resident=400)
     assert benefit.loss(population, [1]) == [benefit.UNKNOWN_RATE]

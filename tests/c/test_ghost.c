@@ -64,7 +64,7 @@ static void a_refault_counts_the_evictions_since_its_own(void)
     tm_ghost *g = tm_ghost_new(N, T0);
     for (int64_t b = 0; b < 10; b++)
         tm_ghost_evicted(g, b);
-    tm_ghost_refault(g, 3); /* itself and 4..9 left after it: 7 more blocks would have kept it */
+    tm_ghost_refault(g, 3, 1); /* itself and 4..9 left after it: 7 more blocks would have kept it */
     CHECK_EQ(g->st.evictions, 10);
     CHECK_EQ(g->st.refaults, 1);
     CHECK_EQ(g->st.refault_distance[tm_ghost_distance_bucket(7)], 1);
@@ -76,17 +76,17 @@ static void a_block_never_evicted_is_no_refault(void)
 {
     tm_ghost *g = tm_ghost_new(N, T0);
     tm_ghost_evicted(g, 1);
-    tm_ghost_refault(g, 2);
+    tm_ghost_refault(g, 2, 1);
     CHECK_EQ(g->st.refaults, 0);
     tm_ghost_free(g);
 }
 
-static void a_refault_is_counted_once_per_eviction(void)
+static void a_refault_takes_its_eviction_stamp(void)
 {
     tm_ghost *g = tm_ghost_new(N, T0);
     tm_ghost_evicted(g, 5);
-    tm_ghost_refault(g, 5);
-    tm_ghost_refault(g, 5); /* a promotion without an eviction between: not possible, not counted */
+    tm_ghost_refault(g, 5, 0);
+    tm_ghost_refault(g, 5, 0); /* a promotion without an eviction between (the engine makes none): not counted */
     CHECK_EQ(g->st.refaults, 1);
     tm_ghost_free(g);
 }
@@ -100,16 +100,17 @@ static void the_eviction_clock_wraps_past_zero(void)
     CHECK_EQ(g->clock, 1);
     tm_ghost_evicted(g, 2);
     CHECK_EQ(g->stamp[2], 1);
-    tm_ghost_refault(g, 0);
+    tm_ghost_refault(g, 0, 1);
     CHECK_EQ(g->st.refault_distance[tm_ghost_distance_bucket(3)], 1);
     tm_ghost_free(g);
 }
 
-/* Block b came into DRAM from below and was hit once after a park at t. */
+/* Block b came into DRAM from below ahead of need and was hit once after a
+ * park at t. */
 static void arrive_and_use(tm_ghost *g, int64_t b, uint64_t t)
 {
     tm_ghost_evicted(g, b);
-    tm_ghost_refault(g, b);
+    tm_ghost_refault(g, b, 0);
     tm_ghost_parked(g, b, 1, t);
     tm_ghost_hint(g, b, t + MS);
 }
@@ -129,7 +130,7 @@ static void a_reuse_records_the_time_from_park_to_access(void)
     tm_ghost_free(g);
 }
 
-static void the_first_hint_after_a_block_came_in_is_a_first_use(void)
+static void the_first_hint_on_a_block_read_ahead_of_need_is_a_first_use(void)
 {
     tm_ghost *g = tm_ghost_new(N, T0);
     arrive_and_use(g, 3, T0);
@@ -145,6 +146,18 @@ static void an_eviction_forgets_that_a_block_was_used(void)
     arrive_and_use(g, 3, T0 + 100 * MS); /* evicted and back: its hit is a first use again */
     CHECK_EQ(g->st.first_uses, 2);
     CHECK_EQ(g->st.reuses, 0);
+    tm_ghost_free(g);
+}
+
+static void the_hint_after_the_fault_that_brought_a_block_in_is_a_reuse(void)
+{
+    tm_ghost *g = tm_ghost_new(N, T0);
+    tm_ghost_evicted(g, 4);
+    tm_ghost_refault(g, 4, 1);
+    tm_ghost_parked(g, 4, 1, T0 + 10 * MS);
+    tm_ghost_hint(g, 4, T0 + 30 * MS);
+    CHECK_EQ(g->st.reuses, 1);
+    CHECK_EQ(g->st.first_uses, 0);
     tm_ghost_free(g);
 }
 
@@ -189,7 +202,7 @@ static void an_eviction_replaces_a_park_stamp(void)
     tm_ghost *g = tm_ghost_new(N, T0);
     tm_ghost_parked(g, 2, 1, T0 + 500 * MS);
     tm_ghost_evicted(g, 2); /* a parked block taken as a victim */
-    tm_ghost_refault(g, 2);
+    tm_ghost_refault(g, 2, 1);
     CHECK_EQ(g->st.refault_distance[tm_ghost_distance_bucket(1)], 1);
     tm_ghost_free(g);
 }
@@ -200,11 +213,12 @@ static const struct check checks[] = {
     CHECK_ENTRY(age_buckets_are_octaves_of_the_unit),
     CHECK_ENTRY(a_refault_counts_the_evictions_since_its_own),
     CHECK_ENTRY(a_block_never_evicted_is_no_refault),
-    CHECK_ENTRY(a_refault_is_counted_once_per_eviction),
+    CHECK_ENTRY(a_refault_takes_its_eviction_stamp),
     CHECK_ENTRY(the_eviction_clock_wraps_past_zero),
     CHECK_ENTRY(a_reuse_records_the_time_from_park_to_access),
-    CHECK_ENTRY(the_first_hint_after_a_block_came_in_is_a_first_use),
+    CHECK_ENTRY(the_first_hint_on_a_block_read_ahead_of_need_is_a_first_use),
     CHECK_ENTRY(an_eviction_forgets_that_a_block_was_used),
+    CHECK_ENTRY(the_hint_after_the_fault_that_brought_a_block_in_is_a_reuse),
     CHECK_ENTRY(a_hint_on_a_block_not_seen_parked_is_not_recorded),
     CHECK_ENTRY(the_census_counts_resident_blocks_still_parked_by_age),
     CHECK_ENTRY(an_eviction_replaces_a_park_stamp),

@@ -14,9 +14,10 @@ In order:
 4. moves between members: DRAM goes from the member whose curve says it
    helps least to the one it helps most when the gain beats the loss by the
    hysteresis factor and pays for the move (the bytes it makes the receiver
-   read) within the payback time; a member moves at most once a period, and
-   only with a curve measured where it is now (its loss curve also only once
-   sampling has looked at all of its DRAM since it last moved).
+   read) within the payback time, step after step until the next is not
+   worth it; a member gives or receives in a round, not both, and only with
+   a curve measured where it is now (its loss curve also only once sampling
+   has looked at all of its DRAM since it last moved).
 Amounts are multiples of the table's step (budget / 32). Gains and losses
 are bytes per second read from the lower tiers, times the member's weight.
 Looking ahead over every amount (not just one step) finds a gain that only
@@ -142,18 +143,20 @@ def _hand_out(members: list, targets: dict, budget: int, step: int, payback_s: f
 
 
 def _exchange(members: list, targets: dict, step: int, payback_s: float, hysteresis: float) -> list:
-    """Moves between members, best first, each member in one at most. The
-    curves are read from where each member is now (its grant): past what it
-    was given or gave already in this round."""
-    moves, moved = [], set()
+    """Moves between members, best first, until none is worth it: a member
+    gives or receives in a round, not both. The curves are read from where
+    each member is (its grant): past what it was given or gave already in
+    this round, so that moves stop where the gain of the next step no longer
+    beats its loss."""
+    moves, donors, receivers = [], set(), set()
     while True:
         best = None
         for r in members:
-            if not r.receiver or r.frozen or r.key in moved:
+            if not r.receiver or r.frozen or r.key in donors:
                 continue
             got = targets[r.key] - r.grant
             for d in members:
-                if d is r or not d.donor or d.frozen or d.key in moved:
+                if d is r or not d.donor or d.frozen or d.key in receivers:
                     continue
                 gave = d.grant - targets[d.key]
                 most = min(r.ceiling - targets[r.key], targets[d.key] - d.floor)
@@ -171,7 +174,8 @@ def _exchange(members: list, targets: dict, step: int, payback_s: float, hystere
         move = best[1]
         targets[move.source] -= move.amount
         targets[move.dest] += move.amount
-        moved.update((move.source, move.dest))
+        donors.add(move.source)
+        receivers.add(move.dest)
         moves.append(move)
 
 

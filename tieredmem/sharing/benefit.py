@@ -8,14 +8,16 @@ included). For each of POINTS amounts of DRAM, k * step for k = 1..POINTS:
 - gain[k-1]: the misses per second that k * step more DRAM would have saved:
   the refaults whose distance (evictions between a block's eviction and its
   return) was at most that many blocks;
-- loss[k-1]: the misses per second that k * step less DRAM would add: the
-  blocks that would go, coldest first, each at the rate it is used. DRAM the
-  pool does not use costs nothing; a block parked for t seconds and not used
-  since is used at most about 1/t a second; a resident block seen reused is
-  used about 1/(2 L) a second, L the time from its park to its reuse; a block
-  used once since it came in (a scan's) is not known to be used again; and
-  a block nothing was learnt of (sampling is off, or has not looked yet) is
-  taken as used all the time (UNKNOWN_RATE)."""
+- loss[k-1]: the misses per second that k * step less DRAM would add, at
+  least gain[k-1] (curves()): the blocks that would go, coldest first, each
+  at the rate it is used (each of its uses a miss, were it below DRAM). DRAM the pool does not use costs
+  nothing; the blocks parked now (the first victims: hint sampling parked
+  them, and they were not used since) are used as often as parked blocks
+  were reused over the period; a resident block seen reused is used about
+  1/(2 L) a second, L the time from its park to its reuse; a block used once
+  since it came in (a scan's) is not known to be used again; and a block
+  nothing was learnt of (sampling is off, or has not looked yet) is taken as
+  used all the time (UNKNOWN_RATE)."""
 from .._engine import ffi, lib
 
 DISTANCES = lib.TM_GHOST_DISTANCES
@@ -62,19 +64,21 @@ def gain(prev: dict, cur: dict, seconds: float, amounts: list) -> list:
     return out
 
 
-def classes(prev: dict, cur: dict, free: int, resident: int) -> list:
+def classes(prev: dict, cur: dict, seconds: float, free: int, resident: int) -> list:
     """The pool's DRAM as (blocks, uses per second of each) classes, coldest
-    first: `free` blocks it does not use, the blocks parked now by how long,
-    and the rest of the `resident` blocks in the proportions the period's
-    hints found them: first uses, reuses by their time from park to use, or
-    nothing learnt."""
+    first: `free` blocks it does not use; the blocks parked now, each reused
+    as often as parked blocks were over the period (reuse hints per second
+    over the parked blocks, halved as 1/(2 L) is: a parked block waits half
+    its reuse time on average); and the rest of the `resident` blocks in the
+    proportions the period's hints found them: first uses, reuses by their
+    time from park to use, or nothing learnt. A scan's parked blocks are
+    blocks it passed (never hit again), an idle pool's are all of them."""
     out = [(free, 0.0)]
-    parked = cur["parked"]
-    for j, n in enumerate(parked):
-        if n:
-            out.append((n, 1.0 / max(AGE_LO_S[j], UNIT_S)))
-    active = max(resident - sum(parked), 0)
     reuses = _diff(cur["reuse_latency"], prev["reuse_latency"])
+    parked = sum(cur["parked"])
+    if parked:
+        out.append((parked, sum(reuses) / seconds / (2 * parked)))
+    active = max(resident - parked, 0)
     reuse_s = [ns / 1e9 for ns in _diff(cur["reuse_latency_ns"], prev["reuse_latency_ns"])]
     first = cur["first_uses"] - prev["first_uses"]
     seen = sum(reuses) + first
@@ -105,6 +109,18 @@ def loss(population: list, amounts: list) -> list:
             lost += left * UNKNOWN_RATE  # more than it holds: everything it has, and more
         out.append(lost)
     return out
+
+
+def curves(prev: dict, cur: dict, seconds: float, free: int, resident: int, amounts: list):
+    """(gain, loss) at each of `amounts` (blocks), in blocks per second, over
+    the period between two reads. The loss is at least the gain: a
+    miss-ratio curve flattens as DRAM grows (it is convex), so a block less
+    costs at least what a block more saves. That bound is what is known of a
+    pool that thrashes: its hot blocks are evicted before sampling sees
+    them reused, and its refaults say what they are worth."""
+    gained = gain(prev, cur, seconds, amounts)
+    lost = loss(classes(prev, cur, seconds, free, resident), amounts)
+    return gained, [max(g, x) for g, x in zip(gained, lost)]
 
 
 def idle_blocks(census: list, seconds: float) -> int:

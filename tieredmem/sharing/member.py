@@ -262,28 +262,35 @@ class Member:
         while not self._stop.wait(min(POLL_S, self.period_s / 4)):
             if self._closing and lib.tm_live_allocations(self.engine) == 0:
                 break
-            self._follow()
-            if time.monotonic() >= prev["t"] + self.period_s:
+            if self._follow():  # a curve is measured at one budget: the next period starts now
+                prev = self._sample()
+            elif time.monotonic() >= prev["t"] + self.period_s:
                 cur = self._sample()
                 self._publish(prev, cur)
                 prev = cur
         self.leave()
 
-    def _follow(self) -> None:
-        """Free dead members' DRAM; move its pool toward its target."""
+    def _follow(self) -> bool:
+        """Renew its heartbeat; free dead members' DRAM; move its pool
+        toward its target. Whether its pool's budget changed."""
         with self.table.locked() as h:
+            h.slots[self.slot].heartbeat_ns = now_ns()
             if self._reap(h):
                 self._arbitrate(h, now_ns())  # their share goes back at once
             target = _round(h.slots[self.slot].target, self.bs)
             grant = self._reserve(h) if target > self.dram else h.slots[self.slot].grant
         if target < self.dram:  # its pool first, then its grant
-            if self._resize(target):
-                self._await_published(target)
-                with self.table.locked() as h:
-                    self._moved(h, target)
-        elif grant > self.dram and self._resize(grant):
+            if not self._resize(target):
+                return False
+            self._await_published(target)
+            with self.table.locked() as h:
+                self._moved(h, target)
+            return True
+        if grant > self.dram and self._resize(grant):
             with self.table.locked() as h:
                 self._moved(h, h.slots[self.slot].grant)
+            return True
+        return False
 
     def _await_published(self, dram: int) -> None:
         """Wait for its pool's published figures to show its new budget (a
@@ -319,15 +326,14 @@ class Member:
         amounts = [k * self.step / self.bs for k in range(1, POINTS + 1)]
         spilling = cur["allocated"] > cur["dram"]
         free = max(cur["dram"] - cur["resident"] - (cur["headroom"] if spilling else 0), 0)
-        gain = benefit.gain(prev["ghost"], cur["ghost"], dt, amounts)
-        loss = benefit.loss(benefit.classes(prev["ghost"], cur["ghost"], free, cur["resident"]), amounts)
+        gain, loss = benefit.curves(prev["ghost"], cur["ghost"], dt, free, cur["resident"], amounts)
         now = now_ns()
         with self.table.locked() as h:
             slot = h.slots[self.slot]
             since_move = (now - slot.moved_ns) / 1e9
             round_s = cur["resident"] / cur["sample_rate"] if cur["sample_rate"] else math.inf
             slot.mature = since_move >= max(self.period_s, round_s)
-            slot.window_ns, slot.heartbeat_ns = prev["ns"], now
+            slot.window_ns = prev["ns"]
             slot.misses = (cur["read"] - prev["read"]) / dt
             slot.stall = (cur["fault_ns"] - prev["fault_ns"]) / 1e9 / dt
             slot.resident, slot.free = cur["resident"] * self.bs, free * self.bs
@@ -357,8 +363,8 @@ class Member:
                                       target=x.target, gain=list(x.gain), loss=list(x.loss), receiver=settled,
                                       donor=settled and bool(x.mature), frozen=not fresh))
         targets, moves = arbiter.arbitrate(views, h.budget, h.step, h.period_ns / 1e9)
-        for i, target in targets.items():
-            h.slots[i].target = target
+        for i, target in targets.items():  # whole blocks: a member's grant reaches its target
+            h.slots[i].target = _round(target, h.slots[i].block_size)
         h.arbitrated_ns = now
         h.arbitrations += 1
         h.moves += len(moves)

@@ -50,7 +50,7 @@ class Slot(ctypes.Structure):
         ("grant", ctypes.c_uint64),         # DRAM it may hold: its pool's budget is at most this
         ("target", ctypes.c_uint64),        # what the arbiter wants it to hold
         ("joined_ns", ctypes.c_uint64),     # CLOCK_MONOTONIC, as all times here
-        ("heartbeat_ns", ctypes.c_uint64),  # its last period (the lease is renewed then)
+        ("heartbeat_ns", ctypes.c_uint64),  # its thread's last look at the table (every POLL_S)
         ("moved_ns", ctypes.c_uint64),      # its pool's budget last changed
         ("window_ns", ctypes.c_uint64),     # its curve was measured from then to heartbeat_ns
         ("mature", ctypes.c_uint32),        # sampling had looked at all its DRAM since it moved
