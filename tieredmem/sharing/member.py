@@ -122,7 +122,7 @@ class Member:
         self.engine = None
         self.published = None  # its pool's published file, if any
         self.dram = 0          # its pool's budget now
-        self.budget = self.step = self.period_s = None
+        self.step = self.period_s = self.floor = self.ceiling = None  # the group's and its own, once it joined
         self._stop = threading.Event()
         self._thread = None
         self._closing = False
@@ -172,7 +172,10 @@ class Member:
         if s.period_s is not None and int(s.period_s * 1e9) != h.period_ns:
             raise ValueError(f"share period: group {s.name!r} arbitrates every {h.period_ns / 1e9:g} s; this pool "
                              f"asked for {s.period_s:g} s (leave it out to take the group's)")
-        self.budget, self.step, self.period_s = h.budget, h.step, h.period_ns / 1e9
+        self.step, self.period_s = h.step, h.period_ns / 1e9
+        if s.ceiling is not None and s.ceiling > h.budget:
+            raise ValueError(f"share ceiling: {format_size(s.ceiling)} is more than group {s.name!r}'s DRAM, "
+                             f"{format_size(h.budget)}")
         floor = max(s.floor, MIN_BLOCKS * self.bs)
         ceiling = _round(h.budget if s.ceiling is None else s.ceiling, self.bs)
         if floor > ceiling or floor > h.budget:
