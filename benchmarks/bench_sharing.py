@@ -280,7 +280,7 @@ def rows(config, records, kinds):
         for key, label in (("rate", "MB/s"), ("steady_rate", "MB/s, second half"), ("stalled", "stalled"),
                            ("read_bytes", "MB read from NVMe"), ("grant_end", "DRAM at the end, MiB"),
                            ("measure_cost", "measuring, s/s")):
-            unit = MiB if key == "grant_end" else 1e6 if key != "stalled" else 1
+            unit = {"grant_end": MiB, "stalled": 1, "measure_cost": 1}.get(key, 1e6)
             for mode in records:
                 row = c.figure_row(records, mode, f"{kind}_{key}", f"{kind}: {label}", unit)
                 if mode != "static" and key in ("rate", "steady_rate"):

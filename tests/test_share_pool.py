@@ -123,6 +123,12 @@ def test_a_member_asking_for_other_dram_than_its_groups_is_refused(member):
         member(host_dram="64MiB")
 
 
+def test_a_ceiling_beyond_the_groups_dram_is_refused_when_the_group_gives_it(member):
+    member()
+    with pytest.raises(ValueError, match="share ceiling: 64.0 MiB is more than group .* DRAM, 32.0 MiB"):
+        member(host_dram=None, ceiling="64MiB")
+
+
 def test_floors_beyond_the_groups_dram_are_refused(member):
     member(floor="20MiB")
     with pytest.raises(ValueError, match="floors take 20.0 MiB: no room for a floor of 16.0 MiB"):
