@@ -31,14 +31,15 @@ def group_name():
 
 
 def start(group, host_dram, period, floor, role, size, nvme):
-    """A member process, once its pool runs: (process, its published file)."""
+    """A member process, once its pool runs: (process, what it said of itself:
+    "published", its published file; "child", its forked child's pid)."""
     proc = subprocess.Popen([sys.executable, str(SCRIPT), group, host_dram, str(period), floor, role, size,
                              str(nvme)], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line:
         proc.wait()
         raise AssertionError(f"a member of {group} exited with {proc.returncode} before it ran")
-    return proc, json.loads(line)["published"]
+    return proc, json.loads(line)
 
 
 def stop(group, procs):
@@ -68,8 +69,9 @@ def faulting_beside_idle(tmp_path_factory):
     one has read nothing from below for a second (at most 12 s)."""
     nvme = tmp_path_factory.mktemp("nvme")
     group = group_name()
-    loop, loop_file = start(group, "64MiB", 0.5, "8MiB", "loop", "40MiB", nvme)
-    idle, idle_file = start(group, "64MiB", 0.5, "8MiB", "idle", "24MiB", nvme)
+    loop, told = start(group, "64MiB", 0.5, "8MiB", "loop", "40MiB", nvme)
+    idle, told_idle = start(group, "64MiB", 0.5, "8MiB", "idle", "24MiB", nvme)
+    loop_file, idle_file = told["published"], told_idle["published"]
     samples, held_since = [], None
     deadline = time.monotonic() + 12
     try:
@@ -138,3 +140,19 @@ def test_a_member_killed_with_sigkill_gives_its_share_back_within_one_period(tmp
     assert killed.pid not in members, "the killed member's slot is still in the table"
     assert members[looping.pid]["grant"] == 32 * MiB, "the survivor's grant: the whole group's DRAM"
     assert returned < period
+
+
+def test_a_killed_members_forked_child_does_not_keep_its_share(tmp_path):
+    group, period = group_name(), 1.0
+    looping, _ = start(group, "32MiB", period, "4MiB", "loop", "8MiB", tmp_path)
+    killed, told = start(group, "32MiB", period, "4MiB", "fork", "8MiB", tmp_path)
+    try:
+        killed.kill()
+        t0 = time.monotonic()
+        while killed.pid in members_by_pid(group)[1] and time.monotonic() - t0 < 3 * period:
+            time.sleep(SAMPLE_S)
+        assert os.path.exists(f"/proc/{told['child']}"), "its forked child lives on"
+        assert killed.pid not in members_by_pid(group)[1], "the killed member's slot is still in the table"
+    finally:
+        os.kill(told["child"], 9)
+        stop(group, [looping, killed])

@@ -15,6 +15,7 @@ its copies (os.register_at_fork), so it keeps no dead parent's lease."""
 import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import re
 import stat
@@ -126,17 +127,34 @@ def _check_file(fd: int, path: str) -> None:
                          f"expected {SIZE})")
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def _map_shared(fd: int) -> int:
+    """The table mapped shared and writable, not into forked children: their
+    mapping would keep the open, and with it the member's lease, alive after
+    the member died. (Python's mmap keeps a duplicate of the descriptor, which
+    a child would inherit for the same reason: the C library's is used.)"""
+    addr = _libc.mmap(None, SIZE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        err = ctypes.get_errno()
+        raise OSError(err, f"share: cannot map the group's table: {os.strerror(err)}")
+    _libc.madvise(addr, SIZE, mmap.MADV_DONTFORK)
+    return addr
+
+
 class Table:
-    """An open group table, mapped."""
+    """An open group table: mapped for a member, a copy for a reader."""
 
     def __init__(self, fd: int, path: str, writable: bool):
-        import mmap
         self.fd, self.path = fd, path
         self._threads = threading.Lock()  # a process's threads share one open: its lock does not tell them apart
-        self._map = mmap.mmap(fd, SIZE, prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
-        # A forked child's mapping would keep the open (and its leases) alive after its parent died.
-        self._map.madvise(mmap.MADV_DONTFORK)
-        self.h = Header.from_buffer(self._map) if writable else Header.from_buffer_copy(self._map)
+        self._addr = _map_shared(fd) if writable else None
+        self.h = Header.from_address(self._addr) if writable else Header.from_buffer_copy(os.pread(fd, SIZE, 0))
         if self.h.magic != MAGIC or self.h.version != VERSION or self.h.size != SIZE:
             self.close()
             raise ValueError(f"share: {path} was made by another version of tieredmem (version {self.h.version})")
@@ -228,15 +246,12 @@ class Table:
         return [(i, s) for i, s in enumerate(self.h.slots) if s.pid]
 
     def close(self) -> None:
-        """Close the file; the mapping goes with the last reference to the
-        table's structures (a thread may still hold one). The locks were
-        let go already: this open holds none once its owner is done."""
+        """Unmap and close it. Precondition: nobody uses self.h any more
+        (the member has left, or never joined)."""
         if self.fd >= 0:
             del self.h
-            try:
-                self._map.close()
-            except BufferError:
-                pass
+            if self._addr is not None:
+                _libc.munmap(self._addr, SIZE)
             os.close(self.fd)
             self.fd = -1
 
