@@ -142,6 +142,13 @@ def test_a_member_killed_with_sigkill_gives_its_share_back_within_one_period(tmp
     assert returned < period
 
 
+def test_the_last_member_ending_its_program_removes_the_groups_table(tmp_path):
+    group = group_name()
+    proc, _ = start(group, "32MiB", 1.0, "4MiB", "exit", "8MiB", tmp_path)
+    assert proc.wait(timeout=30) == 0
+    assert not os.path.exists(table.path_of(group))
+
+
 def test_a_killed_members_forked_child_does_not_keep_its_share(tmp_path):
     group, period = group_name(), 1.0
     looping, _ = start(group, "32MiB", period, "4MiB", "loop", "8MiB", tmp_path)

@@ -6,8 +6,8 @@ Joins GROUP with a pool, writes an array of SIZE in it, prints one JSON line
 (its pid, its pool's published file, and its forked child's pid or null) and
 then either goes over the array again and again (ROLE "loop": it faults
 while its DRAM holds less than the array) or sleeps (ROLE "idle": it stops
-faulting; ROLE "fork": the same, after forking a child that sleeps too). It
-runs until killed."""
+faulting; ROLE "fork": the same, after forking a child that sleeps too), until
+killed; or ends there, its array alive (ROLE "exit")."""
 import json
 import os
 import sys
@@ -25,7 +25,7 @@ if child == 0:
     while True:
         time.sleep(1)
 print(json.dumps({"pid": os.getpid(), "published": pool.published_path, "child": child}), flush=True)
-while True:
+while role != "exit":
     if role == "loop":
         a += 1
     else:

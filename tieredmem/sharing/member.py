@@ -401,7 +401,6 @@ class Member:
             self._give_back()
 
     def _give_back(self) -> None:
-        _members.discard(self)
         if self.engine is not None and lib.tm_live_allocations(self.engine) == 0:
             lib.tm_pool_resize(self.engine, self.bs)  # its spares go back before its grant does
         if self.slot is not None:
@@ -414,6 +413,7 @@ class Member:
             self.table.close()
         if self.engine is not None:
             lib.tm_pool_unpin(self.engine)
+        _members.discard(self)  # last: until then, exit waits for the thread doing this
 
     def status(self):
         """Its group and its own figures, as pool.stats()["share"] gives
