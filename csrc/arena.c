@@ -306,6 +306,7 @@ static void release_engine(struct tm_pool *p)
     tm_readahead_fini(p);
     tm_hugezero_fini(p);
     tm_fork_fini(p);
+    tm_ghost_fini(p);
     tm_os_unmap(p->base, p->arena_size);
     tm_os_unmap(p->shadow, p->arena_size);
     tm_os_unmap(p->zeros, (size_t)p->batch_max << p->bshift);

@@ -297,6 +297,8 @@ static int64_t demote_list(tm_worker *w, int64_t *list, int64_t n, uint8_t *dest
             continue;
         } else {
             tm_block_victim_left(p, b, tm_slot_tier(p, p->meta.slot[b])->id);
+            if (p->ghost)
+                tm_ghost_evicted(p->ghost, b);
         }
         p->resident--;
         p->st.demotions++;

@@ -120,6 +120,8 @@ static int serve_resident(struct tm_pool *p, int64_t b, int kind, int write)
         tm_set_error(p, "cannot map sampled block %lld back: %s", (long long)b, strerror(-r));
     tm_uffd_wake(p, b, 1);
     tm_sampling_hint(p, tm_os_now_ns() - t0);
+    if (p->ghost)
+        tm_ghost_hint(p->ghost, b, t0);
     return TM_ACCESS_HINT;
 }
 

@@ -450,6 +450,7 @@ struct tm_pool {
     tm_stats st;
     char err[TM_ERRLEN];
     struct tm_publisher *publisher;  /* its published statistics and the origins of its allocations (publish.c) */
+    struct tm_ghost *ghost;    /* benefit measurement (ghost.c), for pools that enabled it; else NULL */
 };
 
 static inline int64_t tm_block_of(const struct tm_pool *p, const void *addr)
@@ -560,6 +561,42 @@ void tm_publish_freed(struct tm_pool *p, int64_t b);
 /* Remove the published file (unless this is a forked child of its
  * creator) and free the origins. Safe on a pool never set up. */
 void tm_publish_fini(struct tm_pool *p);
+
+/* ---- ghost.c: what more or less DRAM would be worth ------------------ */
+
+typedef struct tm_ghost {
+    uint32_t *stamp;      /* per block: eviction clock while below DRAM; in DRAM, seen used and park time (ghost.c) */
+    int64_t nblocks;
+    size_t bytes;         /* mapped, with this header */
+    uint32_t clock;       /* evictions so far, from 1 (0 is skipped) */
+    uint64_t epoch_ns;    /* park times are units of TM_GHOST_UNIT_NS since */
+    tm_ghost_stats st;    /* cumulative; the census is taken when read */
+} tm_ghost;
+
+/* Histogram buckets: refault distances in quarter octaves of blocks, times
+ * (ages) in octaves of TM_GHOST_UNIT_NS (bucket 0: under one unit). */
+int tm_ghost_distance_bucket(uint64_t d);
+int tm_ghost_age_bucket(uint64_t units);
+/* For nblocks blocks, its times counted from now_ns; NULL if out of memory.
+ * No lock needed (the pool's is held by the hooks below). */
+tm_ghost *tm_ghost_new(int64_t nblocks, uint64_t now_ns);
+void tm_ghost_free(tm_ghost *g);
+/* Block b left DRAM for a lower tier. */
+void tm_ghost_evicted(tm_ghost *g, int64_t b);
+/* Block b came back into DRAM from a lower tier: `used` if a fault on it
+ * brought it (not ahead of need). */
+void tm_ghost_refault(tm_ghost *g, int64_t b, int used);
+/* Blocks [b, b+n) were parked for hint sampling at now_ns. */
+void tm_ghost_parked(tm_ghost *g, int64_t b, int64_t n, uint64_t now_ns);
+/* A hint fault on block b (it was parked) at now_ns: a reuse if it was
+ * seen used before since it came into DRAM, else a first use. */
+void tm_ghost_hint(tm_ghost *g, int64_t b, uint64_t now_ns);
+/* The resident blocks of [0, n) still parked, by how long (tier[], flags[]
+ * as tm_meta's). */
+void tm_ghost_census(const tm_ghost *g, const uint8_t *tier, const uint8_t *flags, int64_t n, uint64_t now_ns,
+                     uint64_t parked[TM_GHOST_AGES]);
+/* At release (no lock needed: nothing runs). */
+void tm_ghost_fini(struct tm_pool *p);
 
 /* ---- uffd.c ---------------------------------------------------------- */
 

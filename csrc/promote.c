@@ -194,6 +194,8 @@ int64_t tm_promote_mapped(struct tm_pool *p, uint64_t addr, const int64_t *list,
     for (int64_t k = 0; k < done; k++) {
         int64_t c = list[k];
         tm_block_resident(p, c, !installed_wp(p, addr, list, k, write));
+        if (p->ghost)
+            tm_ghost_refault(p->ghost, c, c == b);
         if (c != b)
             tm_policy_access(p, c, TM_ACCESS_AHEAD);
     }

@@ -38,6 +38,8 @@ int64_t tm_sampling_park_run(struct tm_pool *p, int64_t b, int64_t n)
     while (n > 0) {
         int64_t k = tm_uffd_park(p, b, n);
         parked += k;
+        if (p->ghost)
+            tm_ghost_parked(p->ghost, b, k, tm_os_now_ns());
         if (k == n)
             break;
         tm_block_unpark(p, b + k);

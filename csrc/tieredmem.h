@@ -378,6 +378,45 @@ int64_t tm_allocations(tm_pool *p, tm_pub_array *out, int64_t max);
  * libraries', so that the line is the program's). 0, or -ENOMEM. */
 int tm_np_origin_skip(const char *prefix);
 
+/* ---- benefit measurement (ghost.c; docs/sharing.md) ---------------------
+ * What more or less DRAM would be worth to a pool, from what it does anyway:
+ * refault distances (how many evictions happened between a block's eviction
+ * and its return: that much more DRAM would have kept it) and, from hint
+ * sampling's own samples, how soon a parked resident block is used again
+ * (a reuse: it was seen used before, since it came into DRAM) or used at
+ * all (a first use, as a scan's block read ahead is).
+ * Off unless enabled; then it costs a store per eviction, a load per
+ * promotion, hint and park, and a scan of the blocks per read. */
+#define TM_GHOST_DISTANCES 128    /* quarter octaves of blocks */
+#define TM_GHOST_AGES 40          /* octaves of TM_GHOST_UNIT_NS */
+#define TM_GHOST_UNIT_NS 65536    /* resolution of park times */
+
+typedef struct tm_ghost_stats {
+    /* Counts since it was enabled. */
+    uint64_t evictions;         /* blocks that left DRAM for a lower tier */
+    uint64_t refaults;          /* blocks brought back whose eviction it saw */
+    uint64_t refault_distance[TM_GHOST_DISTANCES]; /* by evictions in between (tm_ghost_distance_lo) */
+    uint64_t reuses;            /* hint faults on blocks seen used before since they came into DRAM */
+    uint64_t reuse_latency[TM_GHOST_AGES];    /* by time from park to access (tm_ghost_age_lo_ns) */
+    uint64_t reuse_latency_ns[TM_GHOST_AGES]; /* their total time */
+    uint64_t first_uses;        /* hint faults on blocks not seen used before (read ahead, say) */
+    uint64_t census_ns;         /* time the reads' scans took */
+    /* When read: resident blocks parked and not used since, by how long. */
+    uint64_t parked[TM_GHOST_AGES];
+} tm_ghost_stats;
+
+/* Start measuring (once; again is a no-op). 0, -ENOMEM, or -EPERM in a
+ * forked child's view of its parent's pool. */
+int tm_ghost_enable(tm_pool *p);
+/* The counts, and the census of parked blocks now (a scan of the blocks,
+ * with the pool lock held). 0, or -ENOENT if not enabled (or in a forked
+ * child's view). */
+int tm_ghost_read(tm_pool *p, tm_ghost_stats *out);
+/* The smallest distance (blocks) of refault_distance[i]. */
+uint64_t tm_ghost_distance_lo(int i);
+/* The shortest time (ns) of hint_latency[i] and parked[i]. */
+uint64_t tm_ghost_age_lo_ns(int i);
+
 #ifdef __cplusplus
 }
 #endif

@@ -20,6 +20,9 @@ and exits non-zero on a failure; that output is the assertion message.
                    does not start from aborting.
   test_checksum.c  csrc/checksum.c: CRC-32C vectors and a bitwise reference,
                    block checksums (quarters, other lengths, bit flips).
+  test_ghost.c     csrc/ghost.c (+ os.c): histogram buckets, refault
+                   distances from the eviction clock (and its wrap), park-to-
+                   hint times, the census of parked blocks.
 
 Without a C compiler the tests are skipped. With a compiler that lacks the
 sanitizers (or whose sanitized programs cannot run here) they run without
@@ -44,6 +47,7 @@ C_TESTS = {
     "test_slots": (["tier.c", "os.c"], []),
     "test_checksum": (["checksum.c"], ["-pthread"]),
     "test_block": (["os.c"], []),
+    "test_ghost": (["ghost.c", "os.c"], ["-pthread"]),
 }
 
 CFLAGS = ["-O1", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}", f"-I{CDIR}"]

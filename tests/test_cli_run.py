@@ -434,9 +434,12 @@ def test_an_option_overrides_its_environment_variable(tmp_path):
     (["--policy", "mru", "prog.py"], None),
     (["--pmem-emulation", "optane", "prog.py"], None),
     (["--pmem", "64MiB", "--pmem-emulation", "read_gbps=fast", "prog.py"], None),
+    (["--host-dram", "64MiB", "prog.py"], None),
+    (["--share", "cli-test", "--host-dram", "64MiB", "prog.py"], None),  # beside SMALL_POOL's --dram
 ], ids=["unknown-option", "bad-size", "negative-size", "bad-size-in-env", "block-size-not-power-of-two",
         "block-size-zero", "missing-script", "dash-m-without-module", "no-program", "missing-pmem-dir",
-        "unknown-policy", "pmem-emulation-without-pmem", "bad-pmem-emulation"])
+        "unknown-policy", "pmem-emulation-without-pmem", "bad-pmem-emulation", "host-dram-without-share",
+        "share-with-dram"])
 def test_bad_input_to_run_exits_2_with_a_usage_message_without_running_the_program(tmp_path, args, env):
     write(tmp_path / "prog.py", "print('PROGRAM RAN')")
     r = tmrun(tmp_path, *args, env=env, sizes=() if env else SMALL_POOL)
@@ -444,6 +447,19 @@ def test_bad_input_to_run_exits_2_with_a_usage_message_without_running_the_progr
     assert "usage:" in r.stderr
     assert "Traceback" not in r.stderr
     assert "PROGRAM RAN" not in r.stdout
+
+
+def test_share_runs_the_program_in_the_host_group_named(tmp_path):
+    write(tmp_path / "prog.py", """
+        import json, tieredmem as tm
+        share = tm.installed().stats()["share"]
+        print(json.dumps([share["group"], share["budget"], share["floor"], share["weight"]]))
+    """)
+    group = f"cli-test-{os.getpid()}"
+    r = tmrun(tmp_path, "--share", group, "--host-dram", "32MiB", "--share-floor", "4MiB", "--share-weight", "2",
+              "prog.py", sizes=("--nvme", "1GiB"))
+    assert r.returncode == 0, r.stderr
+    assert last_json_line(r.stdout) == [group, 32 * MiB, 4 * MiB, 2.0]
 
 
 def test_a_missing_nvme_path_exits_2_with_a_usage_message(tmp_path):

@@ -7,13 +7,14 @@ userfaultfd. Arrays are plain numpy arrays over ordinary pointers."""
 from .arrow_alloc import arrow_pool  # imports pyarrow only when called
 from .numpy_alloc import install, installed, uninstall, use
 from .pool import Pool, policy_names
+from .sharing import Share
 from .sizes import parse_size
 from ._engine import lib as _lib
 
 # The exit status of a forked child that touches pool memory it cannot be served (docs/fork.md).
 FORK_UNSERVED_EXIT = _lib.TM_FORK_UNSERVED_EXIT
 
-__all__ = ["FORK_UNSERVED_EXIT", "Pool", "Policy", "arrow_pool", "install", "installed", "parse_size", "policy_names", "uninstall", "use"]
+__all__ = ["FORK_UNSERVED_EXIT", "Pool", "Policy", "Share", "arrow_pool", "install", "installed", "parse_size", "policy_names", "uninstall", "use"]
 __version__ = "0.1.0"
 
 

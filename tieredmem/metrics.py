@@ -15,6 +15,10 @@ has the labels pid and pool. Counters end in _total, in bytes and seconds:
     tieredmem_allocated_bytes, tieredmem_capacity_bytes, tieredmem_headroom_bytes, ...
     tieredmem_array_bytes{rank, origin, tier}   the largest arrays, per tier
     tieredmem_pool_info{policy, block_size, ...}
+    tieredmem_share_*{group}            a pool in a host group (docs/sharing.md): its grant,
+                                        target, floor, ceiling, weight, the group's budget,
+                                        its stall share and misses, and what one step more
+                                        or less DRAM is worth to it
 """
 import os
 
@@ -35,6 +39,18 @@ GAUGE_NAMES = {"allocated": "allocated_bytes", "capacity": "capacity_bytes", "he
 INFO = ("dirty_tracking", "nvme_direct", "pmem_dax")
 # Counters whose names say their unit otherwise.
 COUNTER_NAMES = {"bytes_read": "read_bytes", "bytes_written": "written_bytes"}
+# A host group member's figures (published "share"), as gauges with the label group.
+SHARE_GAUGES = (
+    ("budget", "share_budget_bytes", "the host group's DRAM"),
+    ("grant", "share_grant_bytes", "the group's DRAM this pool may hold"),
+    ("target", "share_target_bytes", "what the group's arbitration wants it to hold"),
+    ("floor", "share_floor_bytes", "the least it keeps"),
+    ("ceiling", "share_ceiling_bytes", "the most it takes"),
+    ("weight", "share_weight", "its weight in the group"),
+    ("stall", "share_stalled_ratio", "the share of the time its threads waited on faults, over the group's last period"),
+    ("misses", "share_miss_bytes_per_second", "bytes read from its lower tiers per second, last period"),
+    ("idle", "share_idle_bytes", "its DRAM parked a period or more and not used since"),
+)
 
 
 def counter_name(field: str) -> str:
@@ -83,12 +99,24 @@ class PoolCollector(Collector):
             family(InfoMetricFamily, "tieredmem_pool", "the pool's settings").add_metric(
                 labels, {"policy": snap["policy"], "block_size": str(snap["block_size"]),
                          **{k: str(s[k]) for k in INFO}})
+            if snap.get("share"):
+                self._share(family, labels, snap["share"])
             arrays = family(GaugeMetricFamily, "tieredmem_array_bytes",
                             "bytes of the largest arrays per tier (rank 1 is the largest)", ["rank", "origin", "tier"])
             for rank, row in enumerate(snap["arrays"], 1):
                 for tier in TIERS:
                     arrays.add_metric(labels + [str(rank), row["origin"] or "", tier], row[tier])
         return list(families.values())
+
+    @staticmethod
+    def _share(family, labels, sh):
+        group = labels + [sh["group"]]
+        for key, name, doc in SHARE_GAUGES:
+            family(GaugeMetricFamily, f"tieredmem_{name}", doc, ["group"]).add_metric(group, sh[key])
+        for key, doc in (("gain", "bytes/s one step (the group's budget / 32) more DRAM would have saved it"),
+                         ("loss", "bytes/s one step less DRAM would have cost it")):
+            family(GaugeMetricFamily, f"tieredmem_share_step_{key}_bytes_per_second", doc, ["group"]).add_metric(
+                group, sh[key][0])
 
 
 def serve(port: int, addr: str = "127.0.0.1", pids=None):

@@ -177,12 +177,23 @@ class Pool:
     TIEREDMEM_PUBLISH=0). track_origin: record where the program made each
     allocation of at least the threshold (True) or of a size given, for
     report() and `top` (docs/observability.md).
+
+    share: a host group's name, or a tieredmem.Share (its DRAM, this pool's
+    floor, ceiling and weight): the pool's DRAM is then its share of the
+    group's, moved between the group's processes every period to where it
+    is measured to help most (docs/sharing.md); `dram` is not given then.
+    Default: $TIEREDMEM_SHARE, else none.
     """
 
-    def __init__(self, dram="256MiB", pmem=0, nvme="16GiB", pmem_path=None, nvme_path=None,
+    def __init__(self, dram=None, pmem=0, nvme="16GiB", pmem_path=None, nvme_path=None,
                  block_size="64KiB", threshold="1MiB", policy=DEFAULT_POLICY, sampling=DEFAULT_SAMPLING,
-                 pmem_emulation=None, publish=None, track_origin=False):
-        dram_b = parse_size(dram, "dram")
+                 pmem_emulation=None, publish=None, track_origin=False, share=None):
+        from .sharing import member  # it reads published files, which import this module
+        share = member.settings(share)
+        if share is not None and dram is not None:
+            raise ValueError(f"dram: a pool in a host group (share={share.name!r}) gets its DRAM from the group; "
+                             "give its floor and ceiling instead (tieredmem.Share)")
+        dram_b = parse_size("256MiB" if dram is None else dram, "dram")
         pmem_b = parse_size(pmem, "pmem")
         nvme_b = parse_size(nvme, "nvme")
         bs = parse_size(block_size, "block_size")
@@ -232,8 +243,15 @@ class Pool:
             if not isinstance(policy, base.Policy):
                 raise TypeError(f"policy: expected a name ({', '.join(POLICIES)}) or a tieredmem.Policy, "
                                 f"got {type(policy).__name__}")
+        self._member = None
+        if share is not None:
+            # Made with room to grow to its ceiling; its grant is set once it runs.
+            self._member = member.Member(share, bs)
+            cfg.dram_bytes = self._member.join()
         p = lib.tm_pool_create(cfg)
         if p == ffi.NULL:
+            if self._member is not None:
+                self._member.leave()
             raise _creation_error(ffi.errno)
         self._p = p
         self.block_size = bs
@@ -247,9 +265,16 @@ class Pool:
             lib.tm_publish_policy(p, (policy if isinstance(policy, str) else type(policy).__name__).encode())
             if origin_min:
                 self._track_origins(origin_min)
+            if self._member is not None:
+                self._member.attach(p, self._published_number(), self.published_path)
         except BaseException:
             self.close()
             raise
+
+    def _published_number(self) -> int:
+        """The pool's number in its published file's name, 0 if it publishes none."""
+        path = self.published_path
+        return int(path.rsplit("-", 1)[1]) if path else 0
 
     def _parse_origin_min(self, track_origin) -> int:
         """The size from which allocations' origins are recorded (0: none)."""
@@ -328,6 +353,10 @@ class Pool:
                 # not go on writing into a buffer that dies with it.
                 self._trace_len = _lib.tm_trace_stop(self._p)
             _lib.tm_pool_close(self._p)
+        if self._member is not None:
+            # It keeps its DRAM until its last array goes; if that is gone,
+            # its thread lets the engine go before this object can drop it.
+            self._member.close()
 
     @property
     def closed(self) -> bool:
@@ -396,6 +425,9 @@ class Pool:
 
     def resize(self, dram) -> None:
         """Change the DRAM budget while running; shrinking demotes at once."""
+        if self._member is not None:
+            raise ValueError(f"resize: this pool's DRAM is set by its host group {self._member.s.name!r} "
+                             "(docs/sharing.md)")
         nbytes = parse_size(dram, "dram")
         r = lib.tm_pool_resize(self._open_engine(), nbytes)
         if r == -errno.ENOSPC:
@@ -524,6 +556,9 @@ class Pool:
         out = stats_dict(s, resident_bytes())
         out["block_size"] = self.block_size
         out["last_error"] = self.last_error()
+        share = self._member.status() if self._member is not None else None
+        if share is not None:
+            out["share"] = share
         return out
 
     @property

@@ -126,7 +126,11 @@ def snapshot(pid: int, pool: int, path):
 
 def processes(pids=None) -> list:
     """Every process of this user that publishes pools (or those of `pids`),
-    in pid order: {"pid", "command", "pools": [snapshot, ...]}."""
+    in pid order: {"pid", "command", "pools": [snapshot, ...]}; a pool in a
+    host group has its group's and its own figures there as "share"
+    (docs/sharing.md), else None."""
+    from .sharing import table  # it reads this module's directory and pids
+    shares = {(m["pid"], m["pool"]): table.member_view(g, m) for g in table.groups() for m in g["members"]}
     by_pid = {}
     for pid, pool, path in files(pids):
         try:
@@ -134,6 +138,7 @@ def processes(pids=None) -> list:
         except ValueError:
             continue  # another version's file: its own tieredmem reads it
         if snap is not None:
+            snap["share"] = shares.get((pid, snap["pool"]))
             by_pid.setdefault(pid, []).append(snap)
     return [{"pid": pid, "command": command(pid), "pools": pools} for pid, pools in sorted(by_pid.items())]
 

@@ -22,6 +22,7 @@ import psutil
 from .. import malloc, numpy_alloc
 from ..bench import cgroup
 from ..pool import Pool, default_nvme_dir, default_nvme_size, parse_pmem_emulation, policy_names
+from ..sharing import Share
 from ..sizes import format_size, parse_size
 
 OPTIONS = (  # option, environment variable, help
@@ -42,9 +43,18 @@ OPTIONS = (  # option, environment variable, help
      "this machine only)"),
     ("--pymalloc-floor", "TIEREDMEM_PYMALLOC_FLOOR", "Python's first SIZE of small-object arenas (the "
      "interpreter's own working set) stay outside the pool (default: 64MiB)"),
+    ("--share", "TIEREDMEM_SHARE", "share a host group's DRAM with the other processes that name it, moved every "
+     "period to where it helps most (docs/sharing.md); instead of --dram"),
+    ("--host-dram", "TIEREDMEM_HOST_DRAM", "the host group's DRAM (its first member gives it)"),
+    ("--share-floor", "TIEREDMEM_SHARE_FLOOR", "the least of the group's DRAM this job keeps (default: 16 blocks)"),
+    ("--share-ceiling", "TIEREDMEM_SHARE_CEILING", "the most of the group's DRAM this job takes (default: all)"),
+    ("--share-weight", "TIEREDMEM_SHARE_WEIGHT", "this job's weight in the group: its share and its benefit "
+     "count that many times (default: 1)"),
+    ("--share-period", "TIEREDMEM_SHARE_PERIOD", "seconds between the group's arbitrations (default: 3; the "
+     "group's first member sets it)"),
 )
 METAVARS = {"--stats": "PATH", "--policy": "NAME", "--pmem-emulation": "SPEC", "--metrics-port": "PORT",
-            "--metrics-addr": "ADDR"}
+            "--metrics-addr": "ADDR", "--share": "NAME", "--share-weight": "W", "--share-period": "SECONDS"}
 SIZES = ("dram", "pmem", "nvme", "threshold", "block_size")
 # Set across the re-exec that preloads the interposer, so that it happens once:
 # "" if LD_PRELOAD was unset, else "=" and its value. Removed, and LD_PRELOAD
@@ -138,14 +148,33 @@ def pool_settings(args, parser) -> dict:
             parser.error(f"--pmem-emulation: {e}")
         if not values.get("pmem"):
             parser.error("--pmem-emulation: needs a PMEM tier (--pmem SIZE)")
+    share = share_settings(args, parser, "dram" in values)
     if "dram" in values:
         check_dram(values["dram"], args.dram, bs, parser)
-    dram = values.get("dram", default_dram())
+    dram = None if share else values.get("dram", default_dram())
     nvme = values["nvme"] if "nvme" in values else default_nvme_size(nvme_path)
-    return dict(dram=max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
+    return dict(dram=dram and max(dram - dram % bs, bs), pmem=values.get("pmem", 0), nvme=nvme - nvme % bs,
                 pmem_path=args.pmem_path, nvme_path=nvme_path, block_size=bs,
                 threshold=values.get("threshold", 1 << 20), policy=policy, pmem_emulation=emulation,
-                track_origin=args.track_origins)
+                track_origin=args.track_origins, share=share)
+
+
+SHARE_OPTIONS = ("host_dram", "share_floor", "share_ceiling", "share_weight", "share_period")
+
+
+def share_settings(args, parser, dram_given: bool):
+    """The host group the job joins (a tieredmem.Share), or None; the pool
+    checks its values."""
+    if not args.share:
+        given = [f"--{o.replace('_', '-')}" for o in SHARE_OPTIONS if getattr(args, o) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: only with --share NAME (a host group)")
+        return None
+    if dram_given:
+        parser.error("--dram: a job in a host group (--share) gets its DRAM from the group; give --share-floor "
+                     "and --share-ceiling instead")
+    return Share(args.share, args.host_dram, args.share_floor, args.share_ceiling, args.share_weight,
+                 args.share_period)
 
 
 def metrics_port(args, parser):
@@ -267,7 +296,7 @@ def run(args, parser) -> int:
         parser.error(str(e))
     try:
         pool = Pool(**settings)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, MemoryError) as e:  # MemoryError: its host group made no room for it
         parser.error(str(e))
     if port is not None:
         from .. import metrics  # prometheus_client: only when asked for

@@ -58,6 +58,20 @@ def arrays(rows: list) -> Table:
     return table
 
 
+def share(sh: dict) -> Text:
+    """Its host group: its DRAM against the group's, and what its curve says
+    one step (the group's budget / 32) more or less would be worth."""
+    text = Text.assemble(("host group ", "bold"), (sh["group"], "bold"),
+                         f": grant {format_size(sh['grant'])} of {format_size(sh['budget'])}"
+                         f" (target {format_size(sh['target'])}; floor {format_size(sh['floor'])}, ceiling "
+                         f"{format_size(sh['ceiling'])}, weight {sh['weight']:g}) · stalled {sh['stall']:.0%} · "
+                         f"{format_size(sh['step'])} more would save {_mbps(sh['gain'][0])}, less would cost "
+                         f"{_mbps(sh['loss'][0])} · idle {format_size(sh['idle'])}")
+    if sh["note"]:
+        text.append(f" · {sh['note']}", style="yellow")
+    return text
+
+
 def pool(snap: dict) -> Group:
     if "stats" not in snap:
         return Group(Text(f"pool {snap['pool']}: stale ({snap['stale']})", style="bold red"))
@@ -67,7 +81,10 @@ def pool(snap: dict) -> Group:
                          f"{format_size(s['capacity'])} in {snap['live_allocations']} allocations")
     if snap["stale"]:
         head.append(f" · stale: {snap['stale']}", style="bold red")
-    parts = [head, activity(snap["rates"]), tiers(s)]
+    parts = [head, activity(snap["rates"])]
+    if snap.get("share"):
+        parts.append(share(snap["share"]))
+    parts.append(tiers(s))
     if snap["arrays"]:
         parts.append(arrays(snap["arrays"]))
     if snap["last_error"]:
