@@ -326,7 +326,9 @@ static void release_engine(struct tm_pool *p)
 }
 
 /* Release the engine if nothing holds it any more, and free the handle if
- * its owner dropped it. Called without the lock. */
+ * its owner dropped it. Called without the lock, from any thread: an unpin
+ * (a metadata view's finalizer) may race the owner's drop, so exactly one
+ * caller releases, exactly one frees, and never while the release runs. */
 static void settle(struct tm_pool *p)
 {
     if (p->child)
@@ -334,11 +336,20 @@ static void settle(struct tm_pool *p)
     tm_lock(p);
     int release = p->closed && !p->released && p->live_allocs == 0 && p->pins == 0;
     if (release)
-        p->released = 1;
-    int free_handle = p->released && p->dropped && p->live_allocs == 0 && p->pins == 0;
+        p->released = p->releasing = 1;
     tm_unlock(p);
-    if (release)
+    if (release) {
         release_engine(p);
+        tm_lock(p);
+        p->releasing = 0;
+        tm_unlock(p);
+    }
+    tm_lock(p);
+    int free_handle = p->released && !p->releasing && !p->freeing && p->dropped && p->live_allocs == 0 &&
+                      p->pins == 0;
+    if (free_handle)
+        p->freeing = 1;
+    tm_unlock(p);
     if (free_handle) {
         pthread_mutex_destroy(&p->lock);
         pthread_mutex_destroy(&p->ctl_lock);

@@ -399,8 +399,10 @@ struct tm_pool {
     int64_t live_allocs;
     int64_t pins;              /* metadata views and the like */
     int closed;                /* no new allocations */
-    int released;              /* engine resources gone */
+    int released;              /* engine resources gone (or going: releasing) */
+    int releasing;             /* a thread is releasing them, the lock not held */
     int dropped;               /* the owner gave up the handle */
+    int freeing;               /* a thread frees the handle: nobody else may */
     int64_t scan_end;          /* end of the highest allocation ever made */
     int64_t clock_hand, pmem_hand, steal_hand;  /* advise(cold) moves clock_hand to its range */
     int64_t batch_max;         /* batch_blocks at creation: buffers' size */
